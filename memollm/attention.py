@@ -1,0 +1,143 @@
+"""A registered attention function: sdpa, plus what a memory session asks of each layer.
+
+transformers dispatches attention by name through ``AttentionInterface``. memollm
+registers ``"memollm_sdpa"``, which calls the stock sdpa kernel for the output and, when
+a session is attached to the module, (a) masks forgotten keys, (b) soft-weights fading
+keys, and (c) recomputes the newest query's softmax row to learn how much attention each
+cached token received. Eager attention is never needed. ``attached`` switches a model to
+this function and back, hooks included, and always restores it in ``finally``.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+ATTN_NAME = "memollm_sdpa"
+_SESSION_ATTR = "_memollm_session"
+_register_lock = threading.Lock()
+
+
+def memollm_attention(module, query, key, value, attention_mask, **kwargs):
+    session = getattr(module, _SESSION_ATTR, None)
+    if session is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return session.attend(module, query, key, value, attention_mask, **kwargs)
+
+
+def _register() -> None:
+    with _register_lock:
+        if ATTN_NAME not in AttentionInterface._global_mapping:
+            AttentionInterface.register(ATTN_NAME, memollm_attention)
+            AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+
+
+def attention_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
+    """The self-attention module of every decoder layer, by ``layer_idx``."""
+    found: dict[int, torch.nn.Module] = {}
+    for name, module in model.named_modules():
+        idx = getattr(module, "layer_idx", None)
+        if isinstance(idx, int) and type(module).__name__.endswith("Attention") and "cross" not in name:
+            found.setdefault(idx, module)
+    return found
+
+
+def is_attached(model: torch.nn.Module) -> bool:
+    """True while a session is attached (used by tests to prove nothing is left behind)."""
+    return any(hasattr(m, _SESSION_ATTR) for m in model.modules()) or bool(
+        getattr(model, "_memollm_attached", False))
+
+
+@contextmanager
+def attached(model: torch.nn.Module, session) -> Iterator[None]:
+    """Attach ``session`` to ``model`` for the duration of a ``with`` block.
+
+    Registers the attention function on every attention module and the session's forward
+    pre/post hooks on the model; everything is removed in ``finally``, also on errors and
+    ``KeyboardInterrupt``.
+    """
+    _register()
+    previous = model.config._attn_implementation
+    modules = attention_modules(model)
+    if not modules:
+        raise NotImplementedError(
+            f"{type(model).__name__}: no attention modules with a layer_idx were found; memollm needs the "
+            "transformers AttentionInterface (sdpa) code path"
+        )
+    handles = []
+    try:
+        model._memollm_attached = True
+        model.set_attn_implementation(ATTN_NAME)
+        if model.config._attn_implementation != ATTN_NAME:
+            raise NotImplementedError(
+                f"{type(model).__name__} cannot switch its attention implementation dynamically, which memollm needs"
+            )
+        for module in modules.values():
+            setattr(module, _SESSION_ATTR, session)
+        handles.append(model.register_forward_pre_hook(session.pre_forward, with_kwargs=True))
+        handles.append(model.register_forward_hook(session.post_forward, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module in modules.values():
+            if hasattr(module, _SESSION_ATTR):
+                delattr(module, _SESSION_ATTR)
+        if model.config._attn_implementation != previous:
+            model.set_attn_implementation(previous)
+        if hasattr(model, "_memollm_attached"):
+            del model._memollm_attached
+
+
+def combine_mask(mask: torch.Tensor | None, allowed: torch.Tensor, q_len: int, kv_len: int,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """Add ``allowed`` ``[batch, kv]`` (False = hide the key) to an sdpa mask, keeping causality."""
+    allow = allowed[:, None, None, :]
+    if mask is None:
+        if q_len == 1:
+            return allow
+        q_pos = torch.arange(q_len, device=allowed.device)[:, None] + (kv_len - q_len)
+        causal = torch.arange(kv_len, device=allowed.device)[None, :] <= q_pos
+        return causal[None, None] & allow
+    if mask.dtype == torch.bool:
+        return mask & allow
+    return mask.masked_fill(~allow, torch.finfo(dtype).min)
+
+
+def add_logit_bias(mask: torch.Tensor | None, bias: torch.Tensor, q_len: int, kv_len: int,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Turn ``mask`` into a float mask and add ``bias`` ``[batch, kv]`` to every query row."""
+    low = torch.finfo(dtype).min
+    if mask is None:
+        mask = combine_mask(None, torch.ones_like(bias, dtype=torch.bool), q_len, kv_len, dtype)
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, low)
+    return (mask + bias.clamp(min=low / 2)[:, None, None, :].to(dtype)).clamp(min=low)
+
+
+def received_attention(module, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+                       scaling: float | None) -> torch.Tensor:
+    """Attention each key gets from the newest query, ``[batch, kv]``.
+
+    Softmax over keys per query head; mean over the query heads of each KV group (grouped
+    query attention), then over the groups. Computed in float32.
+    """
+    batch, q_heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query[:, :, -1, :].reshape(batch, kv_heads, q_heads // kv_heads, dim).float()
+    scale = scaling if scaling is not None else dim ** -0.5
+    logits = torch.matmul(q, key.float().transpose(-1, -2)) * scale  # [B, kv_heads, groups, kv]
+    if mask is not None:
+        row = mask[:, :, -1, :]  # [B or 1, 1, kv]
+        row = row[:, :, None, :]
+        if row.dtype == torch.bool:
+            logits = logits.masked_fill(~row, float("-inf"))
+        else:
+            logits = logits + row.float()
+    return torch.softmax(logits, dim=-1).mean(dim=(1, 2))

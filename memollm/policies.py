@@ -1,0 +1,164 @@
+"""Eviction policies: each gives every cached token a score, and the lowest scores go.
+
+Sinks (the first positions) and the recent window are protected by the eviction step
+itself (``memollm.cache.select_keep``), so a policy only ranks the tokens in between. A
+policy tracks its own per-token state through four calls made at every forward step:
+``append`` (new tokens read), ``observe`` (attention they received), ``keep`` (slots that
+survived eviction) and ``scores``. Add one with ``@register_policy("name")``.
+
+References: StreamingLLM (Xiao et al., 2023) keeps sinks + recent tokens; H2O (Zhang et
+al., 2023) keeps "heavy hitters" by accumulated attention; TOVA (Oren et al., 2024) keeps
+the tokens the newest query attends to most.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .memory import EbbinghausMemory, MemoryConfig
+
+POLICIES: dict[str, type["Policy"]] = {}
+
+
+def register_policy(name: str) -> Callable[[type["Policy"]], type["Policy"]]:
+    def deco(cls: type["Policy"]) -> type["Policy"]:
+        cls.name = name
+        POLICIES[name] = cls
+        return cls
+
+    return deco
+
+
+class Policy:
+    """Base class: no state; subclasses override what they need."""
+
+    name = "base"
+    needs_attention = False  # whether ``observe`` needs the attention received per token
+    evicts = True  # ``full`` sets this False: the reference that never evicts
+
+    def __init__(self, config: MemoryConfig, num_layers: int, *, memory: EbbinghausMemory | None = None,
+                 seed: int = 0, device=None) -> None:
+        self.config = config
+        self.num_layers = num_layers
+
+    def append(self, batch: int, n: int) -> None: ...
+
+    def observe(self, received: torch.Tensor, visible: torch.Tensor | int) -> None: ...
+
+    def keep(self, index: torch.Tensor) -> None: ...
+
+    def scores(self, positions: torch.Tensor) -> torch.Tensor:
+        """``[batch, tokens]``; higher means keep. ``positions`` are the true positions."""
+        raise NotImplementedError
+
+
+class _PerTokenState(Policy):
+    """A policy whose state is one float per cached token, ``[batch, tokens]``."""
+
+    def __init__(self, config, num_layers, *, memory=None, seed=0, device=None) -> None:
+        super().__init__(config, num_layers)
+        self.state = torch.zeros(1, 0, device=device)
+
+    def append(self, batch: int, n: int) -> None:
+        if self.state.shape[-1] == 0:
+            self.state = self.state.new_zeros(batch, 0)
+        self.state = torch.cat([self.state, self.state.new_zeros(batch, n)], dim=-1)
+
+    def keep(self, index: torch.Tensor) -> None:
+        self.state = self.state.gather(-1, index)
+
+    def scores(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.state
+
+
+@register_policy("ebbinghaus")
+class EbbinghausPolicy(Policy):
+    """Mean retention R over the memory layers: attended tokens stay, idle ones fade."""
+
+    needs_attention = True
+
+    def __init__(self, config, num_layers, *, memory=None, seed=0, device=None) -> None:
+        super().__init__(config, num_layers)
+        self.owns_memory = memory is None
+        self.memory = memory if memory is not None else EbbinghausMemory(num_layers, config, device=device)
+
+    def append(self, batch, n):
+        if self.owns_memory:
+            self.memory.append(batch, n)
+
+    def observe(self, received, visible):
+        if self.owns_memory:
+            self.memory.reinforce(received, visible)
+
+    def keep(self, index):
+        if self.owns_memory:
+            self.memory.keep(index)
+
+    def scores(self, positions):
+        return self.memory.retention().mean(0)
+
+
+@register_policy("ebbinghaus_fixed")
+class EbbinghausFixedPolicy(EbbinghausPolicy):
+    """Ablation: strength never grows, so R is pure exponential age decay."""
+
+    needs_attention = False
+
+    def __init__(self, config, num_layers, *, memory=None, seed=0, device=None) -> None:
+        super().__init__(config.replace(reinforce=False), num_layers, memory=None, device=device)
+
+
+@register_policy("streaming")
+class StreamingPolicy(Policy):
+    """StreamingLLM: attention sinks plus the most recent tokens, nothing else."""
+
+    def scores(self, positions):
+        return positions.float()
+
+
+@register_policy("h2o")
+class H2OPolicy(_PerTokenState):
+    """H2O: attention accumulated over all steps so far (mean over memory layers)."""
+
+    needs_attention = True
+
+    def observe(self, received, visible):
+        self.state = self.state + received.float().mean(0)
+
+
+@register_policy("tova")
+class TOVAPolicy(_PerTokenState):
+    """TOVA: the attention of the newest query only (mean over memory layers and heads)."""
+
+    needs_attention = True
+
+    def observe(self, received, visible):
+        self.state = received.float().mean(0)
+
+
+@register_policy("random")
+class RandomPolicy(Policy):
+    """Control: uniform random scores from a seeded generator."""
+
+    def __init__(self, config, num_layers, *, memory=None, seed=0, device=None) -> None:
+        super().__init__(config, num_layers)
+        self.generator = torch.Generator(device=device or "cpu").manual_seed(seed)
+
+    def scores(self, positions):
+        return torch.rand(positions.shape, generator=self.generator, device=self.generator.device).to(
+            positions.device)
+
+
+@register_policy("full")
+class FullPolicy(StreamingPolicy):
+    """Reference: never evicts (memory grows with the sequence)."""
+
+    evicts = False
+
+
+def make_policy(name: str, config: MemoryConfig, num_layers: int, **kwargs) -> Policy:
+    if name not in POLICIES:
+        raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {name!r}")
+    return POLICIES[name](config, num_layers, **kwargs)

@@ -1,0 +1,226 @@
+"""One generation's memory bookkeeping, driven by forward hooks on the model.
+
+A ``MemorySession`` is created per ``generate`` call (so calls never share state) and
+attached with ``memollm.attention.attached``. Around every forward step it:
+
+* before the step: evicts down to the budget (``evict``), decides which keys to hide
+  (``sparse_attention``) or how much to weight them (``soft_delete``), and supplies true
+  ``position_ids`` when the caller did not;
+* inside each attention layer (``attend``): applies those decisions and measures the
+  attention each cached token received from the newest query;
+* after the step: appends the new tokens to the memory state, reinforces the attended
+  ones and compresses a prompt longer than the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .attention import add_logit_bias, combine_mask, received_attention
+from .cache import check_evictable, gather_cache, select_keep
+from .memory import MODES, EbbinghausMemory, MemoryConfig
+from .policies import EbbinghausPolicy, make_policy
+
+log = logging.getLogger(__name__)
+
+
+def num_layers_of(model: torch.nn.Module) -> int:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(cfg.num_hidden_layers)
+
+
+class MemorySession:
+    """Per-call state for one of the modes ``soft_delete``, ``sparse_attention``, ``evict``."""
+
+    def __init__(self, model: torch.nn.Module, mode: str, config: MemoryConfig, *, seed: int = 0,
+                 record: bool = False, progress: Any = None) -> None:
+        if mode not in MODES or mode == "baseline":
+            raise ValueError(f"a MemorySession needs one of {MODES[1:]}, got {mode!r}")
+        self.mode, self.config = mode, config
+        device = next(model.parameters()).device
+        self.layer_ids = config.memory_layers(num_layers_of(model))
+        self.layer_slot = {layer: i for i, layer in enumerate(self.layer_ids)}
+        n = len(self.layer_ids)
+        self.policy = make_policy(config.policy, config, n, seed=seed, device=device) if mode == "evict" else None
+        if self.policy is None:
+            self.memory: EbbinghausMemory | None = EbbinghausMemory(n, config, device=device)
+        elif isinstance(self.policy, EbbinghausPolicy):
+            self.memory = self.policy.memory  # the policy's state is the memory: update it once
+        else:
+            self.memory = None
+        # a policy with its own state (not the shared Ebbinghaus memory) is updated separately
+        self.policy_separate = self.policy is not None and not (
+            isinstance(self.policy, EbbinghausPolicy) and self.policy.memory is self.memory)
+        self.scoring = record or (self.memory is not None and self.memory.config.reinforce) or (
+            self.policy is not None and self.policy.needs_attention)
+        self.record = record
+        self.progress = progress
+        self.cache = None
+        self.positions = torch.zeros(1, 0, dtype=torch.long, device=device)
+        self.attention_total: torch.Tensor | None = None  # [layers, batch, tokens] when recording
+        self.steps = 0  # decode steps done (the prefill is step 0)
+        self.evicted = 0
+        self.peak_cached = 0
+        self.forget_events: dict[int, list[int]] = {}  # sparse: step -> positions newly masked
+        self.warnings: list[str] = []
+        self._masked = None  # [batch, tokens] bool, sparse mode
+        self._weights = None  # [layers, batch, tokens], soft_delete mode
+        self._keep = None  # [batch, tokens] bool passed to attention (sparse)
+        self._received: list[torch.Tensor | None] = []
+        self._new_positions = None
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def num_cached(self) -> int:
+        return self.positions.shape[-1]
+
+    def _warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            log.warning("memollm: %s", message)
+
+    def _evict_to(self, n_keep: int) -> None:
+        scores = self.policy.scores(self.positions)
+        keep, fallback = select_keep(scores, self.positions, n_keep, sink_tokens=self.config.sink_tokens,
+                                     recent_window=self.config.recent_window)
+        if fallback:
+            self._warn("non-finite eviction scores (overflow?): fell back to recency for this step")
+        if keep.shape[-1] == self.num_cached:
+            return
+        self.evicted += self.num_cached - keep.shape[-1]
+        gather_cache(self.cache, keep)
+        self.positions = self.positions.gather(-1, keep)
+        if self.memory is not None:
+            self.memory.keep(keep)
+        if self.policy_separate:
+            self.policy.keep(keep)
+        if self.attention_total is not None:
+            self.attention_total = self.attention_total.gather(-1, keep.unsqueeze(0).expand(
+                self.attention_total.shape[0], -1, -1))
+
+    # -- forward hooks -------------------------------------------------------------------
+    def pre_forward(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs["inputs_embeds"]
+        batch, q_len = ids.shape[0], ids.shape[1]
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is None:
+            raise RuntimeError("memollm needs the KV cache: call the model with use_cache=True")
+        if self.cache is None:
+            if self.mode != "soft_delete":
+                check_evictable(cache)
+            self.cache = cache
+        elif cache is not self.cache:
+            raise RuntimeError("memollm: a new cache appeared mid-session; use one session per generation")
+        if cache.get_seq_length() != self.num_cached:
+            raise RuntimeError(
+                f"memollm: cache holds {cache.get_seq_length()} tokens but the session tracked {self.num_cached}"
+            )
+        positions = kwargs.get("position_ids")
+        if positions is None:  # supply true positions: after eviction cache length != position
+            start = int(self.positions[:, -1].max()) + 1 if self.num_cached else 0
+            positions = torch.arange(start, start + q_len, device=ids.device).expand(batch, q_len)
+            kwargs["position_ids"] = positions
+        self._new_positions = positions.reshape(batch, q_len).to(self.positions.device)
+
+        budget = self.config.memory_budget
+        if self.mode == "evict" and self.policy.evicts and self.num_cached and self.num_cached + q_len > budget:
+            self._evict_to(max(budget - q_len, self.config.sink_tokens + self.config.recent_window))
+        self._keep = self._weights = None
+        if self.mode == "sparse_attention" and self.num_cached:
+            forgotten = self.memory.forgotten() & (self.positions >= self.config.sink_tokens)
+            if self._masked is not None:
+                forgotten |= self._masked  # a masked key gets no attention, so it cannot come back
+            new = forgotten & ~self._masked if self._masked is not None else forgotten
+            if bool(new.any()):
+                self.forget_events[self.steps] = self.positions[0][new[0]].tolist()
+            self._masked = forgotten
+            if bool(forgotten.any()):
+                self._keep = ~forgotten
+        elif self.mode == "soft_delete" and self.num_cached and self.config.soft_delete_floor < 1.0:
+            self._weights = self.memory.soft_weights()
+        self._received = [None] * len(self.layer_ids)
+        return args, kwargs
+
+    def attend(self, module, query, key, value, attention_mask, **kwargs):
+        """Called by the registered attention function for every layer at every step."""
+        q_len, kv_len = query.shape[-2], key.shape[-2]
+        batch = query.shape[0]
+        slot = self.layer_slot.get(module.layer_idx)
+        cached = kv_len - q_len
+        if self._keep is not None and cached == self._keep.shape[-1]:
+            allowed = torch.cat([self._keep, self._keep.new_ones(batch, q_len)], dim=-1)
+            attention_mask = combine_mask(attention_mask, allowed, q_len, kv_len, query.dtype)
+        if slot is not None and self._weights is not None and cached == self._weights.shape[-1]:
+            w = torch.cat([self._weights[slot], self._weights.new_ones(batch, q_len)], dim=-1)
+            if self.config.soft_delete_target == "values":
+                value = value * w[:, None, :, None].to(value.dtype)  # on the fly: the cache is untouched
+            else:
+                attention_mask = add_logit_bias(attention_mask, torch.log(w), q_len, kv_len, query.dtype)
+        out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        if slot is not None and self.scoring:
+            got = received_attention(module, query, key, attention_mask, kwargs.get("scaling"))
+            if not bool(torch.isfinite(got).all()):
+                self._warn("non-finite attention (overflow?): no reinforcement from this step")
+                got = torch.nan_to_num(got, nan=0.0, posinf=0.0, neginf=0.0)
+            self._received[slot] = got
+        return out
+
+    def post_forward(self, module, args, kwargs, output):
+        batch, q_len = self._new_positions.shape
+        self.positions = torch.cat([self.positions, self._new_positions], dim=-1)
+        received = None
+        if self.scoring and all(r is not None for r in self._received):
+            received = torch.stack(self._received)  # [layers, batch, tokens]
+        visible = self.num_cached - (self._masked.sum(-1) if self._masked is not None else 0)
+        visible = torch.as_tensor(visible, device=self.positions.device).reshape(-1)[None, :, None]
+        if self.memory is not None:
+            self.memory.append(batch, q_len)
+            if received is not None:
+                self.memory.reinforce(received, visible)
+        if self.policy_separate:
+            self.policy.append(batch, q_len)
+            if received is not None and self.policy.needs_attention:
+                self.policy.observe(received, visible)
+        if self.record and received is not None:
+            pad = received.new_zeros(received.shape[0], batch, q_len)
+            self.attention_total = received if self.attention_total is None else \
+                torch.cat([self.attention_total, pad], dim=-1) + received
+        if self._masked is not None:
+            self._masked = torch.cat([self._masked, self._masked.new_zeros(batch, q_len)], dim=-1)
+        if self.mode == "evict" and self.policy.evicts and self.num_cached > self.config.memory_budget:
+            self._evict_to(self.config.memory_budget)  # a prompt longer than the budget
+        self.peak_cached = max(self.peak_cached, self.num_cached)
+        if self.steps and self.progress is not None:
+            self.progress.update(1)
+        self.steps += 1
+        return output
+
+    # -- results -------------------------------------------------------------------------
+    def masked_positions(self) -> list[int]:
+        if self._masked is None:
+            return []
+        return self.positions[0][self._masked[0]].tolist()
+
+    def memory_stats(self) -> dict[str, dict]:
+        if self.memory is None:
+            return {}
+        return self.memory.stats(self.layer_ids, self._masked)
+
+    def token_weights(self, tokenizer) -> dict[str, Any] | None:
+        if self.memory is None or self.memory.num_tokens == 0:
+            return None
+        # the newest token has no KV yet when generation stops, so slots cover positions[:]
+        r = self.memory.retention()[:, 0]
+        att = self.attention_total[:, 0] if self.attention_total is not None else None
+        return {
+            "positions": self.positions[0].tolist(),
+            "retention": {f"layer_{l}": r[i].tolist() for i, l in enumerate(self.layer_ids)},
+            "attention": {f"layer_{l}": att[i].tolist() for i, l in enumerate(self.layer_ids)}
+            if att is not None else {},
+        }
