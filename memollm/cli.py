@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -117,6 +118,20 @@ def run_generate(args: argparse.Namespace) -> int:
         MemoryConfig().replace(**{k: v for k, v in (("memory_budget", args.budget), ("policy", args.policy))
                                   if v is not None})
     except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if not args.prompt.strip():
+        raise UsageError("--prompt must be a non-empty string")
+    if args.json and args.json != "-":
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UsageError(f"--json: cannot write {args.json!r}: folder {folder!r} is missing or not writable")
+    from .models import auto_device, auto_dtype
+
+    try:
+        auto_dtype(auto_device(args.device), args.dtype)
+    except ValueError as exc:
         raise UsageError(str(exc)) from None
     llm = load_llm(args)
     kwargs = dict(max_new_tokens=args.max_tokens, memory_budget=args.budget, policy=args.policy, seed=args.seed,

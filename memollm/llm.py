@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from typing import Any, Sequence
 
 import torch
@@ -27,6 +28,20 @@ log = logging.getLogger(__name__)
 _CONFIG_OVERRIDES = ("memory_budget", "sink_tokens", "recent_window", "policy")
 
 
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: torch.nn.Module) -> threading.RLock:
+    """The lock serialising generation on ``model``: one per model object, shared by every
+    ``EbbinghausLLM`` wrapping it, since a session changes the model itself."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -37,8 +52,8 @@ class EbbinghausLLM:
 
     ``EbbinghausLLM()`` loads the bundled offline model; pass a hub id or local folder, a
     ``gguf_file``, or an already loaded ``model=`` and ``tokenizer=``. ``generate`` is
-    thread-safe: calls on one instance are serialised by a lock, since a session changes
-    the model's attention function for the length of a call.
+    thread-safe: calls are serialised by a lock per model (shared by every wrapper of the
+    same model), since a session changes the model's attention function for a call.
     """
 
     def __init__(
@@ -68,7 +83,10 @@ class EbbinghausLLM:
                                 trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
             self.model, self.tokenizer, self.model_name = loaded.model, loaded.tokenizer, loaded.name
         self.config = config or MemoryConfig()
-        self._lock = threading.RLock()
+
+    @property
+    def _lock(self) -> threading.RLock:
+        return model_lock(self.model)
 
     @property
     def device(self) -> torch.device:
@@ -158,14 +176,19 @@ class EbbinghausLLM:
         return base.replace(**changes) if changes else base
 
     def _sampling_kwargs(self, temperature, do_sample, top_p, top_k, repetition_penalty) -> dict[str, Any]:
-        if temperature is not None and (not math.isfinite(temperature) or temperature <= 0):
+        def number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if temperature is not None and (not number(temperature) or temperature <= 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
+        if top_p is not None and (not number(top_p) or not 0.0 < top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-        if repetition_penalty is not None and (not math.isfinite(repetition_penalty) or repetition_penalty <= 0):
+        if repetition_penalty is not None and (not number(repetition_penalty) or repetition_penalty <= 0):
             raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty!r}")
+        if do_sample is not None and not isinstance(do_sample, bool):
+            raise ValueError(f"do_sample must be True, False or None, got {do_sample!r}")
         if do_sample is None:
             do_sample = any(v is not None for v in (temperature, top_p, top_k))
         out: dict[str, Any] = {"do_sample": bool(do_sample)}
@@ -249,7 +272,9 @@ class EbbinghausLLM:
         if session is not None:
             result["evicted_tokens"] = session.evicted
             result["peak_kv_cache_tokens"] = session.peak_cached
-            result["memory_state_bytes"] = session.memory.nbytes if session.memory is not None else 0
+            result["memory_state_bytes"] = session.state_bytes()
+            if generation_mode == "evict":
+                result["evict_events"] = session.evict_events
             if generation_mode == "sparse_attention":
                 result["masked_positions"] = session.masked_positions()
                 result["forget_events"] = session.forget_events

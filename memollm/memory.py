@@ -36,7 +36,8 @@ class MemoryConfig:
     Soft delete: weights ``floor + (1 - floor) * R`` in [floor, 1], applied to the values
     (the seed's choice) or as a log-bias on the attention logits.
     Sparse attention: a token is masked once ``R < sparse_threshold`` in at least
-    ``layer_consensus`` of the memory layers (the first ``memory_layer_fraction`` of layers).
+    ``layer_consensus`` of the memory layers (the first ``memory_layer_fraction`` of the
+    full-attention layers; sliding-window layers hold only their window and keep no state).
     Eviction: at most ``memory_budget`` cached tokens; the first ``sink_tokens`` positions and
     the newest ``recent_window`` tokens are always kept; the rest are ranked by ``policy``.
     """

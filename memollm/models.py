@@ -44,7 +44,17 @@ class LoadedModel:
 def auto_device(device: str | torch.device | None = "auto") -> torch.device:
     """cuda, then mps, then cpu, unless a device is given."""
     if device not in (None, "auto"):
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device must be 'auto' or a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} is not available here (no CUDA); use device='auto' or 'cpu'")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                      and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r} is not available here (no MPS); use device='auto' or 'cpu'")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -89,6 +99,13 @@ def cache_root() -> Path:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "memollm"
     )
     return Path(base)
+
+
+def ensure_cache_root() -> Path:
+    """The cache folder, created readable by the user only (0o700) when missing."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return root
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -137,8 +154,7 @@ def _cached_gguf(folder: Path, gguf_file: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = folder / gguf_file
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    root = ensure_cache_root()
     key = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
     entry = root / f"{gguf.stem}-{key}"
     if entry.is_dir() and _cache_entry_is_valid(entry, gguf):

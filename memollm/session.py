@@ -18,12 +18,13 @@ import logging
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention import add_logit_bias, combine_mask, received_attention
 from .cache import check_evictable, gather_cache, select_keep
 from .memory import MODES, EbbinghausMemory, MemoryConfig
-from .policies import EbbinghausPolicy, make_policy
+from .policies import EbbinghausPolicy, Policy, make_policy
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +34,37 @@ def num_layers_of(model: torch.nn.Module) -> int:
     return int(cfg.num_hidden_layers)
 
 
+def full_attention_layers(model: torch.nn.Module) -> list[int]:
+    """Layers whose KV cache keeps every token. Sliding-window layers (Gemma 2/3, Mistral with
+    ``sliding_window``) hold only their window, so they cannot carry per-token memory state."""
+    layers = DynamicCache(config=model.config).layers
+    return [i for i, layer in enumerate(layers) if not getattr(layer, "is_sliding", False)]
+
+
 class MemorySession:
     """Per-call state for one of the modes ``soft_delete``, ``sparse_attention``, ``evict``."""
 
     def __init__(self, model: torch.nn.Module, mode: str, config: MemoryConfig, *, seed: int = 0,
-                 record: bool = False, progress: Any = None) -> None:
+                 record: bool = False, progress: Any = None, policy: Policy | None = None) -> None:
+        """``policy``: an already built eviction policy (e.g. ``memollm.policies.PolicyRows``,
+        one policy per batch row); by default ``config.policy`` is built."""
         if mode not in MODES or mode == "baseline":
             raise ValueError(f"a MemorySession needs one of {MODES[1:]}, got {mode!r}")
         self.mode, self.config = mode, config
         device = next(model.parameters()).device
-        self.layer_ids = config.memory_layers(num_layers_of(model))
+        full = full_attention_layers(model)
+        if not full:
+            raise NotImplementedError(
+                f"every layer of {type(model).__name__} uses sliding-window attention; memollm keeps memory "
+                "state on full-attention layers only. Use generation_mode='baseline' with this model.")
+        # memory on the first fraction of the full-attention layers (all layers for most models)
+        self.layer_ids = [full[i] for i in config.memory_layers(len(full))]
         self.layer_slot = {layer: i for i, layer in enumerate(self.layer_ids)}
         n = len(self.layer_ids)
-        self.policy = make_policy(config.policy, config, n, seed=seed, device=device) if mode == "evict" else None
+        if policy is not None and mode != "evict":
+            raise ValueError("a policy object only applies to generation_mode='evict'")
+        self.policy = policy if policy is not None else (
+            make_policy(config.policy, config, n, seed=seed, device=device) if mode == "evict" else None)
         if self.policy is None:
             self.memory: EbbinghausMemory | None = EbbinghausMemory(n, config, device=device)
         elif isinstance(self.policy, EbbinghausPolicy):
@@ -66,10 +85,13 @@ class MemorySession:
         self.evicted = 0
         self.peak_cached = 0
         self.forget_events: dict[int, list[int]] = {}  # sparse: step -> positions newly masked
+        self.evict_events: dict[int, list[int]] = {}  # evict: step -> positions dropped before that step
         self.warnings: list[str] = []
         self._masked = None  # [batch, tokens] bool, sparse mode
         self._weights = None  # [layers, batch, tokens], soft_delete mode
         self._keep = None  # [batch, tokens] bool passed to attention (sparse)
+        self._allowed_full = None  # _keep plus the step's new tokens, built once per step
+        self._weights_full = None  # _weights plus the new tokens (log-weights for "logits"), once per step
         self._received: list[torch.Tensor | None] = []
         self._new_positions = None
 
@@ -83,7 +105,8 @@ class MemorySession:
             self.warnings.append(message)
             log.warning("memollm: %s", message)
 
-    def _evict_to(self, n_keep: int) -> None:
+    def _evict_to(self, n_keep: int, step: int) -> None:
+        """Drop slots down to ``n_keep``; ``step`` is the first forward step that no longer sees them."""
         scores = self.policy.scores(self.positions)
         keep, fallback = select_keep(scores, self.positions, n_keep, sink_tokens=self.config.sink_tokens,
                                      recent_window=self.config.recent_window)
@@ -92,6 +115,9 @@ class MemorySession:
         if keep.shape[-1] == self.num_cached:
             return
         self.evicted += self.num_cached - keep.shape[-1]
+        dropped = torch.ones_like(self.positions[0], dtype=torch.bool)
+        dropped[keep[0]] = False
+        self.evict_events.setdefault(step, []).extend(self.positions[0][dropped].tolist())
         gather_cache(self.cache, keep)
         self.positions = self.positions.gather(-1, keep)
         if self.memory is not None:
@@ -130,8 +156,8 @@ class MemorySession:
 
         budget = self.config.memory_budget
         if self.mode == "evict" and self.policy.evicts and self.num_cached and self.num_cached + q_len > budget:
-            self._evict_to(max(budget - q_len, self.config.sink_tokens + self.config.recent_window))
-        self._keep = self._weights = None
+            self._evict_to(max(budget - q_len, self.config.sink_tokens + self.config.recent_window), self.steps)
+        self._keep = self._weights = self._allowed_full = self._weights_full = None
         if self.mode == "sparse_attention" and self.num_cached:
             forgotten = self.memory.forgotten() & (self.positions >= self.config.sink_tokens)
             if self._masked is not None:
@@ -154,29 +180,35 @@ class MemorySession:
         slot = self.layer_slot.get(module.layer_idx)
         cached = kv_len - q_len
         if self._keep is not None and cached == self._keep.shape[-1]:
-            allowed = torch.cat([self._keep, self._keep.new_ones(batch, q_len)], dim=-1)
-            attention_mask = combine_mask(attention_mask, allowed, q_len, kv_len, query.dtype)
+            if self._allowed_full is None or self._allowed_full.shape[-1] != kv_len:  # once per step, not per layer
+                self._allowed_full = torch.cat([self._keep, self._keep.new_ones(batch, q_len)], dim=-1)
+            attention_mask = combine_mask(attention_mask, self._allowed_full, q_len, kv_len, query.dtype)
         if slot is not None and self._weights is not None and cached == self._weights.shape[-1]:
-            w = torch.cat([self._weights[slot], self._weights.new_ones(batch, q_len)], dim=-1)
+            if self._weights_full is None or self._weights_full.shape[-1] != kv_len:  # once per step, all layers
+                w = torch.cat([self._weights, self._weights.new_ones(*self._weights.shape[:2], q_len)], dim=-1)
+                self._weights_full = w.to(value.dtype) if self.config.soft_delete_target == "values" else torch.log(w)
+            w = self._weights_full[slot]
             if self.config.soft_delete_target == "values":
-                value = value * w[:, None, :, None].to(value.dtype)  # on the fly: the cache is untouched
+                value = value * w[:, None, :, None]  # on the fly: the cache is untouched
             else:
-                attention_mask = add_logit_bias(attention_mask, torch.log(w), q_len, kv_len, query.dtype)
+                attention_mask = add_logit_bias(attention_mask, w, q_len, kv_len, query.dtype)
         out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         if slot is not None and self.scoring:
-            got = received_attention(module, query, key, attention_mask, kwargs.get("scaling"))
-            if not bool(torch.isfinite(got).all()):
-                self._warn("non-finite attention (overflow?): no reinforcement from this step")
-                got = torch.nan_to_num(got, nan=0.0, posinf=0.0, neginf=0.0)
-            self._received[slot] = got
+            # non-finite values are caught once per step in post_forward (a per-layer check costs a sync each)
+            self._received[slot] = received_attention(module, query, key, attention_mask, kwargs.get("scaling"))
         return out
 
     def post_forward(self, module, args, kwargs, output):
         batch, q_len = self._new_positions.shape
+        if self.num_cached == 0 and self.positions.shape[0] != batch:  # first step of a batch > 1
+            self.positions = self.positions.new_zeros(batch, 0)
         self.positions = torch.cat([self.positions, self._new_positions], dim=-1)
         received = None
         if self.scoring and all(r is not None for r in self._received):
             received = torch.stack(self._received)  # [layers, batch, tokens]
+            if not bool(torch.isfinite(received).all()):
+                self._warn("non-finite attention (overflow?): no reinforcement from this step")
+                received = torch.nan_to_num(received, nan=0.0, posinf=0.0, neginf=0.0)
         visible = self.num_cached - (self._masked.sum(-1) if self._masked is not None else 0)
         visible = torch.as_tensor(visible, device=self.positions.device).reshape(-1)[None, :, None]
         if self.memory is not None:
@@ -194,7 +226,7 @@ class MemorySession:
         if self._masked is not None:
             self._masked = torch.cat([self._masked, self._masked.new_zeros(batch, q_len)], dim=-1)
         if self.mode == "evict" and self.policy.evicts and self.num_cached > self.config.memory_budget:
-            self._evict_to(self.config.memory_budget)  # a prompt longer than the budget
+            self._evict_to(self.config.memory_budget, self.steps + 1)  # a prompt longer than the budget
         self.peak_cached = max(self.peak_cached, self.num_cached)
         if self.steps and self.progress is not None:
             self.progress.update(1)
@@ -202,6 +234,15 @@ class MemorySession:
         return output
 
     # -- results -------------------------------------------------------------------------
+    def state_bytes(self) -> int:
+        """Bytes of per-token forgetting state: the Ebbinghaus memory, plus the tensors of a
+        policy that keeps its own (h2o, tova)."""
+        total = self.memory.nbytes if self.memory is not None else 0
+        if self.policy_separate:
+            total += sum(t.numel() * t.element_size() for t in vars(self.policy).values()
+                         if isinstance(t, torch.Tensor))
+        return total
+
     def masked_positions(self) -> list[int]:
         if self._masked is None:
             return []

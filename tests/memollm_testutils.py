@@ -1,0 +1,100 @@
+"""Reference implementations the equivalence tests compare memollm against.
+
+Each one is written without memollm's session or attention function: a plain greedy loop
+over the model's forward with an explicit ``DynamicCache`` and true ``position_ids``.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from memollm.attention import is_attached
+
+
+def greedy_reference(model, ids: torch.Tensor, n: int, *, drop: dict[int, list[int]] | None = None,
+                     hide: dict[int, list[int]] | None = None, eos: int | None = None,
+                     return_logits: bool = False):
+    """Greedy decode ``n`` tokens from ``ids`` ``[1, P]``.
+
+    ``drop`` {step: positions}: before decode step ``step`` (the prefill is step 0), those
+    positions are physically removed from every cache layer (``index_select``).
+    ``hide`` {step: positions}: from step ``step`` on, those positions stay in the cache
+    but are hidden with a 2D attention mask (0 = masked).
+    Stops after ``eos`` like ``model.generate`` does for a batch of one.
+    """
+    drop, hide = drop or {}, hide or {}
+    prompt_len = ids.shape[1]
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        out = model(input_ids=ids, cache=cache, use_cache=True,
+                    position_ids=torch.arange(prompt_len)[None])
+        slots = list(range(prompt_len))  # true position held by each physical cache slot
+        hidden: set[int] = set()
+        tokens, logits = [], [out.logits[0, -1].clone()]
+        nxt = int(out.logits[0, -1].argmax())
+        tokens.append(nxt)
+        for step in range(1, n):
+            if eos is not None and nxt == eos:
+                break
+            if step in drop:
+                gone = set(drop[step])
+                assert gone <= set(slots), f"step {step}: dropping positions not in the cache"
+                keep = torch.tensor([i for i, p in enumerate(slots) if p not in gone])
+                for layer in cache.layers:
+                    layer.keys = layer.keys.index_select(-2, keep)
+                    layer.values = layer.values.index_select(-2, keep)
+                slots = [slots[i] for i in keep.tolist()]
+            hidden |= set(hide.get(step, []))
+            pos = prompt_len + step - 1
+            kwargs = {}
+            if hide:
+                mask = torch.ones(1, len(slots) + 1, dtype=torch.long)
+                for i, p in enumerate(slots):
+                    if p in hidden:
+                        mask[0, i] = 0
+                kwargs["attention_mask"] = mask
+            out = model(input_ids=torch.tensor([[nxt]]), cache=cache, use_cache=True,
+                        position_ids=torch.tensor([[pos]]), **kwargs)
+            slots.append(pos)
+            logits.append(out.logits[0, -1].clone())
+            nxt = int(out.logits[0, -1].argmax())
+            tokens.append(nxt)
+    if return_logits:
+        return tokens, torch.stack(logits)
+    return tokens
+
+
+def assert_clean(model) -> None:
+    """Nothing memollm registers is left on ``model``."""
+    assert not is_attached(model)
+    assert model.config._attn_implementation == "sdpa"
+    for m in model.modules():
+        assert not hasattr(m, "_memollm_session")
+        assert not m._forward_hooks, f"forward hooks left on {type(m).__name__}"
+        assert not m._forward_pre_hooks, f"forward pre-hooks left on {type(m).__name__}"
+
+
+def forced_forgetting(**changes):
+    """A config under which retention falls below the sparse threshold within a few tokens
+    (R = exp(-t/S) with S = 0.5 and 0.5 age per token: below 1e-3 after ~7 tokens)."""
+    from memollm import MemoryConfig
+
+    base = dict(initial_strength=0.5, time_step=0.5, reinforce=False)
+    base.update(changes)
+    return MemoryConfig(**base)
+
+
+def one_thread():
+    """Run a test module on one torch thread. On this shared 2-core machine two OpenMP
+    threads per process oversubscribe the CPU and run 4-15x slower than one (measured)."""
+    import pytest
+
+    @pytest.fixture(autouse=True, scope="module")
+    def _one_thread():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(before)
+
+    return _one_thread

@@ -1,0 +1,173 @@
+"""Every mode on tiny random models of several architectures, with the equivalence tests;
+what cannot be supported (sliding-window caches) fails with an error that says why."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+from conftest import ARCHS
+from memollm import EbbinghausLLM, MemoryConfig
+from memollm.attention import attached
+from memollm.session import MemorySession
+from memollm_testutils import assert_clean, forced_forgetting, greedy_reference, one_thread
+
+_one_thread = one_thread()
+
+PROMPT = "The quick brown fox jumps over the lazy dog. The dog sleeps while the fox runs."
+N = 20
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def tiny(request, make_tiny):
+    llm = make_tiny(request.param)
+    ids = llm.encode(PROMPT, chat=False)
+    base = llm.generate(PROMPT, N, chat=False)["token_ids"]
+    return llm, ids, base
+
+
+def _eos(llm):
+    return llm.tokenizer.eos_token_id
+
+
+def test_baseline_equals_model_generate_and_the_reference_loop(tiny):
+    llm, ids, base = tiny
+    out = llm.model.generate(ids, max_new_tokens=N, do_sample=False, pad_token_id=llm.tokenizer.pad_token_id)
+    assert base == out[0, ids.shape[1]:].tolist()
+    assert base == greedy_reference(llm.model, ids, N, eos=_eos(llm))  # the reference is fair
+    assert_clean(llm.model)
+
+
+def test_soft_delete_floor_one_equals_baseline(tiny):
+    llm, ids, base = tiny
+    r = llm.generate(PROMPT, N, "soft_delete", config=forced_forgetting(soft_delete_floor=1.0), chat=False)
+    assert r["token_ids"] == base
+    assert_clean(llm.model)
+
+
+def test_evict_with_budget_above_length_equals_baseline(tiny):
+    llm, ids, base = tiny
+    r = llm.generate(PROMPT, N, "evict", memory_budget=ids.shape[1] + N, chat=False)
+    assert r["token_ids"] == base
+    assert r["evicted_tokens"] == 0
+    assert_clean(llm.model)
+
+
+def test_sparse_attention_equals_dropping_the_forgotten_positions(tiny):
+    llm, ids, base = tiny
+    r = llm.generate(PROMPT, N, "sparse_attention", config=forced_forgetting(), chat=False)
+    assert r["forget_events"], "forgetting must happen for the test to mean anything"
+    assert r["token_ids"] == greedy_reference(llm.model, ids, N, drop=r["forget_events"], eos=_eos(llm))
+    assert_clean(llm.model)
+
+
+def test_evict_equals_masking_and_dropping_the_evicted_positions(tiny):
+    _check_evict_equivalence(tiny[0], tiny[1], "ebbinghaus")
+
+
+@pytest.mark.parametrize("policy", ["h2o", "tova", "random", "ebbinghaus_fixed"])
+def test_other_policies_equal_masking_too(make_tiny, policy):
+    llm = make_tiny("llama")
+    _check_evict_equivalence(llm, llm.encode(PROMPT, chat=False), policy)
+
+
+def _check_evict_equivalence(llm, ids, policy):
+    budget = 16  # below the prompt length: the prompt is compressed, then one token per step goes
+    r = llm.generate(PROMPT, N, "evict", memory_budget=budget, sink_tokens=2, recent_window=4, policy=policy,
+                     chat=False)
+    events = r["evict_events"]
+    assert r["evicted_tokens"] == sum(map(len, events.values())) == ids.shape[1] + len(r["token_ids"]) - 1 - budget
+    assert r["kv_cache_tokens"] == budget
+    assert r["token_ids"] == greedy_reference(llm.model, ids, N, hide=events, eos=_eos(llm))
+    assert r["token_ids"] == greedy_reference(llm.model, ids, N, drop=events, eos=_eos(llm))
+    assert_clean(llm.model)
+
+
+@pytest.mark.parametrize("target", ["values", "logits"])
+def test_soft_delete_changes_decode_logits_but_never_the_cache(tiny, target):
+    """Soft delete does weigh fading tokens (decode logits move), on the fly: the prefill is
+    untouched and the cached keys and values stay those of a plain run (the seed's
+    multiply-the-cache design would compound them step after step)."""
+    llm, ids, base = tiny
+    kwargs = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True,
+                  pad_token_id=llm.tokenizer.pad_token_id, min_new_tokens=4)
+    plain = llm.model.generate(ids, **kwargs)
+    cfg = forced_forgetting(soft_delete_floor=0.0, soft_delete_target=target)
+    with attached(llm.model, MemorySession(llm.model, "soft_delete", cfg)):
+        soft = llm.model.generate(ids, **kwargs)
+    assert_clean(llm.model)
+    torch.testing.assert_close(soft.logits[0], plain.logits[0])
+    assert (soft.logits[1] - plain.logits[1]).abs().max() > 1e-3
+    prompt_len = ids.shape[1]
+    for a, b in zip(plain.past_key_values.layers, soft.past_key_values.layers):
+        assert torch.equal(a.keys[..., :prompt_len, :], b.keys[..., :prompt_len, :])
+        assert torch.equal(a.values[..., :prompt_len, :], b.values[..., :prompt_len, :])
+
+
+# -- sliding-window models ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gemma3(tokenizer):
+    """Gemma 3: sliding-window layers interleaved with full-attention layers."""
+    torch.manual_seed(0)
+    cfg = tf.Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                              num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                              max_position_embeddings=1024, sliding_window=8,
+                              layer_types=["sliding_attention", "full_attention"] * 2)
+    return EbbinghausLLM(model=tf.Gemma3ForCausalLM(cfg).eval(), tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("mode", ["sparse_attention", "evict"])
+def test_gemma3_sliding_window_cannot_evict_or_mask(gemma3, mode):
+    with pytest.raises(NotImplementedError, match="sliding window"):
+        gemma3.generate(PROMPT, 5, mode, chat=False)
+    assert_clean(gemma3.model)
+
+
+def test_gemma3_soft_delete_runs_on_its_full_attention_layers(gemma3):
+    base = gemma3.generate(PROMPT, N, chat=False)["token_ids"]
+    # default config: reinforcement reads the attention of every memory layer (it used to crash
+    # when a sliding layer, which holds only its window, was a memory layer)
+    r = gemma3.generate(PROMPT, N, "soft_delete", chat=False, return_attention_weights=True)
+    assert set(r["memory_stats"]) == {"layer_1"}  # first half of the full-attention layers 1 and 3
+    assert len(r["token_weights"]["attention"]["layer_1"]) == r["memory_stats"]["layer_1"]["num_tokens"]
+    same = gemma3.generate(PROMPT, N, "soft_delete", chat=False, config=forced_forgetting(soft_delete_floor=1.0))
+    assert same["token_ids"] == base
+    faded = gemma3.generate(PROMPT, N, "soft_delete", chat=False, config=forced_forgetting(soft_delete_floor=0.0))
+    assert faded["token_ids"] != base
+    assert_clean(gemma3.model)
+
+
+def test_all_sliding_model_gets_a_clear_error(tokenizer):
+    torch.manual_seed(0)
+    cfg = tf.MistralConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=16)
+    llm = EbbinghausLLM(model=tf.MistralForCausalLM(cfg).eval(), tokenizer=tokenizer)
+    assert llm.generate(PROMPT, 3, chat=False)["num_tokens"] == 3
+    for mode in ("soft_delete", "sparse_attention", "evict"):
+        with pytest.raises(NotImplementedError, match="sliding"):
+            llm.generate(PROMPT, 3, mode, chat=False)
+    assert_clean(llm.model)
+
+
+def test_memory_config_layers_follow_the_fraction(make_tiny):
+    llm = make_tiny("qwen2")
+    r = llm.generate(PROMPT, 3, "soft_delete", chat=False, config=MemoryConfig(memory_layer_fraction=0.75))
+    assert set(r["memory_stats"]) == {"layer_0", "layer_1", "layer_2"}
+    r = llm.generate(PROMPT, 3, "soft_delete", chat=False, config=MemoryConfig(memory_layer_fraction=1.0))
+    assert set(r["memory_stats"]) == {f"layer_{i}" for i in range(4)}
+
+
+def test_sparse_equivalence_holds_with_reinforcement(make_tiny):
+    """With reinforcement on, attended tokens regain strength and escape the mask; the result
+    still equals dropping exactly the masked positions."""
+    llm = make_tiny("qwen3")
+    ids = llm.encode(PROMPT, chat=False)
+    n = 30
+    plain = llm.generate(PROMPT, n, "sparse_attention", chat=False, config=forced_forgetting())
+    cfg = forced_forgetting(reinforce=True, reinforce_threshold=1.2)
+    r = llm.generate(PROMPT, n, "sparse_attention", chat=False, config=cfg)
+    assert 0 < len(r["masked_positions"]) < len(plain["masked_positions"])
+    assert r["memory_stats"]["layer_0"]["avg_strength"] > cfg.initial_strength
+    assert r["token_ids"] == greedy_reference(llm.model, ids, n, drop=r["forget_events"], eos=_eos(llm))
+    assert_clean(llm.model)

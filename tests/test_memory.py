@@ -1,0 +1,240 @@
+"""Unit tests of the forgetting curve, the config, and the cache / attention helpers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from memollm import EbbinghausMemory, MemoryConfig, retention
+from memollm.attention import add_logit_bias, combine_mask, received_attention
+from memollm.cache import gather_cache, kv_cache_bytes, select_keep
+from memollm_testutils import one_thread
+
+_one_thread = one_thread()
+
+
+# -- config --------------------------------------------------------------------------------
+def test_defaults_are_the_seeds():
+    cfg = MemoryConfig()
+    assert cfg.initial_strength == 5.0
+    assert cfg.time_step == 0.01
+    assert cfg.soft_delete_floor == 0.8
+    assert cfg.sparse_threshold == 0.001
+    assert cfg.layer_consensus == 0.5
+    assert cfg.memory_layer_fraction == 0.5
+    assert cfg.memory_layers(30) == list(range(15))
+    assert cfg.memory_layers(1) == [0]  # always at least one memory layer
+
+
+BAD_CONFIGS = [
+    ("initial_strength", 0.0), ("initial_strength", -1.0), ("initial_strength", math.nan),
+    ("initial_strength", math.inf), ("time_step", 0.0), ("time_step", -0.01), ("time_step", math.nan),
+    ("time_step", math.inf), ("soft_delete_floor", -0.1), ("soft_delete_floor", 1.5),
+    ("soft_delete_floor", math.nan), ("sparse_threshold", 0.0), ("sparse_threshold", 1.0),
+    ("sparse_threshold", -0.5), ("sparse_threshold", math.nan), ("layer_consensus", 0.0),
+    ("layer_consensus", 1.1), ("memory_layer_fraction", 0.0), ("memory_layer_fraction", 2.0),
+    ("strength_gain", -1.0), ("strength_gain", math.inf), ("reinforce_threshold", 0.0),
+    ("sink_tokens", -1), ("sink_tokens", 1.5), ("recent_window", 0), ("memory_budget", 0),
+    ("memory_budget", True), ("soft_delete_target", "keys"), ("policy", "no-such-policy"),
+]
+
+
+@pytest.mark.parametrize("name,value", BAD_CONFIGS, ids=[f"{n}={v}" for n, v in BAD_CONFIGS])
+def test_bad_config_value_names_the_parameter(name, value):
+    with pytest.raises(ValueError, match=name):
+        MemoryConfig(**{name: value})
+
+
+def test_budget_must_hold_sinks_window_and_one_more():
+    MemoryConfig(memory_budget=4 + 32 + 1, sink_tokens=4, recent_window=32)  # the smallest allowed
+    with pytest.raises(ValueError, match="memory_budget must be >= sink_tokens \\+ recent_window \\+ 1 = 37"):
+        MemoryConfig(memory_budget=36, sink_tokens=4, recent_window=32)
+
+
+def test_config_is_frozen_and_replace_validates():
+    cfg = MemoryConfig()
+    with pytest.raises(Exception):
+        cfg.time_step = 1.0  # type: ignore[misc]
+    assert cfg.replace(time_step=0.5).time_step == 0.5
+    assert cfg.time_step == 0.01
+    with pytest.raises(ValueError, match="time_step"):
+        cfg.replace(time_step=-1)
+    with pytest.raises(TypeError, match="bogus.*valid:.*time_step"):
+        cfg.replace(bogus=1)
+    assert MemoryConfig(**cfg.to_dict()) == cfg
+
+
+# -- forgetting curve ----------------------------------------------------------------------
+def test_retention_formula():
+    age = torch.tensor([0.0, 1.0, 5.0, 50.0])
+    strength = torch.tensor([5.0, 5.0, 5.0, 5.0])
+    torch.testing.assert_close(retention(age, strength), torch.exp(-age / 5.0))
+    assert retention(torch.tensor(0.0), torch.tensor(2.0)) == 1.0
+
+
+def test_prompt_in_one_pass_ages_like_one_token_at_a_time():
+    cfg = MemoryConfig(time_step=0.25)
+    whole, steps = EbbinghausMemory(3, cfg), EbbinghausMemory(3, cfg)
+    whole.append(1, 6)
+    for _ in range(6):
+        steps.append(1, 1)
+    torch.testing.assert_close(whole.age, steps.age)
+    torch.testing.assert_close(whole.strength, steps.strength)
+    assert whole.age[0, 0].tolist() == [1.25, 1.0, 0.75, 0.5, 0.25, 0.0]
+    assert torch.all(whole.strength == 5.0)
+
+
+def test_aging_lowers_retention_by_the_curve():
+    cfg = MemoryConfig(time_step=0.1, initial_strength=2.0, reinforce=False)
+    mem = EbbinghausMemory(2, cfg)
+    mem.append(1, 4)
+    before = mem.retention()
+    mem.append(1, 3)  # three more tokens read: every old token ages 0.3
+    after = mem.retention()[..., :4]
+    torch.testing.assert_close(after, before * math.exp(-0.3 / 2.0))
+
+
+def test_reinforcement_rule():
+    cfg = MemoryConfig(initial_strength=5.0, reinforce_threshold=1.0, strength_gain=2.0, time_step=0.5)
+    mem = EbbinghausMemory(1, cfg)
+    mem.append(1, 4)  # ages 1.5, 1.0, 0.5, 0.0
+    received = torch.tensor([[[0.5, 0.2, 0.2, 0.1]]])  # 4 visible keys: uniform share is 0.25
+    mem.reinforce(received, 4)
+    # shares 2.0, 0.8, 0.8, 0.4: only the first reaches the threshold 1.0
+    assert mem.strength[0, 0].tolist() == pytest.approx([5.0 + 2.0 * 2.0, 5.0, 5.0, 5.0])
+    assert mem.age[0, 0].tolist() == pytest.approx([0.0, 1.0, 0.5, 0.0])
+
+
+def test_no_reinforcement_when_disabled():
+    mem = EbbinghausMemory(1, MemoryConfig(reinforce=False))
+    mem.append(1, 3)
+    s, a = mem.strength.clone(), mem.age.clone()
+    mem.reinforce(torch.ones(1, 1, 3), 3)
+    assert torch.equal(mem.strength, s) and torch.equal(mem.age, a)
+
+
+def test_keep_gathers_every_layer():
+    mem = EbbinghausMemory(2, MemoryConfig(time_step=1.0))
+    mem.append(1, 5)  # ages 4..0
+    mem.keep(torch.tensor([[0, 3, 4]]))
+    assert mem.num_tokens == 3
+    assert mem.age[1, 0].tolist() == [4.0, 1.0, 0.0]
+
+
+def test_soft_weights_are_recomputed_never_compounded():
+    cfg = MemoryConfig(soft_delete_floor=0.5, time_step=1.0, initial_strength=1.0, reinforce=False)
+    mem = EbbinghausMemory(1, cfg)
+    mem.append(1, 4)
+    w1 = mem.soft_weights()
+    w2 = mem.soft_weights()
+    assert torch.equal(w1, w2)
+    torch.testing.assert_close(w1, 0.5 + 0.5 * mem.retention())
+    assert float(w1.min()) >= 0.5 and float(w1.max()) <= 1.0
+    mem.append(1, 1)
+    # after one more token the weight is the curve at the new age, not w1 * something
+    torch.testing.assert_close(mem.soft_weights()[..., :4], 0.5 + 0.5 * torch.exp(-(mem.age[..., :4])))
+
+
+def test_forgotten_needs_layer_consensus():
+    cfg = MemoryConfig(sparse_threshold=0.1, layer_consensus=0.5)
+    mem = EbbinghausMemory(2, cfg)
+    mem.append(1, 3)
+    mem.age = torch.tensor([[[100.0, 100.0, 0.0]], [[100.0, 0.0, 0.0]]])  # token 1 forgotten in one layer
+    assert mem.forgotten().tolist() == [[True, True, False]]
+    mem.config = cfg.replace(layer_consensus=1.0)
+    assert mem.forgotten().tolist() == [[True, False, False]]
+
+
+def test_state_is_eight_bytes_per_token_per_layer():
+    mem = EbbinghausMemory(15, MemoryConfig())
+    assert mem.nbytes == 0
+    mem.append(1, 100)
+    assert mem.nbytes == 8 * 15 * 100
+
+
+def test_stats_summarise_each_memory_layer():
+    mem = EbbinghausMemory(2, MemoryConfig(time_step=1.0, initial_strength=1.0))
+    assert mem.stats([0, 1]) == {}
+    mem.append(1, 10)
+    stats = mem.stats([0, 1], masked=torch.zeros(1, 10, dtype=torch.bool))
+    assert set(stats) == {"layer_0", "layer_1"}
+    s = stats["layer_1"]
+    assert s["num_tokens"] == 10
+    assert s["avg_age"] == pytest.approx(4.5)
+    assert s["avg_strength"] == pytest.approx(1.0)
+    assert s["avg_retention"] == pytest.approx(sum(math.exp(-k) for k in range(10)) / 10, rel=1e-5)
+    assert s["forgotten_tokens"] == 3  # exp(-7), exp(-8), exp(-9) < 0.001
+    assert s["masked_tokens"] == 0
+
+
+# -- cache helpers -------------------------------------------------------------------------
+def test_select_keep_protects_sinks_and_window():
+    positions = torch.arange(10)[None]
+    scores = torch.tensor([[0.0, 0.0, 9.0, 1.0, 8.0, 2.0, 7.0, 0.0, 0.0, 0.0]])
+    keep, fallback = select_keep(scores, positions, 6, sink_tokens=2, recent_window=2)
+    assert not fallback
+    assert keep.tolist() == [[0, 1, 2, 4, 8, 9]]
+
+
+def test_select_keep_falls_back_to_recency_on_non_finite_scores():
+    positions = torch.arange(10)[None]
+    for bad in (math.nan, math.inf, -math.inf):
+        scores = torch.rand(1, 10)
+        scores[0, 3] = bad
+        keep, fallback = select_keep(scores, positions, 6, sink_tokens=2, recent_window=2)
+        assert fallback
+        assert keep.tolist() == [[0, 1, 6, 7, 8, 9]]
+
+
+def test_gather_cache_and_bytes():
+    from transformers import DynamicCache, LlamaConfig
+
+    cfg = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32)
+    cache = DynamicCache(config=cfg)
+    for i in range(2):
+        k = torch.arange(2 * 2 * 6 * 8, dtype=torch.float32).reshape(2, 2, 6, 8)
+        cache.update(k, k + 1000, i)
+    assert kv_cache_bytes(cache) == 2 * 2 * (2 * 2 * 6 * 8) * 4
+    assert kv_cache_bytes(None) == 0
+    ref = cache.layers[0].keys.clone()
+    keep = torch.tensor([[0, 2, 5], [1, 3, 4]])
+    gather_cache(cache, keep)
+    assert cache.get_seq_length() == 3
+    for row in range(2):
+        torch.testing.assert_close(cache.layers[1].keys[row], ref[row][:, keep[row]])
+        torch.testing.assert_close(cache.layers[1].values[row], ref[row][:, keep[row]] + 1000)
+
+
+# -- attention helpers ---------------------------------------------------------------------
+def test_combine_mask_keeps_causality_and_hides_keys():
+    allowed = torch.tensor([[True, False, True, True]])
+    m = combine_mask(None, allowed, q_len=2, kv_len=4, dtype=torch.float32)
+    assert m.shape == (1, 1, 2, 4)
+    assert m[0, 0].tolist() == [[True, False, True, False], [True, False, True, True]]
+    float_mask = torch.zeros(1, 1, 1, 4)
+    out = combine_mask(float_mask, allowed, 1, 4, torch.float32)
+    assert out[0, 0, 0, 1] == torch.finfo(torch.float32).min and out[0, 0, 0, 0] == 0
+
+
+def test_logit_bias_is_a_log_weight():
+    w = torch.tensor([[0.5, 1.0, 0.25]])
+    mask = add_logit_bias(None, torch.log(w), q_len=1, kv_len=3, dtype=torch.float32)
+    logits = torch.zeros(3)
+    p = torch.softmax(logits + mask[0, 0, 0], -1)
+    torch.testing.assert_close(p, w[0] / w.sum())
+
+
+def test_received_attention_matches_eager_softmax_with_gqa():
+    torch.manual_seed(0)
+    q = torch.randn(1, 6, 3, 8)  # 6 query heads, 2 KV heads: groups of 3
+    k = torch.randn(1, 2, 5, 8)
+    got = received_attention(None, q, k, None, 0.3)
+    k_all = k.repeat_interleave(3, dim=1)
+    a = torch.softmax(q[:, :, -1:] @ k_all.transpose(-1, -2) * 0.3, -1)[:, :, 0]  # [1, heads, kv]
+    torch.testing.assert_close(got, a.mean(1))
+    assert got.sum().item() == pytest.approx(1.0)
+    hide = torch.tensor([True, False, True, True, True])[None, None, None, :].expand(1, 1, 3, 5)
+    masked = received_attention(None, q, k, hide, 0.3)
+    assert masked[0, 1] == 0 and masked.sum().item() == pytest.approx(1.0)

@@ -1,0 +1,180 @@
+"""Issue 6, point 1: invariants of the memory, the eviction choice and the masks, tested
+with hypothesis over random operation sequences and parameters."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from memollm import EbbinghausMemory, MemoryConfig
+from memollm.attention import combine_mask, received_attention
+from memollm.cache import select_keep
+from memollm_testutils import assert_clean, one_thread
+
+_one_thread = one_thread()
+
+FAST = settings(max_examples=60, deadline=None)
+
+configs = st.builds(
+    MemoryConfig,
+    initial_strength=st.floats(0.05, 50.0),
+    time_step=st.floats(1e-4, 5.0),
+    reinforce=st.booleans(),
+    reinforce_threshold=st.floats(0.1, 4.0),
+    strength_gain=st.floats(0.0, 10.0),
+    soft_delete_floor=st.floats(0.0, 1.0),
+    sparse_threshold=st.floats(1e-6, 0.9),
+    layer_consensus=st.floats(0.01, 1.0),
+)
+
+# an operation: ("append", n) | ("reinforce", seed) | ("keep", seed)
+ops = st.lists(st.one_of(st.tuples(st.just("append"), st.integers(1, 6)),
+                         st.tuples(st.just("reinforce"), st.integers(0, 2**31 - 1)),
+                         st.tuples(st.just("keep"), st.integers(0, 2**31 - 1))), min_size=1, max_size=25)
+
+
+def _attention(mem: EbbinghausMemory, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(mem.num_layers, mem.strength.shape[1], mem.num_tokens, generator=g) * 3
+    return torch.softmax(logits, -1)
+
+
+@FAST
+@given(cfg=configs, layers=st.integers(1, 4), batch=st.integers(1, 3), seq=ops)
+def test_memory_invariants(cfg, layers, batch, seq):
+    mem = EbbinghausMemory(layers, cfg)
+    tokens = 0
+    for op, arg in seq:
+        before = mem.retention().clone() if mem.num_tokens else None
+        if op == "append":
+            mem.append(batch, arg)
+            tokens += arg
+            if before is not None:  # aging without reinforcement never raises R
+                assert torch.all(mem.retention()[..., :before.shape[-1]] <= before)
+            assert torch.all(mem.retention()[..., -1] == 1.0)  # the newest token is fresh
+        elif op == "reinforce" and mem.num_tokens:
+            received = _attention(mem, arg)
+            mem.reinforce(received, mem.num_tokens)
+            assert torch.all(mem.retention() >= before)  # reinforcement never lowers R
+            if not cfg.reinforce:
+                assert torch.equal(mem.retention(), before)
+        elif op == "keep" and mem.num_tokens:
+            g = torch.Generator().manual_seed(arg)
+            n_keep = int(torch.randint(1, mem.num_tokens + 1, (1,), generator=g))
+            idx = torch.sort(torch.randperm(mem.num_tokens, generator=g)[:n_keep]).values
+            mem.keep(idx.expand(batch, -1))
+            torch.testing.assert_close(mem.retention(), before[..., idx])
+            tokens = n_keep
+        r = mem.retention()
+        assert r.shape == (layers, batch, tokens) if tokens else r.numel() == 0
+        assert torch.all((r >= 0) & (r <= 1)) and not torch.isnan(r).any()
+        # state size follows the cached tokens and nothing else: 8 bytes per token per layer
+        assert mem.nbytes == 8 * layers * batch * tokens
+        if tokens:
+            w = mem.soft_weights()
+            assert torch.all((w >= cfg.soft_delete_floor - 1e-6) & (w <= 1 + 1e-6))
+
+
+@FAST
+@given(data=st.data(), total=st.integers(1, 60), batch=st.integers(1, 3), sinks=st.integers(0, 6),
+       window=st.integers(1, 10), nan=st.booleans())
+def test_select_keep_invariants(data, total, batch, sinks, window, nan):
+    n_keep = data.draw(st.integers(1, total + 5), label="n_keep")
+    # true positions: strictly increasing per row, starting at 0 (sinks are the first positions)
+    gaps = data.draw(st.lists(st.integers(1, 3), min_size=total, max_size=total), label="gaps")
+    pos = torch.tensor([0] + gaps[:-1]).cumsum(0)[None].expand(batch, -1).clone()
+    scores = torch.tensor(data.draw(st.lists(st.floats(-1e3, 1e3), min_size=total * batch,
+                                             max_size=total * batch), label="scores")).reshape(batch, total)
+    if nan:
+        scores[0, data.draw(st.integers(0, total - 1), label="nan_at")] = math.nan
+    protected = (pos < sinks) | (torch.arange(total) >= total - window)
+    if n_keep < total and int(protected[0].sum()) > n_keep:
+        return  # the session never asks for fewer slots than it protects (budget >= sinks + window + 1)
+    keep, fallback = select_keep(scores, pos, n_keep, sink_tokens=sinks, recent_window=window)
+    assert fallback == (nan and n_keep < total)
+    assert keep.shape == (batch, min(n_keep, total))
+    for b in range(batch):
+        row = keep[b].tolist()
+        assert all(x < y for x, y in zip(row, row[1:])), "slots (so positions) strictly increasing"
+        assert set(torch.nonzero(protected[b]).flatten().tolist()) <= set(row), "sinks and window kept"
+        assert total - 1 in row, "the newest token is kept"
+        if n_keep < total:
+            ranked = pos[b].float() if fallback else scores[b]
+            dropped = sorted(set(range(total)) - set(row))
+            free = [k for k in row if not protected[b, k]]
+            if free and dropped:  # every kept competitor scores at least as high as every dropped one
+                assert min(float(ranked[k]) for k in free) >= max(float(ranked[d]) for d in dropped)
+
+
+@FAST
+@given(batch=st.integers(1, 3), cached=st.integers(0, 20), q_len=st.integers(1, 4), seed=st.integers(0, 2**16),
+       float_mask=st.booleans())
+def test_masks_never_hide_every_key(batch, cached, q_len, seed, float_mask):
+    """Whatever is forgotten, the session's mask (cached keys allowed or not, new tokens
+    always allowed) leaves every query at least one key, and attention stays a distribution."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(batch, cached, generator=g) < torch.rand(1, generator=g)  # anything, all False included
+    allowed = torch.cat([keep, torch.ones(batch, q_len, dtype=torch.bool)], dim=-1)
+    kv = cached + q_len
+    base = None
+    if float_mask:
+        causal = torch.arange(kv)[None, :] <= (torch.arange(q_len)[:, None] + cached)
+        base = torch.zeros(1, 1, q_len, kv).masked_fill(~causal, torch.finfo(torch.float32).min)
+    mask = combine_mask(base, allowed, q_len, kv, torch.float32)
+    visible = mask if mask.dtype == torch.bool else mask > torch.finfo(torch.float32).min
+    visible = visible.expand(batch, 1, q_len, kv)
+    assert torch.all(visible.any(-1)), "a query row with every key hidden"
+    assert torch.all(visible[..., :cached] <= keep[:, None, None, :]), "a forgotten key stayed visible"
+    q = torch.randn(batch, 4, q_len, 8, generator=g)
+    k = torch.randn(batch, 2, kv, 8, generator=g)
+    got = received_attention(None, q, k, mask, None)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got.sum(-1), torch.ones(batch))
+
+
+@pytest.fixture(scope="module")
+def tiny(make_tiny):
+    return make_tiny("qwen2")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(budget_extra=st.integers(1, 12), sinks=st.integers(0, 6), window=st.integers(1, 8),
+       policy=st.sampled_from(["ebbinghaus", "h2o", "tova", "random", "streaming"]), n=st.integers(1, 16))
+def test_eviction_invariants_in_generation(tiny, budget_extra, sinks, window, policy, n):
+    prompt = "The quick brown fox jumps over the lazy dog."
+    budget = sinks + window + budget_extra
+    r = tiny.generate(prompt, n, "evict", chat=False, memory_budget=budget, sink_tokens=sinks,
+                      recent_window=window, policy=policy, ignore_eos=True, return_attention_weights=True)
+    total = r["prompt_tokens"] + n - 1  # tokens that went through the model
+    assert r["kv_cache_tokens"] == min(budget, total) and r["peak_kv_cache_tokens"] <= budget
+    pos = r["token_weights"]["positions"] if r["token_weights"] else None
+    if policy in ("ebbinghaus",):
+        assert len(pos) == r["kv_cache_tokens"]
+        assert all(a < b for a, b in zip(pos, pos[1:]))
+        assert pos[:min(sinks, len(pos))] == list(range(min(sinks, len(pos))))
+        assert pos[-1] == total - 1
+    dropped = [p for ps in r["evict_events"].values() for p in ps]
+    assert len(dropped) == len(set(dropped)) == total - r["kv_cache_tokens"]
+    assert not any(p < sinks for p in dropped), "a sink was evicted"
+    assert_clean(tiny.model)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(strength=st.floats(0.2, 3.0), step=st.floats(0.05, 1.0), sinks=st.integers(0, 6),
+       consensus=st.floats(0.1, 1.0), reinforce=st.booleans())
+def test_sparse_masking_invariants_in_generation(tiny, strength, step, sinks, consensus, reinforce):
+    cfg = MemoryConfig(initial_strength=strength, time_step=step, sink_tokens=sinks, layer_consensus=consensus,
+                       reinforce=reinforce)
+    r = tiny.generate("The quick brown fox jumps over the lazy dog.", 10, "sparse_attention", chat=False,
+                      config=cfg, ignore_eos=True)
+    events = r["forget_events"]
+    flat = [p for ps in events.values() for p in ps]
+    assert len(flat) == len(set(flat)), "a masked token is never masked twice (it never comes back)"
+    assert sorted(flat) == r["masked_positions"]
+    assert not any(p < sinks for p in flat), "sinks are never masked"
+    assert len(r["masked_positions"]) < r["kv_cache_tokens"], "never every key"
+    assert_clean(tiny.model)
