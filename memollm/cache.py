@@ -133,14 +133,14 @@ def decode_loop(
 ) -> dict:
     """Greedy decoding written out by hand over a ``DynamicCache``, for lessons and tests.
 
-    ``drop`` maps a forward step (1 = the first decode step, as in a session's
-    ``forget_events``) to the true positions removed from every layer's cache before that
-    step. ``true_positions=False`` passes no ``position_ids``, so the model numbers the new
-    token by the cache length: the mistake eviction must avoid. ``forced_tokens`` feeds
-    those tokens (e.g. another run's ``token_ids``) instead of the argmax (teacher forcing),
-    so two runs' logits compare step by step. Returns ``token_ids`` (the argmax of every
-    step), ``logits`` ``[steps, vocab]`` (float32, CPU), and the
-    ``kv_cache_bytes`` / ``kv_cache_tokens`` / ``positions`` after every step.
+    ``drop`` maps a forward step (1 = the first decode step, as in a result's
+    ``forget_events`` and ``evict_events``) to the true positions removed from every
+    layer's cache before that step. ``true_positions=False`` passes no ``position_ids``, so
+    the model numbers the new token by the cache length: the mistake eviction must avoid.
+    ``forced_tokens`` feeds those tokens (e.g. another run's ``token_ids``) instead of the
+    argmax (teacher forcing), so two runs' logits compare step by step. Returns
+    ``token_ids`` (the argmax of every step), ``logits`` ``[steps, vocab]`` (float32, CPU),
+    ``kv_cache_bytes`` / ``kv_cache_tokens`` after every step and the final ``positions``.
     """
     from transformers import DynamicCache
 
