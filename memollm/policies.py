@@ -6,9 +6,20 @@ policy tracks its own per-token state through four calls made at every forward s
 ``append`` (new tokens read), ``observe`` (attention they received), ``keep`` (slots that
 survived eviction) and ``scores``. Add one with ``@register_policy("name")``.
 
-References: StreamingLLM (Xiao et al., 2023) keeps sinks + recent tokens; H2O (Zhang et
-al., 2023) keeps "heavy hitters" by accumulated attention; TOVA (Oren et al., 2024) keeps
-the tokens the newest query attends to most.
+References, and how each is adapted to one shared set of cached slots for all layers:
+
+* StreamingLLM (Xiao et al., 2023): attention sinks + the most recent tokens, nothing else.
+* H2O (Zhang et al., 2023): "heavy hitters", the tokens with the largest attention summed
+  over all decoding steps so far, plus a recent window. The paper evicts per layer and head
+  with a recent share of half the budget; here the attention is averaged over heads and the
+  memory layers, and the recent window is the shared ``recent_window``.
+* TOVA (Oren et al., 2024): keeps the tokens the *newest* query attends to most (attention
+  averaged over heads), with no accumulation; here also averaged over the memory layers.
+* ``random``: a control (fresh seeded scores at every eviction).
+
+Attention is the softmax row of the newest query at each forward step. When a prompt is
+read in one pass or in chunks, that is the last query of the pass or chunk (TOVA's rule
+for prompts; H2O's paper would also sum the other prompt queries' rows).
 """
 
 from __future__ import annotations
@@ -110,6 +121,21 @@ class EbbinghausFixedPolicy(EbbinghausPolicy):
         super().__init__(config.replace(reinforce=False), num_layers, memory=None, device=device)
 
 
+EBBINGHAUS_TUNED = {"reinforce_threshold": 0.5, "initial_strength": 20.0}
+"""Settings tuned on the *tune* split (second half of ``pydoc_data.topics``) with
+``scripts/tune_ebbinghaus.py`` for SmolLM2-135M at budgets 64 and 128 (perplexity after the
+budget, token by token); see the README's quality section. ``MemoryConfig`` keeps the
+seed's defaults, which the other modes and notebooks rely on."""
+
+
+@register_policy("ebbinghaus_tuned")
+class EbbinghausTunedPolicy(EbbinghausPolicy):
+    """Ebbinghaus with tuned settings: reinforce at half the uniform share, S0 = 20."""
+
+    def __init__(self, config, num_layers, *, memory=None, seed=0, device=None) -> None:
+        super().__init__(config.replace(**EBBINGHAUS_TUNED), num_layers, memory=None, device=device)
+
+
 @register_policy("streaming")
 class StreamingPolicy(Policy):
     """StreamingLLM: attention sinks plus the most recent tokens, nothing else."""
@@ -156,6 +182,58 @@ class FullPolicy(StreamingPolicy):
     """Reference: never evicts (memory grows with the sequence)."""
 
     evicts = False
+
+
+class PolicyRows(Policy):
+    """Several policies side by side, one per block of batch rows (for evaluation).
+
+    Row ``i`` of the batch is ranked by ``policies[i // rows_each]``. Batch rows never
+    interact in a forward pass, so running P policies on the same text as P row blocks of
+    one batch gives each the result it would get alone, at a fraction of the CPU time
+    (decoding is bound by reading the weights, which a batch shares). All rows keep the
+    same number of slots, so every sub-policy must evict (``full`` cannot be a row).
+    """
+
+    name = "rows"
+
+    def __init__(self, policies: list[Policy], rows_each: int = 1) -> None:
+        if not policies:
+            raise ValueError("PolicyRows needs at least one policy")
+        if any(not p.evicts for p in policies):
+            raise ValueError("every row policy must evict ('full' is the no-eviction reference: run it alone)")
+        self.policies = list(policies)
+        self.rows_each = int(rows_each)
+        self.config = policies[0].config
+        self.num_layers = policies[0].num_layers
+        self.needs_attention = any(p.needs_attention for p in policies)
+
+    def _rows(self, i: int) -> slice:
+        return slice(i * self.rows_each, (i + 1) * self.rows_each)
+
+    def _check(self, batch: int) -> None:
+        if batch != self.rows_each * len(self.policies):
+            raise ValueError(f"batch of {batch} rows, expected {len(self.policies)} policies x {self.rows_each}")
+
+    def append(self, batch, n):
+        self._check(batch)
+        for p in self.policies:
+            p.append(self.rows_each, n)
+
+    def observe(self, received, visible):
+        for i, p in enumerate(self.policies):
+            if p.needs_attention:
+                v = visible
+                if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == received.shape[1]:
+                    v = v[:, self._rows(i)]
+                p.observe(received[:, self._rows(i)], v)
+
+    def keep(self, index):
+        for i, p in enumerate(self.policies):
+            p.keep(index[self._rows(i)])
+
+    def scores(self, positions):
+        self._check(positions.shape[0])
+        return torch.cat([p.scores(positions[self._rows(i)]).float() for i, p in enumerate(self.policies)], dim=0)
 
 
 def make_policy(name: str, config: MemoryConfig, num_layers: int, **kwargs) -> Policy:
