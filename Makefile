@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/python demo.py --compare --prompt "Explain what artificial intelligence is." --max_tokens 30
+	$(BIN)/python demo.py --compare --prompt "Explain what artificial intelligence is." --max_tokens 30 --budget 48
 
 unit: setup
 	$(BIN)/python -m pytest -q tests
