@@ -157,27 +157,15 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- bench and eval register themselves here --------------------------------------------------
-def _add_optional(sub) -> None:
-    try:
-        from .bench import add_parser as add_bench
-    except ImportError:
-        add_bench = None
-    if add_bench is not None:
-        add_bench(sub)
-    try:
-        from .evaluate import add_parser as add_eval
-    except ImportError:
-        add_eval = None
-    if add_eval is not None:
-        add_eval(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="memollm", description="Ebbinghaus forgetting for the KV cache of language models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from .bench import add_parser as add_bench  # late imports: both modules import this one
+    from .evaluate import add_parser as add_eval
+
     _add_generate(sub)
-    _add_optional(sub)
+    add_bench(sub)
+    add_eval(sub)
     return parser
 
 
