@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from .attention import attached
 from .memory import MemoryConfig
 from .policies import POLICIES, PolicyRows, make_policy
-from .session import MemorySession
+from .session import MemorySession, memory_layer_ids
 
 EVICTING = ("ebbinghaus", "ebbinghaus_tuned", "ebbinghaus_fixed", "streaming", "h2o", "tova", "random")
 """The evicting policies compared by default; ``full`` (no eviction) is always added as the reference."""
@@ -137,7 +137,7 @@ def stream(llm, ids: torch.Tensor, policies: Sequence, budget: int, *, sinks: in
     device = llm.device
     seg, total = ids.shape
     rows = ids.to(device).repeat(len(specs), 1)  # row p * seg + s
-    n_layers = len(cfg.memory_layers(_num_layers(model)))
+    n_layers = len(memory_layer_ids(model, cfg))
     built = []
     for i, (label, name, pcfg) in enumerate(specs):
         if name == "full":
@@ -173,12 +173,6 @@ def stream(llm, ids: torch.Tensor, policies: Sequence, budget: int, *, sinks: in
     shape = (len(specs), seg, total - 1)
     return StreamResult(logprob.reshape(shape), argmax.reshape(shape), session.peak_cached, seconds,
                         session if keep_session else None, cache if keep_session else None, last)
-
-
-def _num_layers(model) -> int:
-    from .session import num_layers_of
-
-    return num_layers_of(model)
 
 
 @torch.no_grad()

@@ -25,9 +25,6 @@ from .session import MemorySession
 
 log = logging.getLogger(__name__)
 
-_CONFIG_OVERRIDES = ("memory_budget", "sink_tokens", "recent_window", "policy")
-
-
 _MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
 _MODEL_LOCKS_GUARD = threading.Lock()
 

@@ -29,16 +29,22 @@ from .policies import EbbinghausPolicy, Policy, make_policy
 log = logging.getLogger(__name__)
 
 
-def num_layers_of(model: torch.nn.Module) -> int:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(cfg.num_hidden_layers)
-
-
 def full_attention_layers(model: torch.nn.Module) -> list[int]:
     """Layers whose KV cache keeps every token. Sliding-window layers (Gemma 2/3, Mistral with
     ``sliding_window``) hold only their window, so they cannot carry per-token memory state."""
     layers = DynamicCache(config=model.config).layers
     return [i for i, layer in enumerate(layers) if not getattr(layer, "is_sliding", False)]
+
+
+def memory_layer_ids(model: torch.nn.Module, config: MemoryConfig) -> list[int]:
+    """The layers that keep memory state: the first ``memory_layer_fraction`` of the
+    full-attention layers (all layers for most models)."""
+    full = full_attention_layers(model)
+    if not full:
+        raise NotImplementedError(
+            f"every layer of {type(model).__name__} uses sliding-window attention; memollm keeps memory "
+            "state on full-attention layers only. Use generation_mode='baseline' with this model.")
+    return [full[i] for i in config.memory_layers(len(full))]
 
 
 class MemorySession:
@@ -52,13 +58,7 @@ class MemorySession:
             raise ValueError(f"a MemorySession needs one of {MODES[1:]}, got {mode!r}")
         self.mode, self.config = mode, config
         device = next(model.parameters()).device
-        full = full_attention_layers(model)
-        if not full:
-            raise NotImplementedError(
-                f"every layer of {type(model).__name__} uses sliding-window attention; memollm keeps memory "
-                "state on full-attention layers only. Use generation_mode='baseline' with this model.")
-        # memory on the first fraction of the full-attention layers (all layers for most models)
-        self.layer_ids = [full[i] for i in config.memory_layers(len(full))]
+        self.layer_ids = memory_layer_ids(model, config)
         self.layer_slot = {layer: i for i, layer in enumerate(self.layer_ids)}
         n = len(self.layer_ids)
         if policy is not None and mode != "evict":
