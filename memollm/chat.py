@@ -1,0 +1,533 @@
+"""A conversation that keeps one bounded KV cache across turns.
+
+``ChatSession`` holds one transformers ``DynamicCache`` and, in the memory modes, one
+``MemorySession`` for the whole conversation. Each ``send`` renders the whole history with
+the chat template, checks that the rendering starts with the text the cache already holds,
+reads only the new tokens (in chunks that keep the cache within ``memory_budget``) and
+decodes the reply token by token with the same cache. The memory state (strength, age, a
+policy's scores) carries over from turn to turn, so a fact the model attends to again in a
+later turn is reinforced.
+
+Turn boundaries. Generation stops at an end-of-turn token (``<|im_end|>``) that is sampled
+but never fed to the model; the next turn's rendering starts with it, so it is fed first
+when the template agrees (else it is dropped and the template's own end-of-turn text is
+read). Everything the cache holds is, as text, exactly the template applied to the
+history; as tokens, too, whenever the model's reply tokens are the tokenizer's own
+tokenization of the reply (true of greedy replies in practice, checked in the tests).
+
+Positions. Every token gets its true position in the conversation (0, 1, 2, ...), also
+after eviction, as in ``generate(..., generation_mode="evict")``.
+
+This module sits below ``memollm.llm``: it takes the ``EbbinghausLLM`` duck-typed
+(``.model``, ``.tokenizer``, ``.config``, ``.device``, ``.resolve_config``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from . import attention as _attention
+from .attention import attached
+from .cache import kv_cache_bytes
+from .session import MemorySession
+
+try:  # MemoryConfig and MODES are moving from memory.py to config.py
+    from .config import MODES, MemoryConfig
+except ImportError:  # pragma: no cover - older layout
+    from .memory import MODES, MemoryConfig
+
+FORMATS = ("chat", "transcript")
+"""``chat``: the tokenizer's chat template. ``transcript``: plain ``User: ...`` /
+``Assistant: ...`` lines (no template), one line per turn, the reply stopping at a newline."""
+
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "do_sample", "repetition_penalty")
+
+
+class ChatTemplateError(ValueError):
+    """The chat template renders the earlier conversation differently from what the cache holds."""
+
+
+def _exclusive(model):
+    """The model's lock (``memollm.attention.exclusive``) where the library has one."""
+    lock = getattr(_attention, "exclusive", None)
+    return lock(model) if lock is not None else contextlib.nullcontext()
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _check_text(name: str, value: Any, *, empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    if not empty and not value.strip():
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+def sampling_processors(temperature=None, top_p=None, top_k=None, do_sample=None, repetition_penalty=None):
+    """``(do_sample, LogitsProcessorList)`` from the usual sampling keywords, validated.
+
+    As in ``EbbinghausLLM.generate``: ``do_sample`` defaults to True when ``temperature``,
+    ``top_p`` or ``top_k`` is given, else greedy.
+    """
+    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
+                              TopKLogitsWarper, TopPLogitsWarper)
+
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if temperature is not None and (not number(temperature) or temperature <= 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if top_p is not None and (not number(top_p) or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if top_k is not None:
+        _check_int("top_k", top_k, 1)
+    if repetition_penalty is not None and (not number(repetition_penalty) or repetition_penalty <= 0):
+        raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty!r}")
+    if do_sample is not None and not isinstance(do_sample, bool):
+        raise ValueError(f"do_sample must be True, False or None, got {do_sample!r}")
+    if do_sample is None:
+        do_sample = any(v is not None for v in (temperature, top_p, top_k))
+    procs = LogitsProcessorList()
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
+    if do_sample:
+        if temperature is not None and temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(temperature))
+        if top_k is not None:
+            procs.append(TopKLogitsWarper(top_k))
+        if top_p is not None and top_p < 1.0:
+            procs.append(TopPLogitsWarper(top_p))
+    return do_sample, procs
+
+
+class ChatSession:
+    """A conversation with one KV cache and one memory state that persist across turns.
+
+    ``send(message)`` appends a user turn, reads only its new tokens and generates the
+    reply; ``add_turn(message, reply)`` appends a user turn with a given reply (read, not
+    generated: teacher forcing); ``history`` holds the turns; ``reset()`` starts over.
+
+    ``generation_mode``: one of ``MODES``; ``baseline`` keeps every token (the reference),
+    ``evict`` holds the cache to ``memory_budget`` tokens with ``policy``. ``system``: a
+    system message (the template's default system prompt otherwise). ``fmt``: ``"chat"``
+    (the tokenizer's chat template) or ``"transcript"`` (``User: ...`` / ``Assistant: ...``
+    lines, for models that follow a plain transcript better than their template).
+    ``prefill_chunk``: at most this many tokens per forward pass when reading a turn (in
+    ``evict`` the chunks are also cut so that the cache never exceeds the budget).
+    """
+
+    def __init__(self, llm, generation_mode: str = "evict", memory_budget: int | None = None,
+                 policy: str | None = None, system: str | None = None, config: MemoryConfig | None = None,
+                 sink_tokens: int | None = None, recent_window: int | None = None, seed: int = 0, *,
+                 fmt: str = "chat", prefill_chunk: int | None = None) -> None:
+        for attr in ("model", "tokenizer", "resolve_config"):
+            if not hasattr(llm, attr):
+                raise TypeError(
+                    f"ChatSession needs an EbbinghausLLM (an object with .{attr}), got {type(llm).__name__}")
+        if generation_mode not in MODES:
+            raise ValueError(f"generation_mode must be one of {MODES}, got {generation_mode!r}")
+        if fmt not in FORMATS:
+            raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+        if system is not None:
+            _check_text("system", system)
+        _check_int("seed", seed, 0)
+        if prefill_chunk is not None:
+            _check_int("prefill_chunk", prefill_chunk, 1)
+        if config is not None and not isinstance(config, MemoryConfig):
+            raise TypeError(f"config must be a MemoryConfig, got {type(config).__name__}")
+        self.llm = llm
+        self.model, self.tokenizer = llm.model, llm.tokenizer
+        self.mode, self.fmt, self.system, self.seed = generation_mode, fmt, system, seed
+        self.prefill_chunk = prefill_chunk
+        overrides = dict(memory_budget=memory_budget, policy=policy, sink_tokens=sink_tokens,
+                         recent_window=recent_window)
+        given = sorted(k for k, v in overrides.items() if v is not None)
+        self._config_warnings: list[str] = []
+        if generation_mode != "evict" and given:
+            self._config_warnings.append(
+                f"{', '.join(given)} only apply to generation_mode='evict'; ignored in {generation_mode!r}")
+            overrides = {}
+        self.config: MemoryConfig = llm.resolve_config(config, **overrides)
+        if fmt == "chat" and getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError("this tokenizer has no chat template; use fmt='transcript'")
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(self.tokenizer.eos_token_id)
+        self.stop_ids = frozenset(int(e) for e in eos)
+        cfg = self.model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        self.max_positions = next((v for v in (getattr(cfg, n, None) for n in
+                                               ("max_position_embeddings", "n_positions", "max_sequence_length"))
+                                   if isinstance(v, int)), None)
+        self.reset()
+
+    # -- state -----------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the whole conversation: a new cache, a new memory state, no history."""
+        self.history: list[dict[str, str]] = []
+        self.cache = DynamicCache(config=self.model.config)
+        self.session = None if self.mode == "baseline" else MemorySession(
+            self.model, self.mode, self.config, seed=self.seed)
+        self._ids: list[int] = []  # every token read into the cache, in order: token i has true position i
+        self._pending: list[int] = []  # the last sampled token, not yet read (an end-of-turn token, usually)
+        self.boundaries: list[tuple[str, int]] = []  # (role, true position where its tokens start)
+        self.steps = 0  # forward passes so far (as the session counts them)
+        self.peak_cached = 0  # the most tokens the cache held in the current turn
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self._broken: str | None = None
+        self.warnings = list(self._config_warnings)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The system message (if any) followed by the history: what the template renders."""
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+
+    @property
+    def turn(self) -> int:
+        """Number of user turns so far."""
+        return sum(1 for m in self.history if m["role"] == "user")
+
+    @property
+    def token_ids(self) -> list[int]:
+        """Every token read into the cache so far; token ``i`` has true position ``i``."""
+        return list(self._ids)
+
+    @property
+    def num_cached(self) -> int:
+        return int(self.cache.get_seq_length())
+
+    def cached_positions(self) -> list[int]:
+        """True positions of the tokens still in the cache, ascending."""
+        if self.session is None:
+            return list(range(self.num_cached))
+        return self.session.positions[0].tolist()
+
+    def retention(self) -> list[float] | None:
+        """Retention R of every cached token (mean over the memory layers), where the policy has one."""
+        memory = getattr(self.session, "memory", None) if self.session is not None else None
+        if memory is None or memory.num_tokens == 0:
+            return None
+        return memory.retention().mean(0)[0].tolist()
+
+    def kv_cache_bytes(self) -> int:
+        return kv_cache_bytes(self.cache)
+
+    # -- rendering -------------------------------------------------------------------------
+    def render(self, messages: Sequence[dict[str, str]] | None = None, add_generation_prompt: bool = False) -> str:
+        """The conversation as text, as this session feeds it to the model."""
+        messages = self.messages if messages is None else list(messages)
+        if self.fmt == "chat":
+            return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        names = {"system": None, "user": "User", "assistant": "Assistant"}
+        parts = [self._special_prefix()]
+        for m in messages:
+            if m["role"] == "system":
+                parts.append(m["content"] + "\n\n")
+            elif m["role"] == "assistant":  # stored as the raw continuation of "Assistant:"
+                parts.append("Assistant:" + m["content"] + "\n")
+            else:
+                parts.append(f"{names.get(m['role']) or m['role'].capitalize()}: {m['content']}\n")
+        if add_generation_prompt:
+            parts.append("Assistant:")
+        return "".join(parts)
+
+    def _special_prefix(self) -> str:
+        """The text of the special tokens the tokenizer puts in front of plain text (a BOS, or nothing)."""
+        plain = self.tokenizer("a", add_special_tokens=False).input_ids
+        full = self.tokenizer("a").input_ids
+        return self.tokenizer.decode(full[: len(full) - len(plain)]) if full[-len(plain):] == plain else ""
+
+    def _reply_content(self, text: str) -> str:
+        """How a reply is stored in the history for this format."""
+        if self.fmt == "transcript" and text and not text[0].isspace():
+            return " " + text
+        return text
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _new_tokens(self, text: str) -> list[int]:
+        """Tokens to read so that the cache holds ``text`` (which must extend what it holds)."""
+        if not self._ids and not self._pending:
+            return self._encode(text)
+        with_pending = self._decode(self._ids + self._pending)
+        if text.startswith(with_pending):
+            return self._pending + self._encode(text[len(with_pending):])
+        held = self._decode(self._ids)
+        if self._pending and text.startswith(held):  # the template ends the turn with other tokens
+            return self._encode(text[len(held):])
+        at = next((i for i, (a, b) in enumerate(zip(held, text)) if a != b), min(len(held), len(text)))
+        raise ChatTemplateError(
+            "the chat template renders the earlier conversation differently from what the KV cache holds "
+            f"(first difference at character {at}: cache {held[at:at + 40]!r}, template {text[at:at + 40]!r}); "
+            "this template rewrites past turns (e.g. strips whitespace or drops reasoning), so the conversation "
+            "cannot continue on the same cache. Use fmt='transcript' or call reset().")
+
+    # -- forward passes -----------------------------------------------------------------------
+    def _chunk_size(self, remaining: int) -> int:
+        size = remaining if self.prefill_chunk is None else min(remaining, self.prefill_chunk)
+        if self.session is not None and self.mode == "evict" and getattr(self.session.policy, "evicts", True):
+            cfg = self.config
+            room = max(cfg.memory_budget - self.num_cached, cfg.memory_budget - cfg.sink_tokens - cfg.recent_window)
+            size = min(size, max(1, room))
+        return size
+
+    def _forward(self, ids: Sequence[int]) -> torch.Tensor:
+        """Read ``ids`` at their true positions; logits of the last one ``[vocab]``."""
+        start = len(self._ids)
+        x = torch.tensor([list(ids)], device=self.device)
+        pos = torch.arange(start, start + len(ids), device=self.device)[None]
+        out = self.model(input_ids=x, cache=self.cache, use_cache=True, position_ids=pos)
+        self._ids.extend(int(i) for i in ids)
+        self.steps += 1
+        self.peak_cached = max(self.peak_cached, self.num_cached)
+        return out.logits[0, -1]
+
+    def _read(self, ids: Sequence[int]) -> torch.Tensor | None:
+        logits, done = None, 0
+        while done < len(ids):
+            n = self._chunk_size(len(ids) - done)
+            logits = self._forward(ids[done:done + n])
+            done += n
+        return logits
+
+    def _check_room(self, n_new: int) -> None:
+        if self.max_positions is None or len(self._ids) + n_new <= self.max_positions:
+            return
+        message = (f"the conversation ({len(self._ids) + n_new} tokens) runs past the model's "
+                   f"{self.max_positions} positions")
+        if self.mode != "evict":
+            raise ValueError(message + f" in mode {self.mode!r}; reset() or use generation_mode='evict'")
+        if message not in self.warnings:  # true positions past the trained range: quality falls
+            self.warnings.append(message + ": positions beyond the trained range")
+
+    def _check_usable(self) -> None:
+        if self._broken:
+            raise RuntimeError(f"this chat session failed earlier ({self._broken}); call reset() to start over")
+
+    @contextlib.contextmanager
+    def _turn(self):
+        """Hold the model (and attach the session) for one turn; a failure leaves the session unusable."""
+        self._check_usable()
+        try:
+            with torch.no_grad(), _exclusive(self.model):
+                if self.session is None:
+                    yield
+                else:
+                    with attached(self.model, self.session):
+                        yield
+        except BaseException as exc:
+            self._broken = f"{type(exc).__name__}: {exc}"
+            raise
+
+    # -- turns --------------------------------------------------------------------------------
+    def add_turn(self, message: str, reply: str) -> dict[str, Any]:
+        """Append a user turn and a given assistant reply, and read both into the cache.
+
+        Nothing is generated (teacher forcing): a scripted conversation, or a reply that
+        came from elsewhere. Returns ``turn``, ``prompt_tokens`` (tokens read) and the cache size.
+        """
+        self._check_usable()
+        _check_text("message", message)
+        _check_text("reply", reply)
+        messages = self.messages + [{"role": "user", "content": message},
+                                    {"role": "assistant", "content": self._reply_content(reply)}]
+        user_text = self.render(messages[:-1], add_generation_prompt=True)
+        full = self.render(messages)
+        if not full.startswith(user_text):
+            raise ChatTemplateError("the chat template does not render a reply after its generation prompt; "
+                                    "use fmt='transcript'")
+        new_user = self._new_tokens(user_text)
+        new_reply = self._encode(full[len(user_text):])
+        self._check_room(len(new_user) + len(new_reply))
+        first = len(self._ids)
+        self.peak_cached = self.num_cached
+        with self._turn():
+            self._read(new_user)
+            self._pending = []
+            self._read(new_reply)
+        self.boundaries += [("user", first), ("assistant", first + len(new_user))]
+        self.history.extend(messages[-2:])
+        return {"turn": self.turn, "prompt_tokens": len(new_user) + len(new_reply),
+                "kv_cache_tokens": self.num_cached, "conversation_tokens": len(self._ids)}
+
+    def send(self, message: str, max_new_tokens: int = 64, *, reply_prefix: str | None = None,
+             stop: Sequence[str] | None = None, ignore_eos: bool = False, **sampling: Any) -> dict[str, Any]:
+        """Append a user turn, read its new tokens, and generate the reply with the same cache.
+
+        Greedy by default; ``temperature``, ``top_p``, ``top_k``, ``do_sample`` and
+        ``repetition_penalty`` as in ``generate`` (sampling draws from this session's seeded
+        generator). ``reply_prefix``: text the reply starts with (read, not generated; it is
+        part of the reply in ``history`` but not of ``generated_text``). ``stop``: strings
+        that end the reply (a transcript stops at a newline). Returns ``generate``'s result
+        keys plus ``turn``.
+        """
+        self._check_usable()
+        _check_text("message", message)
+        _check_int("max_new_tokens", max_new_tokens, 1)
+        if reply_prefix is not None:
+            _check_text("reply_prefix", reply_prefix)
+        unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+        if unknown:
+            raise TypeError(f"send() got unknown argument(s) {unknown}; valid: max_new_tokens, reply_prefix, stop, "
+                            f"ignore_eos, {', '.join(SAMPLING_KEYS)}")
+        if not isinstance(ignore_eos, bool):
+            raise ValueError(f"ignore_eos must be True or False, got {ignore_eos!r}")
+        stops = list(stop) if stop is not None else (["\n"] if self.fmt == "transcript" else [])
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+        do_sample, processors = sampling_processors(**sampling)
+        prefix = self._reply_content(reply_prefix) if reply_prefix else ""
+        prompt_text = self.render(self.messages + [{"role": "user", "content": message}],
+                                  add_generation_prompt=True) + prefix
+        new = self._new_tokens(prompt_text)
+        self._check_room(len(new) + max_new_tokens)
+        turn_step, evicted_before, first = self.steps, self._evicted(), len(self._ids)
+        self.peak_cached = self.num_cached
+        with self._turn():
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            start = time.perf_counter()
+            logits = self._read(new)
+            self._pending = []
+            reply_start = len(self._ids)
+            tokens, text = self._decode_reply(logits, max_new_tokens, processors, do_sample, stops, ignore_eos)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            elapsed = time.perf_counter() - start
+        self.boundaries += [("user", first), ("assistant", reply_start)]
+        self.history.append({"role": "user", "content": message})
+        self.history.append({"role": "assistant", "content": prefix + text})
+        return self._result(tokens, stops, elapsed, len(new), turn_step, evicted_before)
+
+    def _decode_reply(self, logits, max_new_tokens, processors, do_sample, stops, ignore_eos):
+        """Generate until a stop token or string; the last sampled token is kept pending (not read)."""
+        tokens: list[int] = []
+        stopped_at_token = False
+        for i in range(max_new_tokens):
+            scores = logits.float()[None]
+            if processors:
+                context = torch.tensor([self._ids + tokens], device=scores.device)
+                scores = processors(context, scores)
+            if do_sample:
+                probs = torch.softmax(scores, dim=-1)
+                nxt = int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])
+            else:
+                nxt = int(scores[0].argmax())
+            tokens.append(nxt)
+            if nxt in self.stop_ids and not ignore_eos:
+                stopped_at_token = True
+                break
+            if stops and any(s in self._decode(tokens) for s in stops):
+                break
+            if i == max_new_tokens - 1:
+                break
+            logits = self._forward([nxt])
+        self._pending = tokens[-1:]
+        body = tokens[:-1] if stopped_at_token else tokens
+        content = self._decode(body)
+        for s in stops:
+            if s in content:
+                content = content[:content.index(s)]
+        return tokens, content
+
+    def _evicted(self) -> int:
+        return len(self._ids) - self.num_cached
+
+    def _result(self, tokens, stops, elapsed, prompt_tokens, turn_step, evicted_before) -> dict[str, Any]:
+        session = self.session
+        effective = getattr(session, "effective_config", self.config) if session is not None else self.config
+        body = tokens[:-1] if tokens and tokens[-1] in self.stop_ids else tokens
+        generated = self.tokenizer.decode(body, skip_special_tokens=True)
+        for s in stops:
+            generated = generated.split(s, 1)[0]
+        result: dict[str, Any] = {
+            "generated_text": generated.strip() if self.fmt == "transcript" else generated,
+            "num_tokens": len(tokens),
+            "generation_time": elapsed,
+            "tokens_per_second": len(tokens) / elapsed if elapsed > 0 else float("inf"),
+            "prompt_tokens": prompt_tokens,
+            "token_ids": list(tokens),
+            "kv_cache_tokens": self.num_cached,
+            "kv_cache_bytes": self.kv_cache_bytes(),
+            "mode": self.mode,
+            "policy": self.config.policy if self.mode == "evict" else None,
+            "config": effective.to_dict(),
+            "memory_stats": {},
+            "warnings": list(self.warnings),
+            "turn": self.turn,
+            "conversation_tokens": len(self._ids) + len(self._pending),
+        }
+        if session is not None:
+            stats = getattr(session, "memory_stats", None)
+            result["memory_stats"] = stats() if callable(stats) else {}
+            result["warnings"] = list(self.warnings) + [w for w in session.warnings if w not in self.warnings]
+            result["evicted_tokens"] = self._evicted() - evicted_before
+            result["peak_kv_cache_tokens"] = self.peak_cached
+            state = getattr(session, "state_bytes", None)
+            if callable(state):
+                result["memory_state_bytes"] = state()
+            if self.mode == "evict":
+                result["evict_events"] = {k: list(v) for k, v in session.evict_events.items() if k >= turn_step}
+        return result
+
+    # -- inspection -------------------------------------------------------------------------
+    def locate(self, text: str, occurrence: int = 0) -> list[int]:
+        """True positions of the tokens that cover the ``occurrence``-th appearance of ``text``
+        in the conversation read so far (an empty list when it does not appear)."""
+        _check_text("text", text)
+        _check_int("occurrence", occurrence, 0)
+        pieces = [self._decode([t]) for t in self._ids]  # one token at a time, so offsets map back to tokens
+        ends, total = [], 0
+        for piece in pieces:
+            total += len(piece)
+            ends.append(total)
+        whole, at = "".join(pieces), -1
+        for _ in range(occurrence + 1):
+            at = whole.find(text, at + 1)
+            if at < 0:
+                return []
+        lo, hi = at, at + len(text)
+        return [i for i, e in enumerate(ends) if e > lo and e - len(pieces[i]) < hi]
+
+    def memory_text(self, elide: str = "…") -> str:
+        """The conversation read so far, with the spans no longer in the cache replaced by ``elide``."""
+        kept = set(self.cached_positions())
+        out, run, run_kept = [], [], None
+        for pos, tok in enumerate(self._ids):
+            k = pos in kept
+            if run and k != run_kept:
+                out.append(self._decode(run) if run_kept else elide)
+                run = []
+            run.append(tok)
+            run_kept = k
+        if run:
+            out.append(self._decode(run) if run_kept else elide)
+        return "".join(out)
+
+    def __repr__(self) -> str:
+        budget = f", budget={self.config.memory_budget}, policy={self.config.policy!r}" if self.mode == "evict" else ""
+        return (f"ChatSession(mode={self.mode!r}{budget}, turns={self.turn}, "
+                f"cached={self.num_cached}/{len(self._ids)} tokens)")
+
+
+__all__ = ["FORMATS", "ChatSession", "ChatTemplateError", "sampling_processors"]
