@@ -63,7 +63,8 @@ def auto_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def auto_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto") -> torch.dtype:
-    """bf16 (or fp16) on accelerators, fp32 on CPU, where fp16 prefills far slower."""
+    """bf16 on GPUs of compute capability 8 and newer, fp16 on older GPUs and MPS, fp32 on
+    CPU, where fp16 prefills far slower."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in (None, "auto"):
@@ -73,7 +74,10 @@ def auto_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto") -
             raise ValueError(f"dtype must be 'auto' or one of {sorted(names)}, got {dtype!r}")
         return names[dtype]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # bf16 only where the hardware has it (compute capability 8, Ampere, and newer): below
+        # that, e.g. on a T4 (7.5), is_bf16_supported() can report True under emulation.
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
     if device.type == "mps":
         return torch.float16
     return torch.float32
