@@ -13,6 +13,8 @@ from .policies import POLICIES, Policy, register_policy
 
 __version__ = "0.1.0"
 
+from .notebook import notebook_setup  # noqa: E402 - after __version__, which it reads
+
 __all__ = [
     "DEFAULT_MODEL", "MODES", "POLICIES", "EbbinghausLLM", "EbbinghausMemory", "MemoryConfig",
     "ModelNotAvailableError", "Policy", "load_model", "register_policy", "retention", "__version__",

@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-FIGURES_DIR = Path(os.environ.get("MEMOLLM_FIGURES", Path(__file__).resolve().parent.parent / "figures"))
+
+def __getattr__(name: str):
+    """``viz.FIGURES_DIR`` is :func:`memollm.notebook.figures_dir`, resolved when read
+    (``$MEMOLLM_FIGURES``, the repository's figures/ from its notebooks/, else ./figures)."""
+    if name == "FIGURES_DIR":
+        from .notebook import figures_dir
+
+        return figures_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def save_figure(fig, name: str, directory: str | os.PathLike | None = None) -> Path:
@@ -14,7 +22,9 @@ def save_figure(fig, name: str, directory: str | os.PathLike | None = None) -> P
     Notebooks name figures after themselves (``01_forgetting_curve_curves``), commands
     after the command (``bench_tokens_per_second``).
     """
-    folder = Path(directory) if directory is not None else FIGURES_DIR
+    if directory is None:  # a FIGURES_DIR assigned on the module (tests do) wins over the default
+        directory = globals().get("FIGURES_DIR") or __getattr__("FIGURES_DIR")
+    folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")
