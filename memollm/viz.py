@@ -180,13 +180,14 @@ def forgetting_panel(config=None, *, steps: int = 200, review_every: int = 40, s
     from IPython.display import display
 
     sliders = {
-        "initial_strength": widgets.FloatLogSlider(value=config.initial_strength, base=10, min=-1, max=2,
-                                                   step=0.05, description="S0"),
+        "initial_strength": widgets.FloatSlider(value=config.initial_strength, min=0.5, max=30.0, step=0.5,
+                                                description="S0"),  # linear: 5.0 stays 5.0
         "time_step": widgets.FloatLogSlider(value=config.time_step, base=10, min=-3, max=1, step=0.05,
                                             description="time step"),
         "strength_gain": widgets.FloatSlider(value=config.strength_gain, min=0.0, max=10.0, step=0.5,
                                              description="gain"),
-        "review_every": widgets.IntSlider(value=review_every, min=5, max=steps, step=5, description="review every"),
+        "review_every": widgets.IntSlider(value=review_every, min=5, max=steps, step=5, description="review every",
+                                          style={"description_width": "initial"}),
     }
     image = widgets.Image(format="png")
 
