@@ -6,8 +6,9 @@ strength S grows when it receives attention. Fading tokens are down-weighted
 (``evict``).
 """
 
+from .config import MODES, ConfigError, MemoryConfig
 from .llm import EbbinghausLLM
-from .memory import MODES, EbbinghausMemory, MemoryConfig, retention
+from .memory import EbbinghausMemory, retention
 from .models import DEFAULT_MODEL, ModelNotAvailableError, load_model
 from .policies import POLICIES, Policy, register_policy
 
@@ -16,6 +17,6 @@ __version__ = "0.1.0"
 from .notebook import notebook_setup  # noqa: E402 - after __version__, which it reads
 
 __all__ = [
-    "DEFAULT_MODEL", "MODES", "POLICIES", "EbbinghausLLM", "EbbinghausMemory", "MemoryConfig",
+    "DEFAULT_MODEL", "MODES", "POLICIES", "ConfigError", "EbbinghausLLM", "EbbinghausMemory", "MemoryConfig",
     "ModelNotAvailableError", "Policy", "load_model", "register_policy", "retention", "__version__",
 ]

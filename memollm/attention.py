@@ -11,6 +11,7 @@ this function and back, hooks included, and always restores it in ``finally``.
 from __future__ import annotations
 
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -22,6 +23,34 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 ATTN_NAME = "memollm_sdpa"
 _SESSION_ATTR = "_memollm_session"
 _register_lock = threading.Lock()
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: torch.nn.Module) -> threading.RLock:
+    """The lock serialising generation on ``model``: one per model object, since a session
+    changes the model itself (its attention function and hooks)."""
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.RLock()
+        return lock
+
+
+@contextmanager
+def exclusive(model: torch.nn.Module) -> Iterator[None]:
+    """Hold ``model``'s lock; fail clearly on re-entry from the same thread.
+
+    Another thread waits its turn. The same thread arriving here while a session is
+    attached is a call from inside a running generation (a streamer or stopping
+    criterion calling ``generate`` again), which would run through the first session's hooks.
+    """
+    with model_lock(model):
+        if is_attached(model):
+            raise RuntimeError(
+                "memollm: generate was called on this model from inside a running generation (a streamer or "
+                "stopping criterion?); one model runs one generation at a time. Use a second model object.")
+        yield
 
 
 def memollm_attention(module, query, key, value, attention_mask, **kwargs):
@@ -58,10 +87,17 @@ def is_attached(model: torch.nn.Module) -> bool:
 def attached(model: torch.nn.Module, session) -> Iterator[None]:
     """Attach ``session`` to ``model`` for the duration of a ``with`` block.
 
-    Registers the attention function on every attention module and the session's forward
-    pre/post hooks on the model; everything is removed in ``finally``, also on errors and
-    ``KeyboardInterrupt``.
+    Holds the model's lock (``exclusive``) for the whole block, registers the attention
+    function on every attention module and the session's forward pre/post hooks on the
+    model; everything is removed in ``finally``, also on errors and ``KeyboardInterrupt``.
     """
+    with exclusive(model):
+        with _attached(model, session):
+            yield
+
+
+@contextmanager
+def _attached(model: torch.nn.Module, session) -> Iterator[None]:
     _register()
     previous = model.config._attn_implementation
     modules = attention_modules(model)
@@ -121,7 +157,7 @@ def add_logit_bias(mask: torch.Tensor | None, bias: torch.Tensor, q_len: int, kv
     return (mask + bias.clamp(min=low / 2)[:, None, None, :].to(dtype)).clamp(min=low)
 
 
-def received_attention(module, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
+def received_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
                        scaling: float | None) -> torch.Tensor:
     """Attention each key gets from the newest query, ``[batch, kv]``.
 

@@ -13,6 +13,8 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
+from .config import MemoryConfig
+
 
 def cache_layers(cache) -> list:
     layers = getattr(cache, "layers", None)
@@ -30,6 +32,26 @@ def check_evictable(cache) -> None:
                 "tracks one set of cached tokens shared by all layers, which such layers do not have. "
                 "Use generation_mode='baseline' or 'soft_delete' with this model."
             )
+
+
+def full_attention_layers(model: torch.nn.Module) -> list[int]:
+    """Layers whose KV cache keeps every token. Sliding-window layers (Gemma 2/3, Mistral with
+    ``sliding_window``) hold only their window, so they cannot carry per-token memory state."""
+    from transformers import DynamicCache
+
+    layers = DynamicCache(config=model.config).layers
+    return [i for i, layer in enumerate(layers) if not getattr(layer, "is_sliding", False)]
+
+
+def memory_layer_ids(model: torch.nn.Module, config: MemoryConfig) -> list[int]:
+    """The layers that keep memory state: the first ``memory_layer_fraction`` of the
+    full-attention layers (all layers for most models)."""
+    full = full_attention_layers(model)
+    if not full:
+        raise NotImplementedError(
+            f"every layer of {type(model).__name__} uses sliding-window attention; memollm keeps memory "
+            "state on full-attention layers only. Use generation_mode='baseline' with this model.")
+    return [full[i] for i in config.memory_layers(len(full))]
 
 
 def kv_cache_bytes(cache) -> int:

@@ -28,63 +28,25 @@ more than one row. The ``full`` reference is one causal forward pass per segment
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .attention import attached
-from .memory import MemoryConfig
-from .policies import POLICIES, PolicyRows, make_policy
-from .session import MemorySession, memory_layer_ids
+from .cache import memory_layer_ids
+from .config import MemoryConfig
+from .policies import PolicyRows, make_policy
+from .session import MemorySession
+from .texts import default_text, text_segments
 
 EVICTING = ("ebbinghaus", "ebbinghaus_tuned", "ebbinghaus_fixed", "streaming", "h2o", "tova", "random")
 """The evicting policies compared by default; ``full`` (no eviction) is always added as the reference."""
 
 
-# -- text -------------------------------------------------------------------------------------
-def default_text() -> str:
-    """The English reference documentation shipped inside every CPython (``pydoc_data.topics``)."""
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics))
-
-
-def load_text(path: str | Path | None = None) -> str:
-    if path is None:
-        return default_text()
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
-        raise ValueError(f"{path}: the text file is empty")
-    return text
-
-
-def text_segments(tokenizer, text: str, n_tokens: int, segments: int = 1, split: str = "report") -> torch.Tensor:
-    """``[segments, n_tokens]`` consecutive token ids from one split of ``text``.
-
-    The token stream is cut in half: the first half is the ``report`` split (what results
-    are quoted on), the second half the ``tune`` split (what settings are tuned on), so
-    tuning never sees the reported tokens.
-    """
-    if split not in ("report", "tune"):
-        raise ValueError(f"split must be 'report' or 'tune', got {split!r}")
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    half = ids.shape[0] // 2
-    part = ids[:half] if split == "report" else ids[half:]
-    need = n_tokens * segments
-    if part.shape[0] < need:
-        raise ValueError(f"the {split} split has {part.shape[0]} tokens; {segments} x {n_tokens} requested")
-    return part[:need].reshape(segments, n_tokens).clone()
-
-
-# -- streaming with eviction --------------------------------------------------------------------
 def _spec(spec) -> tuple[str, str, MemoryConfig | None]:
     if isinstance(spec, str):
         return spec, spec, None
@@ -92,15 +54,10 @@ def _spec(spec) -> tuple[str, str, MemoryConfig | None]:
     return label, name, cfg
 
 
-def eval_config(llm, budget: int, sinks: int | None = None, window: int | None = None,
+def eval_config(llm, budget: int, sink_tokens: int | None = None, recent_window: int | None = None,
                 config: MemoryConfig | None = None) -> MemoryConfig:
-    base = config or llm.config
-    changes: dict[str, Any] = {"memory_budget": budget}
-    if sinks is not None:
-        changes["sink_tokens"] = sinks
-    if window is not None:
-        changes["recent_window"] = window
-    return base.replace(**changes)
+    changes = {"memory_budget": budget, "sink_tokens": sink_tokens, "recent_window": recent_window}
+    return (config or llm.config).replace(**{k: v for k, v in changes.items() if v is not None})
 
 
 @dataclass
@@ -115,8 +72,8 @@ class StreamResult:
 
 
 @torch.no_grad()
-def stream(llm, ids: torch.Tensor, policies: Sequence, budget: int, *, sinks: int | None = None,
-           window: int | None = None, chunk: int = 1, prefill: int = 0, prefill_chunk: int = 64,
+def stream(llm, ids: torch.Tensor, policies: Sequence, budget: int, *, sink_tokens: int | None = None,
+           recent_window: int | None = None, chunk: int = 1, prefill: int = 0, prefill_chunk: int = 64,
            seed: int = 0, config: MemoryConfig | None = None, progress: bool = False,
            keep_session: bool = False) -> StreamResult:
     """Feed ``ids`` ``[segments, T]`` through the model once per policy, the cache held to ``budget``.
@@ -128,11 +85,9 @@ def stream(llm, ids: torch.Tensor, policies: Sequence, budget: int, *, sinks: in
     ``(label, name, MemoryConfig)`` tuples (tuning variants).
     """
     specs = [_spec(p) for p in policies]
-    cfg = eval_config(llm, budget, sinks, window, config)
+    cfg = eval_config(llm, budget, sink_tokens, recent_window, config)
     largest = max(chunk, prefill_chunk if prefill else 1)
-    if budget - largest < cfg.sink_tokens + cfg.recent_window:
-        raise ValueError(f"budget {budget} leaves no room for a chunk of {largest} tokens next to "
-                         f"{cfg.sink_tokens} sinks and a {cfg.recent_window}-token window")
+    cfg.check_budget(budget, largest)
     model = llm.model
     device = llm.device
     seg, total = ids.shape
@@ -187,15 +142,14 @@ def full_logprobs(llm, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(lps), torch.stack(arg)
 
 
-def _ppl(logprob: torch.Tensor) -> float:
+def ppl(logprob: torch.Tensor) -> float:
     lp = logprob[torch.isfinite(logprob)]
     return float(torch.exp(-lp.mean())) if lp.numel() else float("nan")
 
 
-# -- perplexity -----------------------------------------------------------------------------------
 def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequence = EVICTING,
                max_tokens: int = 512, segments: int = 1, text: str | None = None, split: str = "report",
-               sinks: int | None = None, window: int | None = None, chunk: int = 1, seed: int = 0,
+               sink_tokens: int | None = None, recent_window: int | None = None, chunk: int = 1, seed: int = 0,
                config: MemoryConfig | None = None, progress: bool = True) -> list[dict]:
     """Perplexity of ``segments`` x ``max_tokens`` tokens of ``text`` per policy and budget.
 
@@ -210,7 +164,8 @@ def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequen
     full_lp, full_arg = full_logprobs(llm, ids)
     records = []
     for budget in budgets:
-        res = stream(llm, ids, policies, budget, sinks=sinks, window=window, chunk=chunk, seed=seed,
+        res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window, chunk=chunk,
+                     seed=seed,
                      config=config, progress=progress)
         entries = [(_spec(p)[0], res.logprob[i], res.argmax[i], res.peak_kv_tokens, res.seconds)
                    for i, p in enumerate(policies)]
@@ -219,7 +174,7 @@ def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequen
             same = (arg == full_arg).float()
             records.append({
                 "evaluation": "ppl", "policy": label, "budget": int(budget), "tokens": int(lp.numel()),
-                "perplexity": round(_ppl(lp), 4), "perplexity_after_budget": round(_ppl(lp[:, budget:]), 4),
+                "perplexity": round(ppl(lp), 4), "perplexity_after_budget": round(ppl(lp[:, budget:]), 4),
                 "top1_agreement_after_budget": round(float(same[:, budget:].mean()), 4) if budget < same.shape[1]
                 else 1.0,
                 "peak_kv_tokens": int(peak), "split": split, "chunk": chunk, "segments": segments,
@@ -228,10 +183,13 @@ def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequen
     return records
 
 
-# -- passkey ----------------------------------------------------------------------------------------
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+
+
 INTRO = ("There is an important piece of information hidden inside a lot of irrelevant text. "
          "Find it and memorize it. I will quiz you about it.\n")
+
+
 QUESTION = "\nWhat is the pass key? The pass key is"
 
 
@@ -258,7 +216,7 @@ def _penalise(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch
 
 
 @torch.no_grad()
-def _greedy_continue(llm, ids_last: torch.Tensor | None, cache, n: int, first_logits: torch.Tensor, *,
+def _greedy_continue(llm, cache, n: int, first_logits: torch.Tensor, *,
                      context: torch.Tensor | None = None, repetition_penalty: float = 1.0) -> torch.Tensor:
     """Greedy tokens ``[rows, n]`` after a prefilled cache (the session, if any, stays attached by the caller).
 
@@ -278,7 +236,8 @@ def _greedy_continue(llm, ids_last: torch.Tensor | None, cache, n: int, first_lo
 
 def passkey(llm, *, budgets: Sequence[int] = (128,), lengths: Sequence[int] = (512,),
             depths: Sequence[float] = (0.1, 0.5, 0.9), trials: int = 3, policies: Sequence = EVICTING,
-            sinks: int | None = None, window: int | None = None, prefill_chunk: int = 32, answer_tokens: int = 7,
+            sink_tokens: int | None = None, recent_window: int | None = None, prefill_chunk: int = 32,
+            answer_tokens: int = 7,
             seed: int = 0, config: MemoryConfig | None = None, progress: bool = True) -> list[dict]:
     """Passkey retrieval accuracy per policy, budget, length and depth over ``trials`` seeded keys.
 
@@ -299,15 +258,16 @@ def passkey(llm, *, budgets: Sequence[int] = (128,), lengths: Sequence[int] = (5
         cache = DynamicCache(config=llm.model.config)
         with torch.no_grad():
             logits = llm.model(ids.to(llm.device), cache=cache, use_cache=True).logits[:, -1]
-        answers = _greedy_continue(llm, ids[:, -1:], cache, answer_tokens, logits)
+        answers = _greedy_continue(llm, cache, answer_tokens, logits)
         records.append(_passkey_record("full", None, length, depth, ks, answers, llm.tokenizer, ids.shape[1]))
         bar.update(1)
         for budget in budgets:
-            res = stream(llm, ids, policies, budget, sinks=sinks, window=window, prefill=ids.shape[1],
+            res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,
+                         prefill=ids.shape[1],
                          prefill_chunk=prefill_chunk, seed=seed, config=config, keep_session=True)
             rows = ids.shape[0]
             with attached(llm.model, res.session):
-                answers = _greedy_continue(llm, None, res.cache, answer_tokens, res.last_logits)
+                answers = _greedy_continue(llm, res.cache, answer_tokens, res.last_logits)
             for i, p in enumerate(policies):
                 records.append(_passkey_record(_spec(p)[0], budget, length, depth, ks,
                                                answers[i * rows:(i + 1) * rows], llm.tokenizer,
@@ -326,11 +286,10 @@ def _passkey_record(policy, budget, length, depth, keys, answers, tokenizer, pea
             "answers": [t.strip() for t in texts]}
 
 
-# -- agreement --------------------------------------------------------------------------------------
 @torch.no_grad()
 def agreement(llm, *, budgets: Sequence[int] = (64, 128), policies: Sequence = EVICTING, prompt_tokens: int = 96,
               new_tokens: int = 192, segments: int = 1, text: str | None = None, split: str = "report",
-              sinks: int | None = None, window: int | None = None, prefill_chunk: int = 16, seed: int = 0,
+              sink_tokens: int | None = None, recent_window: int | None = None, prefill_chunk: int = 16, seed: int = 0,
               config: MemoryConfig | None = None, repetition_penalty: float = 1.3,
               progress: bool = True) -> list[dict]:
     """Share of greedy next-token predictions equal to the full cache's over a generation.
@@ -348,7 +307,7 @@ def agreement(llm, *, budgets: Sequence[int] = (64, 128), policies: Sequence = E
                             segments, split)
     cache = DynamicCache(config=llm.model.config)
     logits = llm.model(prompts.to(llm.device), cache=cache, use_cache=True).logits[:, -1]
-    generated = _greedy_continue(llm, None, cache, new_tokens, logits, context=prompts,
+    generated = _greedy_continue(llm, cache, new_tokens, logits, context=prompts,
                                  repetition_penalty=repetition_penalty).cpu()
     ids = torch.cat([prompts, generated], dim=-1)
     _, full_arg = full_logprobs(llm, ids)
@@ -358,7 +317,8 @@ def agreement(llm, *, budgets: Sequence[int] = (64, 128), policies: Sequence = E
     distinct = round(sum(len(set(row.tolist())) for row in generated) / generated.numel(), 4)
     records = []
     for budget in budgets:
-        res = stream(llm, ids, policies, budget, sinks=sinks, window=window, prefill=prompt_tokens,
+        res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,
+                     prefill=prompt_tokens,
                      prefill_chunk=prefill_chunk, seed=seed, config=config, progress=progress)
         # prediction at index j is for token j + 1; generated tokens sit at prompt_tokens ..
         pred = res.argmax[:, :, prompt_tokens - 1:]
@@ -376,7 +336,6 @@ def agreement(llm, *, budgets: Sequence[int] = (64, 128), policies: Sequence = E
     return records
 
 
-# -- tables and figures -------------------------------------------------------------------------------
 def table(records: list[dict], value: str, *, cols: str = "budget", rows: str = "policy", fmt: str = "{:.2f}",
           reduce: str = "mean") -> str:
     """A markdown table of ``value`` by ``rows`` x ``cols`` (averaged where several records share a cell)."""
@@ -395,238 +354,3 @@ def table(records: list[dict], value: str, *, cols: str = "budget", rows: str = 
         lines.append(f"| {rk} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
-
-def _budget_axis(ax, budgets) -> None:
-    ticks = sorted({int(b) for b in budgets if b is not None})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.minorticks_off()
-
-
-def plot_ppl(records: list[dict], ax=None, value: str = "perplexity"):
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4.2))
-    recs = [r for r in records if r["evaluation"] == "ppl"]
-    for policy in dict.fromkeys(r["policy"] for r in recs):
-        pts = sorted((r["budget"], r[value]) for r in recs if r["policy"] == policy)
-        style = dict(ls="--", color="black") if policy == "full" else dict(marker="o")
-        if policy == "ebbinghaus_fixed":  # ranks exactly like streaming: draw it dotted on top
-            style = dict(marker="x", ls=":", lw=2)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=policy, **style)
-    _budget_axis(ax, [r["budget"] for r in recs])
-    ax.set_xlabel("KV-cache budget (tokens)")
-    ax.set_ylabel(value.replace("_", " "))
-    ax.set_title("Perplexity at equal memory (lower is better)")
-    ax.legend(fontsize=8)
-    return ax.figure
-
-
-def plot_passkey(records: list[dict], ax=None):
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    recs = [r for r in records if r["evaluation"] == "passkey"]
-    policies = list(dict.fromkeys(r["policy"] for r in recs))
-    cols = list(dict.fromkeys((r["budget"], r["length"], r["depth"]) for r in recs if r["budget"] is not None))
-    grid = np.full((len(policies), len(cols)), np.nan)
-    for i, p in enumerate(policies):
-        for j, (b, L, d) in enumerate(cols):
-            hit = [r for r in recs if r["policy"] == p and r["length"] == L and r["depth"] == d
-                   and (r["budget"] == b or p == "full")]
-            if hit:
-                grid[i, j] = hit[0]["accuracy"]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(cols) + 2.5), 0.45 * len(policies) + 1.6))
-    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_yticks(range(len(policies)), policies)
-    ax.set_xticks(range(len(cols)), [f"B{b}\nL{L}\nd{d:.0%}" for b, L, d in cols], fontsize=7)
-    for i in range(len(policies)):
-        for j in range(len(cols)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if grid[i, j] < 0.5 else "black")
-    ax.set_title("Passkey accuracy (B budget, L prompt tokens, d depth)")
-    ax.figure.colorbar(im, ax=ax, fraction=0.03)
-    return ax.figure
-
-
-def plot_agreement(records: list[dict], ax=None):
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4.2))
-    recs = [r for r in records if r["evaluation"] == "agreement" and r["policy"] != "full"]
-    for policy in dict.fromkeys(r["policy"] for r in recs):
-        pts = sorted((r["budget"], r["agreement"]) for r in recs if r["policy"] == policy)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
-    _budget_axis(ax, [r["budget"] for r in recs])
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("KV-cache budget (tokens)")
-    ax.set_ylabel("greedy agreement with the full cache")
-    ax.legend(fontsize=8)
-    return ax.figure
-
-
-# -- command line ---------------------------------------------------------------------------------------
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected numbers in [0, 1], got {text!r}")
-    return values
-
-
-def add_parser(sub) -> None:
-    from .cli import add_model_args, int_list, name_list, positive_int
-
-    ev = sub.add_parser("eval", help="quality at equal memory: perplexity, passkey, agreement",
-                        description="Compare eviction policies at equal KV-cache budgets.")
-    esub = ev.add_subparsers(dest="eval_command", required=True, parser_class=type(ev))
-    choices = [p for p in POLICIES if p != "full"]
-
-    def common(p, budgets: str, policies: str = ",".join(EVICTING)) -> None:
-        p.add_argument("--budgets", type=int_list, default=int_list(budgets),
-                       help=f"KV-cache budgets in tokens (default: {budgets})")
-        p.add_argument("--policies", type=name_list(choices), default=name_list(choices)(policies),
-                       help=f"evicting policies, comma-separated (default: {policies}); 'full' is always added")
-        p.add_argument("--sinks", type=int, default=None, help="attention-sink tokens kept (default: config, 4)")
-        p.add_argument("--window", type=positive_int, default=None, help="recent tokens kept (default: config, 32)")
-        p.add_argument("--seed", type=int, default=0, help="seed for keys and the random policy (default: 0)")
-        p.add_argument("--json", metavar="PATH", default=None, help="write the records as JSON ('-' = stdout)")
-        p.add_argument("--no-plot", action="store_true", help="do not write the figure")
-        p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
-        add_model_args(p)
-
-    p = esub.add_parser("ppl", help="perplexity with the cache held to each budget (StreamingLLM protocol)")
-    common(p, "64,128,256")
-    p.add_argument("--max-tokens", type=positive_int, default=512,
-                   help="tokens per segment (default: 512; the larger run in the README uses 2048)")
-    p.add_argument("--segments", type=positive_int, default=1, help="consecutive text segments (default: 1)")
-    p.add_argument("--text-file", default=None, help="UTF-8 text (default: CPython's pydoc_data.topics)")
-    p.add_argument("--split", choices=("report", "tune"), default="report",
-                   help="first half (report, default) or second half (tune) of the token stream")
-    p.add_argument("--chunk", type=positive_int, default=1,
-                   help="tokens per step (default: 1, the StreamingLLM protocol; >1 is faster and coarser)")
-    p.set_defaults(handler=run_ppl)
-
-    p = esub.add_parser("passkey", help="passkey retrieval accuracy per policy, budget, length and depth")
-    common(p, "128")
-    p.add_argument("--lengths", type=int_list, default=[512], help="prompt lengths in tokens (default: 512)")
-    p.add_argument("--depths", type=_float_list, default=[0.1, 0.5, 0.9],
-                   help="needle depths in [0, 1] (default: 0.1,0.5,0.9)")
-    p.add_argument("--trials", type=positive_int, default=3, help="seeded keys per case (default: 3)")
-    p.add_argument("--prefill-chunk", type=positive_int, default=32,
-                   help="prompt tokens read per step, evicting between steps (default: 32)")
-    p.set_defaults(handler=run_passkey)
-
-    p = esub.add_parser("agreement", help="greedy agreement with the full cache over a generation")
-    common(p, "64,128")
-    p.add_argument("--prompt-tokens", type=positive_int, default=96, help="prompt tokens (default: 96)")
-    p.add_argument("--new-tokens", type=positive_int, default=192, help="generated tokens (default: 192)")
-    p.add_argument("--segments", type=positive_int, default=1, help="prompts from consecutive text (default: 1)")
-    p.add_argument("--text-file", default=None, help="UTF-8 text (default: CPython's pydoc_data.topics)")
-    p.add_argument("--prefill-chunk", type=positive_int, default=16, help="prompt tokens per step (default: 16)")
-    p.add_argument("--repetition-penalty", type=float, default=1.3,
-                   help="penalty for the full cache's generation only (default: 1.3; 1 = plain greedy)")
-    p.set_defaults(handler=run_agreement)
-
-
-def _check_args(args) -> None:
-    from .cli import UsageError
-
-    cfg = MemoryConfig()
-    sinks = cfg.sink_tokens if args.sinks is None else args.sinks
-    window = cfg.recent_window if args.window is None else args.window
-    if sinks < 0:
-        raise UsageError(f"--sinks must be >= 0, got {sinks}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    penalty = getattr(args, "repetition_penalty", 1.0)
-    if not (penalty > 0 and penalty < float("inf")):
-        raise UsageError(f"--repetition-penalty must be a finite number > 0, got {penalty}")
-    step = max(getattr(args, "chunk", 1), getattr(args, "prefill_chunk", 1))
-    for b in args.budgets:
-        if b < sinks + window + step:
-            raise UsageError(f"budget {b} must be >= sinks + window + chunk = {sinks + window + step}")
-    if getattr(args, "text_file", None) and not Path(args.text_file).is_file():
-        raise UsageError(f"--text-file {args.text_file}: no such file")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-
-def _finish(args, records: list[dict], value: str, figure: str, plot) -> None:
-    if args.json:
-        text = json.dumps(records, indent=1)
-        if args.json == "-":
-            print(text)
-        else:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(text + "\n")
-    if not args.no_plot:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        from .viz import save_figure
-
-        fig = plot(records)
-        path = save_figure(fig, figure)
-        print(f"figure: {path}", file=sys.stderr)
-
-
-def run_ppl(args) -> int:
-    _check_args(args)
-    text = load_text(args.text_file)
-    llm = _load(args)
-    records = perplexity(llm, budgets=args.budgets, policies=args.policies, max_tokens=args.max_tokens,
-                         segments=args.segments, text=text, split=args.split, sinks=args.sinks,
-                         window=args.window, chunk=args.chunk, seed=args.seed)
-    print(f"perplexity, {args.segments} x {args.max_tokens} tokens ({args.split} split), chunk {args.chunk}, "
-          f"model {llm.model_name}")
-    print(table(records, "perplexity"))
-    print("\nperplexity of the tokens read after eviction started (position >= budget):")
-    print(table(records, "perplexity_after_budget"))
-    print("\ngreedy top-1 agreement with the full cache on those tokens:")
-    print(table(records, "top1_agreement_after_budget", fmt="{:.3f}"))
-    _finish(args, records, "perplexity", "eval_ppl", plot_ppl)
-    return 0
-
-
-def run_passkey(args) -> int:
-    _check_args(args)
-    llm = _load(args)
-    records = passkey(llm, budgets=args.budgets, lengths=args.lengths, depths=args.depths, trials=args.trials,
-                      policies=args.policies, sinks=args.sinks, window=args.window,
-                      prefill_chunk=args.prefill_chunk, seed=args.seed)
-    print(f"passkey accuracy over {args.trials} keys per case, lengths {args.lengths}, depths {args.depths}")
-    print(table(records, "accuracy"))
-    _finish(args, records, "accuracy", "eval_passkey", plot_passkey)
-    return 0
-
-
-def run_agreement(args) -> int:
-    _check_args(args)
-    text = load_text(args.text_file)
-    llm = _load(args)
-    records = agreement(llm, budgets=args.budgets, policies=args.policies, prompt_tokens=args.prompt_tokens,
-                        new_tokens=args.new_tokens, segments=args.segments, text=text, sinks=args.sinks,
-                        window=args.window, prefill_chunk=args.prefill_chunk, seed=args.seed,
-                        repetition_penalty=args.repetition_penalty)
-    print(f"greedy agreement with the full cache over {args.new_tokens} generated tokens "
-          f"({records[0]['distinct_generated']:.0%} of them distinct)")
-    print(table(records, "agreement", fmt="{:.3f}"))
-    _finish(args, records, "agreement", "eval_agreement", plot_agreement)
-    return 0
-
-
-def _load(args):
-    from .cli import load_llm
-
-    return load_llm(args)
-
-
-__all__ = ["EVICTING", "agreement", "default_text", "full_logprobs", "load_text", "passkey", "passkey_ids",
-           "perplexity", "plot_agreement", "plot_passkey", "plot_ppl", "stream", "table", "text_segments"]

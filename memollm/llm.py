@@ -8,40 +8,104 @@ registered attention function) that is removed in ``finally``.
 from __future__ import annotations
 
 import logging
-import math
-import threading
+import sys
 import time
-import weakref
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .attention import attached
+from .attention import attached, exclusive
 from .cache import kv_cache_bytes
-from .memory import MODES, MemoryConfig
-from .models import DEFAULT_MODEL, load_model
+from .config import MODES, ConfigError, MemoryConfig, check_bool, check_int, check_number
+from .models import DEFAULT_MODEL, load_model, sync
 from .session import MemorySession
 
 log = logging.getLogger(__name__)
 
-_MODEL_LOCKS: "weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock]" = weakref.WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
 
+@dataclass(frozen=True)
+class GenerateArgs:
+    """``generate``'s keyword arguments, parsed and validated once.
 
-def model_lock(model: torch.nn.Module) -> threading.RLock:
-    """The lock serialising generation on ``model``: one per model object, shared by every
-    ``EbbinghausLLM`` wrapping it, since a session changes the model itself."""
-    with _MODEL_LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.RLock()
-        return lock
+    Sampling: ``do_sample`` defaults to True when ``temperature``, ``top_p`` or ``top_k`` is
+    given (as in the seed's examples), else greedy. ``memory_budget``, ``sink_tokens``,
+    ``recent_window`` and ``policy`` override the wrapper's ``MemoryConfig`` for one call.
+    """
 
+    max_new_tokens: int = 50
+    generation_mode: str = "baseline"
+    temperature: float | None = None
+    do_sample: bool | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    memory_budget: int | None = None
+    sink_tokens: int | None = None
+    recent_window: int | None = None
+    policy: str | None = None
+    config: MemoryConfig | None = None
+    seed: int | None = None
+    chat: bool | None = None
+    ignore_eos: bool = False
+    return_attention_weights: bool = False
+    verbose: bool = False
+    stopping_criteria: Any = None
+    streamer: Any = None
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    def __post_init__(self) -> None:
+        if self.generation_mode not in MODES:
+            raise ConfigError(f"generation_mode must be one of {MODES}, got {self.generation_mode!r}")
+        check_int("max_new_tokens", self.max_new_tokens, 1)
+        if self.seed is not None:
+            check_int("seed", self.seed, 0)
+        if self.temperature is not None:
+            check_number("temperature", self.temperature, low=0.0, low_open=True)
+        if self.top_p is not None:
+            check_number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
+        if self.top_k is not None:
+            check_int("top_k", self.top_k, 1)
+        if self.repetition_penalty is not None:
+            check_number("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True)
+        if self.do_sample is not None:
+            check_bool("do_sample", self.do_sample)
+        for name in ("ignore_eos", "return_attention_weights", "verbose"):
+            check_bool(name, getattr(self, name))
+        if self.chat is not None:
+            check_bool("chat", self.chat)
+        if self.config is not None and not isinstance(self.config, MemoryConfig):
+            raise TypeError(f"config must be a MemoryConfig, got {type(self.config).__name__}")
+
+    @classmethod
+    def parse(cls, kwargs: dict[str, Any]) -> "GenerateArgs":
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise TypeError(f"generate() got unknown argument(s) {unknown}; valid: {names}")
+        return cls(**kwargs)
+
+    def memory_overrides(self) -> dict[str, Any]:
+        """Config changes asked for this call. The eviction knobs only matter in ``evict``."""
+        changes = {"memory_budget": self.memory_budget, "sink_tokens": self.sink_tokens,
+                   "recent_window": self.recent_window, "policy": self.policy}
+        return {k: v for k, v in changes.items() if v is not None}
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling keywords for ``model.generate``."""
+        do_sample = self.do_sample
+        if do_sample is None:
+            do_sample = any(v is not None for v in (self.temperature, self.top_p, self.top_k))
+        out: dict[str, Any] = {"do_sample": bool(do_sample)}
+        if do_sample:
+            out.update(temperature=1.0 if self.temperature is None else self.temperature,
+                       top_p=1.0 if self.top_p is None else self.top_p,
+                       top_k=0 if self.top_k is None else self.top_k)
+        else:  # neutralise sampling fields a model's generation_config may carry
+            out.update(temperature=None, top_p=None, top_k=None)
+        if self.repetition_penalty is not None:
+            out["repetition_penalty"] = self.repetition_penalty
+        return out
 
 
 class EbbinghausLLM:
@@ -49,8 +113,8 @@ class EbbinghausLLM:
 
     ``EbbinghausLLM()`` loads the bundled offline model; pass a hub id or local folder, a
     ``gguf_file``, or an already loaded ``model=`` and ``tokenizer=``. ``generate`` is
-    thread-safe: calls are serialised by a lock per model (shared by every wrapper of the
-    same model), since a session changes the model's attention function for a call.
+    thread-safe: calls are serialised by a lock per model (``memollm.attention.exclusive``,
+    shared by every wrapper of the same model), since a session changes the model itself.
     """
 
     def __init__(
@@ -82,10 +146,6 @@ class EbbinghausLLM:
         self.config = config or MemoryConfig()
 
     @property
-    def _lock(self) -> threading.RLock:
-        return model_lock(self.model)
-
-    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
@@ -115,55 +175,24 @@ class EbbinghausLLM:
         return ids.to(self.device)
 
     # -- generation --------------------------------------------------------------------------
-    def generate(
-        self,
-        prompt: str | Sequence[str],
-        max_new_tokens: int = 50,
-        generation_mode: str = "baseline",
-        *,
-        temperature: float | None = None,
-        do_sample: bool | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        repetition_penalty: float | None = None,
-        memory_budget: int | None = None,
-        sink_tokens: int | None = None,
-        recent_window: int | None = None,
-        policy: str | None = None,
-        config: MemoryConfig | None = None,
-        seed: int | None = None,
-        chat: bool | None = None,
-        ignore_eos: bool = False,
-        return_attention_weights: bool = False,
-        verbose: bool = False,
-        stopping_criteria: Any = None,
-        streamer: Any = None,
-        **unknown: Any,
-    ) -> dict[str, Any] | list[dict[str, Any]]:
+    def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 50, generation_mode: str = "baseline",
+                 **kwargs: Any) -> dict[str, Any] | list[dict[str, Any]]:
         """Generate text in one of the modes ``baseline``, ``soft_delete``,
         ``sparse_attention`` or ``evict``; returns the seed's result dict.
 
-        Sampling: ``do_sample`` defaults to True when ``temperature``, ``top_p`` or ``top_k``
-        is given (as in the seed's examples), else greedy. A list of prompts gives a list of
-        results; prompts run one at a time, so no padding ever enters a forgetting cache.
+        Keywords (see ``GenerateArgs``): ``temperature``, ``do_sample``, ``top_p``, ``top_k``,
+        ``repetition_penalty``, ``memory_budget``, ``sink_tokens``, ``recent_window``,
+        ``policy``, ``config``, ``seed``, ``chat``, ``ignore_eos``,
+        ``return_attention_weights``, ``verbose``, ``stopping_criteria``, ``streamer``.
+        A list of prompts gives a list of results; prompts run one at a time, so no padding
+        ever enters a forgetting cache.
         """
-        if unknown:
-            import inspect
-
-            valid = [p for p in inspect.signature(EbbinghausLLM.generate).parameters if p not in ("self", "unknown")]
-            raise TypeError(f"generate() got unknown argument(s) {sorted(unknown)}; valid: {valid}")
-        args = dict(max_new_tokens=max_new_tokens, generation_mode=generation_mode, temperature=temperature,
-                    do_sample=do_sample, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                    memory_budget=memory_budget, sink_tokens=sink_tokens, recent_window=recent_window,
-                    policy=policy, config=config, seed=seed, chat=chat, ignore_eos=ignore_eos,
-                    return_attention_weights=return_attention_weights, verbose=verbose,
-                    stopping_criteria=stopping_criteria, streamer=streamer)
+        args = GenerateArgs.parse(dict(kwargs, max_new_tokens=max_new_tokens, generation_mode=generation_mode))
         if isinstance(prompt, (list, tuple)):
             if not prompt:
-                raise ValueError("prompt list is empty")
-            return [self.generate(p, **args) for p in prompt]
-        with self._lock:
-            return self._generate_one(prompt, **args)
+                raise ConfigError("prompt list is empty")
+            return [self._generate_one(p, args) for p in prompt]
+        return self._generate_one(prompt, args)
 
     def resolve_config(self, config: MemoryConfig | None = None, **overrides: Any) -> MemoryConfig:
         base = config or self.config
@@ -172,87 +201,61 @@ class EbbinghausLLM:
         changes = {k: v for k, v in overrides.items() if v is not None}
         return base.replace(**changes) if changes else base
 
-    def _sampling_kwargs(self, temperature, do_sample, top_p, top_k, repetition_penalty) -> dict[str, Any]:
-        def number(v) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        if temperature is not None and (not number(temperature) or temperature <= 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        if top_p is not None and (not number(top_p) or not 0.0 < top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
-        if repetition_penalty is not None and (not number(repetition_penalty) or repetition_penalty <= 0):
-            raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty!r}")
-        if do_sample is not None and not isinstance(do_sample, bool):
-            raise ValueError(f"do_sample must be True, False or None, got {do_sample!r}")
-        if do_sample is None:
-            do_sample = any(v is not None for v in (temperature, top_p, top_k))
-        out: dict[str, Any] = {"do_sample": bool(do_sample)}
-        if do_sample:
-            out.update(temperature=temperature if temperature is not None else 1.0,
-                       top_p=top_p if top_p is not None else 1.0, top_k=top_k if top_k is not None else 0)
-        else:  # neutralise sampling fields a model's generation_config may carry
-            out.update(temperature=None, top_p=None, top_k=None)
-        if repetition_penalty is not None:
-            out["repetition_penalty"] = repetition_penalty
-        return out
-
-    def _generate_one(self, prompt, *, max_new_tokens, generation_mode, temperature, do_sample, top_p, top_k,
-                      repetition_penalty, memory_budget, sink_tokens, recent_window, policy, config, seed,
-                      chat, ignore_eos, return_attention_weights, verbose, stopping_criteria, streamer):
-        if generation_mode not in MODES:
-            raise ValueError(f"generation_mode must be one of {MODES}, got {generation_mode!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be an integer > 0, got {max_new_tokens!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        cfg = self.resolve_config(config, memory_budget=memory_budget, sink_tokens=sink_tokens,
-                                  recent_window=recent_window, policy=policy)
-        sampling = self._sampling_kwargs(temperature, do_sample, top_p, top_k, repetition_penalty)
-        ids = self.encode(prompt, chat)
-        prompt_len = ids.shape[1]
+    def _check_length(self, prompt_len: int, args: GenerateArgs) -> None:
         limit = self.max_positions
-        streams = generation_mode == "evict" and getattr(
+        streams = args.generation_mode == "evict" and getattr(
             self.model.config.get_text_config(), "rope_parameters", None) is not None
-        if limit is not None and prompt_len + max_new_tokens > limit and not streams:
-            raise ValueError(
-                f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of "
-                f"{limit} positions in mode {generation_mode!r}; shorten the prompt or use generation_mode='evict'"
-            )
-        if seed is not None:
-            torch.manual_seed(seed)
-        gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens, return_dict_in_generate=True, use_cache=True,
-            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stopping_criteria, streamer=streamer,
-            **sampling,
-        )
-        if ignore_eos:
-            gen_kwargs["min_new_tokens"] = max_new_tokens
-        progress = tqdm(total=max_new_tokens, desc=generation_mode, leave=False) if verbose else None
-        session = None
+        if limit is not None and prompt_len + args.max_new_tokens > limit and not streams:
+            raise ConfigError(
+                f"prompt ({prompt_len} tokens) + max_new_tokens ({args.max_new_tokens}) exceeds the model's context "
+                f"of {limit} positions in mode {args.generation_mode!r}; shorten the prompt or use "
+                "generation_mode='evict'")
+
+    def _generate_one(self, prompt: str, args: GenerateArgs) -> dict[str, Any]:
+        mode = args.generation_mode
+        overrides = args.memory_overrides()
+        warnings: list[str] = []
         try:
-            _sync(self.device)
-            start = time.perf_counter()
-            if generation_mode == "baseline":
-                out = self.model.generate(ids, **gen_kwargs)
-            else:
-                session = MemorySession(self.model, generation_mode, cfg, seed=seed or 0,
-                                        record=return_attention_weights, progress=progress)
-                with attached(self.model, session):
+            cfg = self.resolve_config(args.config, **overrides)
+        except ConfigError as exc:
+            if mode == "evict" or "memory_budget" not in overrides:
+                raise
+            # the budget does nothing outside evict: a budget only evict would reject is no error here
+            cfg = self.resolve_config(args.config, **{k: v for k, v in overrides.items() if k != "memory_budget"})
+            warnings.append(f"memory_budget ignored in {mode!r} (it only applies to evict): {exc}")
+        ids = self.encode(prompt, args.chat)
+        prompt_len = ids.shape[1]
+        self._check_length(prompt_len, args)
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=args.max_new_tokens, return_dict_in_generate=True, use_cache=True,
+            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=args.stopping_criteria,
+            streamer=args.streamer, **args.sampling())
+        if args.ignore_eos:
+            gen_kwargs["min_new_tokens"] = args.max_new_tokens
+        session = None
+        if mode != "baseline":
+            session = MemorySession(self.model, mode, cfg, seed=args.seed or 0, record=args.return_attention_weights)
+        with tqdm(total=args.max_new_tokens, desc=mode, leave=False, disable=not args.verbose) as progress:
+            with exclusive(self.model):
+                sync(self.device)
+                start = time.perf_counter()
+                if session is None:
+                    gen_kwargs["streamer"] = _ProgressStreamer(progress, args.streamer)
                     out = self.model.generate(ids, **gen_kwargs)
-            _sync(self.device)
-            elapsed = time.perf_counter() - start
-        finally:
-            if progress is not None:
-                progress.close()
+                else:
+                    session.progress = progress
+                    with attached(self.model, session):
+                        out = self.model.generate(ids, **gen_kwargs)
+                sync(self.device)
+                elapsed = time.perf_counter() - start
         new = out.sequences[0, prompt_len:]
         num = int(new.shape[0])
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
         cache = getattr(out, "cache", None)
         kv_tokens = int(cache.get_seq_length()) if cache is not None else 0
         result: dict[str, Any] = {
-            "generated_text": text,
+            "generated_text": self.tokenizer.decode(new, skip_special_tokens=True),
             "num_tokens": num,
             "generation_time": elapsed,
             "tokens_per_second": num / elapsed if elapsed > 0 else float("inf"),
@@ -260,34 +263,55 @@ class EbbinghausLLM:
             "token_ids": new.tolist(),
             "kv_cache_tokens": kv_tokens,
             "kv_cache_bytes": kv_cache_bytes(cache),
-            "mode": generation_mode,
-            "policy": cfg.policy if generation_mode == "evict" else None,
+            "mode": mode,
+            "policy": cfg.policy if mode == "evict" else None,
             "config": cfg.to_dict(),
-            "memory_stats": session.memory_stats() if session else {},
-            "warnings": list(session.warnings) if session else [],
+            "memory_stats": {},
+            "warnings": [],
         }
         if session is not None:
-            result["evicted_tokens"] = session.evicted
-            result["peak_kv_cache_tokens"] = session.peak_cached
-            result["memory_state_bytes"] = session.state_bytes()
-            if generation_mode == "evict":
-                result["evict_events"] = session.evict_events
-            if generation_mode == "sparse_attention":
-                result["masked_positions"] = session.masked_positions()
-                result["forget_events"] = session.forget_events
-        if return_attention_weights:
-            tw = session.token_weights(self.tokenizer) if session else None
+            result.update(session.results())
+        result["warnings"] = warnings + result["warnings"]
+        if args.return_attention_weights:
+            tw = session.token_weights() if session else None
             if tw is not None:
                 all_ids = out.sequences[0].tolist()
                 tw["tokens"] = [self.tokenizer.decode([all_ids[p]]) for p in tw["positions"]]
             result["token_weights"] = tw
-        if verbose:
-            log.info("%s: %d tokens in %.2fs (%.1f tok/s), KV cache %d tokens", generation_mode, num, elapsed,
-                     result["tokens_per_second"], kv_tokens)
+        if args.verbose:  # the caller asked to see it: stderr, and the log for those who collect it
+            summary = (f"{mode}: {num} tokens in {elapsed:.2f}s ({result['tokens_per_second']:.1f} tok/s), "
+                       f"KV cache {kv_tokens} tokens")
+            log.info(summary)
+            tqdm.write(summary, file=sys.stderr)
         return result
+
+    def chat(self, generation_mode: str = "evict", **options: Any):
+        """A conversation that keeps one bounded KV cache across turns (see ``memollm.chat``)."""
+        from .chat import ChatSession  # chat builds on this class
+
+        return ChatSession(self, generation_mode=generation_mode, **options)
 
     def __repr__(self) -> str:
         return f"EbbinghausLLM({self.model_name!r}, device={self.device}, config={self.config})"
 
 
 __all__ = ["EbbinghausLLM", "DEFAULT_MODEL"]
+
+
+class _ProgressStreamer:
+    """Advances a progress bar per generated token in ``baseline`` (which has no session),
+    forwarding to the caller's streamer. ``generate`` first puts the prompt: not counted."""
+
+    def __init__(self, progress, inner=None) -> None:
+        self.progress, self.inner, self.started = progress, inner, False
+
+    def put(self, value) -> None:
+        if self.started:
+            self.progress.update(1)
+        self.started = True
+        if self.inner is not None:
+            self.inner.put(value)
+
+    def end(self) -> None:
+        if self.inner is not None:
+            self.inner.end()

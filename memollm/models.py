@@ -62,6 +62,12 @@ def auto_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a clock read after it measures the work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def auto_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto") -> torch.dtype:
     """bf16 on GPUs of compute capability 8 and newer, fp16 on older GPUs and MPS, fp32 on
     CPU, where fp16 prefills far slower."""

@@ -48,11 +48,11 @@ def _repository_url() -> str:
 
 
 def _version() -> str:
+    """The installed release (the package metadata; the package root is above this module)."""
     try:
-        from . import __version__
-    except ImportError:  # memollm/__init__ still running: fall back on the installed metadata
         return importlib.metadata.version("memollm")
-    return __version__
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 REPO_URL: str = _repository_url()

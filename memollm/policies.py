@@ -28,9 +28,8 @@ from typing import Callable
 
 import torch
 
-from .memory import EbbinghausMemory, MemoryConfig
-
-POLICIES: dict[str, type["Policy"]] = {}
+from .config import POLICIES, ConfigError, MemoryConfig
+from .memory import EbbinghausMemory
 
 
 def register_policy(name: str) -> Callable[[type["Policy"]], type["Policy"]]:
@@ -49,8 +48,9 @@ class Policy:
     needs_attention = False  # whether ``observe`` needs the attention received per token
     evicts = True  # ``full`` sets this False: the reference that never evicts
 
-    def __init__(self, config: MemoryConfig, num_layers: int, *, memory: EbbinghausMemory | None = None,
-                 seed: int = 0, device=None) -> None:
+    memory: EbbinghausMemory | None = None  # set by policies whose state is the forgetting curve
+
+    def __init__(self, config: MemoryConfig, num_layers: int, *, seed: int = 0, device=None) -> None:
         self.config = config
         self.num_layers = num_layers
 
@@ -62,13 +62,29 @@ class Policy:
 
     def scores(self, positions: torch.Tensor) -> torch.Tensor:
         """``[batch, tokens]``; higher means keep. ``positions`` are the true positions."""
-        raise NotImplementedError
+        raise NotImplementedError(f"policy {self.name!r} ({type(self).__name__}) must define scores(positions)")
+
+    def checked_scores(self, positions: torch.Tensor) -> torch.Tensor:
+        """``scores`` with its contract enforced: a float tensor shaped like ``positions``.
+
+        A user-registered policy with a wrong shape would otherwise drop the sinks or fail
+        deep inside the gather; non-finite values are allowed (eviction falls back to
+        recency for that step and warns).
+        """
+        s = self.scores(positions)
+        if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(positions.shape):
+            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(f"policy {self.name!r}: scores() must return a tensor of shape "
+                             f"[batch, cached] = {tuple(positions.shape)}, got {got}")
+        if not (s.is_floating_point() or s.dtype in (torch.int32, torch.int64)):
+            raise ValueError(f"policy {self.name!r}: scores() must be numeric, got dtype {s.dtype}")
+        return s
 
 
 class _PerTokenState(Policy):
     """A policy whose state is one float per cached token, ``[batch, tokens]``."""
 
-    def __init__(self, config, num_layers, *, memory=None, seed=0, device=None) -> None:
+    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
         super().__init__(config, num_layers)
         self.state = torch.zeros(1, 0, device=device)
 
@@ -90,22 +106,18 @@ class EbbinghausPolicy(Policy):
 
     needs_attention = True
 
-    def __init__(self, config, num_layers, *, memory=None, seed=0, device=None) -> None:
+    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
         super().__init__(config, num_layers)
-        self.owns_memory = memory is None
-        self.memory = memory if memory is not None else EbbinghausMemory(num_layers, config, device=device)
+        self.memory = EbbinghausMemory(num_layers, config, device=device)
 
     def append(self, batch, n):
-        if self.owns_memory:
-            self.memory.append(batch, n)
+        self.memory.append(batch, n)
 
     def observe(self, received, visible):
-        if self.owns_memory:
-            self.memory.reinforce(received, visible)
+        self.memory.reinforce(received, visible)
 
     def keep(self, index):
-        if self.owns_memory:
-            self.memory.keep(index)
+        self.memory.keep(index)
 
     def scores(self, positions):
         return self.memory.retention().mean(0)
@@ -117,8 +129,8 @@ class EbbinghausFixedPolicy(EbbinghausPolicy):
 
     needs_attention = False
 
-    def __init__(self, config, num_layers, *, memory=None, seed=0, device=None) -> None:
-        super().__init__(config.replace(reinforce=False), num_layers, memory=None, device=device)
+    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
+        super().__init__(config.replace(reinforce=False), num_layers, device=device)
 
 
 EBBINGHAUS_TUNED = {"reinforce_threshold": 0.5, "initial_strength": 20.0}
@@ -132,8 +144,8 @@ seed's defaults, which the other modes and notebooks rely on."""
 class EbbinghausTunedPolicy(EbbinghausPolicy):
     """Ebbinghaus with tuned settings: reinforce at half the uniform share, S0 = 20."""
 
-    def __init__(self, config, num_layers, *, memory=None, seed=0, device=None) -> None:
-        super().__init__(config.replace(**EBBINGHAUS_TUNED), num_layers, memory=None, device=device)
+    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
+        super().__init__(config.replace(**EBBINGHAUS_TUNED), num_layers, device=device)
 
 
 @register_policy("streaming")
@@ -168,7 +180,7 @@ class TOVAPolicy(_PerTokenState):
 class RandomPolicy(Policy):
     """Control: uniform random scores from a seeded generator."""
 
-    def __init__(self, config, num_layers, *, memory=None, seed=0, device=None) -> None:
+    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
         super().__init__(config, num_layers)
         self.generator = torch.Generator(device=device or "cpu").manual_seed(seed)
 
@@ -233,10 +245,11 @@ class PolicyRows(Policy):
 
     def scores(self, positions):
         self._check(positions.shape[0])
-        return torch.cat([p.scores(positions[self._rows(i)]).float() for i, p in enumerate(self.policies)], dim=0)
+        return torch.cat([p.checked_scores(positions[self._rows(i)]).float() for i, p in enumerate(self.policies)],
+                         dim=0)
 
 
 def make_policy(name: str, config: MemoryConfig, num_layers: int, **kwargs) -> Policy:
-    if name not in POLICIES:
-        raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {name!r}")
+    if not isinstance(name, str) or name not in POLICIES:
+        raise ConfigError(f"policy must be one of {sorted(POLICIES)}, got {name!r}")
     return POLICIES[name](config, num_layers, **kwargs)

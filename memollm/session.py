@@ -18,33 +18,15 @@ import logging
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention import add_logit_bias, combine_mask, received_attention
-from .cache import check_evictable, gather_cache, select_keep
-from .memory import MODES, EbbinghausMemory, MemoryConfig
-from .policies import EbbinghausPolicy, Policy, make_policy
+from .cache import check_evictable, gather_cache, memory_layer_ids, select_keep
+from .config import MODES, MemoryConfig
+from .memory import EbbinghausMemory
+from .policies import Policy, make_policy
 
 log = logging.getLogger(__name__)
-
-
-def full_attention_layers(model: torch.nn.Module) -> list[int]:
-    """Layers whose KV cache keeps every token. Sliding-window layers (Gemma 2/3, Mistral with
-    ``sliding_window``) hold only their window, so they cannot carry per-token memory state."""
-    layers = DynamicCache(config=model.config).layers
-    return [i for i, layer in enumerate(layers) if not getattr(layer, "is_sliding", False)]
-
-
-def memory_layer_ids(model: torch.nn.Module, config: MemoryConfig) -> list[int]:
-    """The layers that keep memory state: the first ``memory_layer_fraction`` of the
-    full-attention layers (all layers for most models)."""
-    full = full_attention_layers(model)
-    if not full:
-        raise NotImplementedError(
-            f"every layer of {type(model).__name__} uses sliding-window attention; memollm keeps memory "
-            "state on full-attention layers only. Use generation_mode='baseline' with this model.")
-    return [full[i] for i in config.memory_layers(len(full))]
 
 
 class MemorySession:
@@ -65,15 +47,11 @@ class MemorySession:
             raise ValueError("a policy object only applies to generation_mode='evict'")
         self.policy = policy if policy is not None else (
             make_policy(config.policy, config, n, seed=seed, device=device) if mode == "evict" else None)
-        if self.policy is None:
-            self.memory: EbbinghausMemory | None = EbbinghausMemory(n, config, device=device)
-        elif isinstance(self.policy, EbbinghausPolicy):
-            self.memory = self.policy.memory  # the policy's state is the memory: update it once
-        else:
-            self.memory = None
-        # a policy with its own state (not the shared Ebbinghaus memory) is updated separately
-        self.policy_separate = self.policy is not None and not (
-            isinstance(self.policy, EbbinghausPolicy) and self.policy.memory is self.memory)
+        # soft_delete and sparse_attention own a memory; in evict the policy owns its state, and
+        # a policy whose state is the forgetting curve exposes it as ``.memory`` for the stats
+        self.own_memory = EbbinghausMemory(n, config, device=device) if self.policy is None else None
+        self.memory: EbbinghausMemory | None = (
+            self.own_memory if self.own_memory is not None else getattr(self.policy, "memory", None))
         self.scoring = record or (self.memory is not None and self.memory.config.reinforce) or (
             self.policy is not None and self.policy.needs_attention)
         self.record = record
@@ -107,7 +85,7 @@ class MemorySession:
 
     def _evict_to(self, n_keep: int, step: int) -> None:
         """Drop slots down to ``n_keep``; ``step`` is the first forward step that no longer sees them."""
-        scores = self.policy.scores(self.positions)
+        scores = self.policy.checked_scores(self.positions)
         keep, fallback = select_keep(scores, self.positions, n_keep, sink_tokens=self.config.sink_tokens,
                                      recent_window=self.config.recent_window)
         if fallback:
@@ -120,10 +98,7 @@ class MemorySession:
         self.evict_events.setdefault(step, []).extend(self.positions[0][dropped].tolist())
         gather_cache(self.cache, keep)
         self.positions = self.positions.gather(-1, keep)
-        if self.memory is not None:
-            self.memory.keep(keep)
-        if self.policy_separate:
-            self.policy.keep(keep)
+        self.policy.keep(keep)
         if self.attention_total is not None:
             self.attention_total = self.attention_total.gather(-1, keep.unsqueeze(0).expand(
                 self.attention_total.shape[0], -1, -1))
@@ -195,7 +170,7 @@ class MemorySession:
         out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         if slot is not None and self.scoring:
             # non-finite values are caught once per step in post_forward (a per-layer check costs a sync each)
-            self._received[slot] = received_attention(module, query, key, attention_mask, kwargs.get("scaling"))
+            self._received[slot] = received_attention(query, key, attention_mask, kwargs.get("scaling"))
         return out
 
     def post_forward(self, module, args, kwargs, output):
@@ -203,6 +178,7 @@ class MemorySession:
         if self.num_cached == 0 and self.positions.shape[0] != batch:  # first step of a batch > 1
             self.positions = self.positions.new_zeros(batch, 0)
         self.positions = torch.cat([self.positions, self._new_positions], dim=-1)
+        self.peak_cached = max(self.peak_cached, self.num_cached)  # before a prompt is compressed
         received = None
         if self.scoring and all(r is not None for r in self._received):
             received = torch.stack(self._received)  # [layers, batch, tokens]
@@ -211,11 +187,11 @@ class MemorySession:
                 received = torch.nan_to_num(received, nan=0.0, posinf=0.0, neginf=0.0)
         visible = self.num_cached - (self._masked.sum(-1) if self._masked is not None else 0)
         visible = torch.as_tensor(visible, device=self.positions.device).reshape(-1)[None, :, None]
-        if self.memory is not None:
-            self.memory.append(batch, q_len)
+        if self.own_memory is not None:
+            self.own_memory.append(batch, q_len)
             if received is not None:
-                self.memory.reinforce(received, visible)
-        if self.policy_separate:
+                self.own_memory.reinforce(received, visible)
+        if self.policy is not None:
             self.policy.append(batch, q_len)
             if received is not None and self.policy.needs_attention:
                 self.policy.observe(received, visible)
@@ -227,7 +203,6 @@ class MemorySession:
             self._masked = torch.cat([self._masked, self._masked.new_zeros(batch, q_len)], dim=-1)
         if self.mode == "evict" and self.policy.evicts and self.num_cached > self.config.memory_budget:
             self._evict_to(self.config.memory_budget, self.steps + 1)  # a prompt longer than the budget
-        self.peak_cached = max(self.peak_cached, self.num_cached)
         if self.steps and self.progress is not None:
             self.progress.update(1)
         self.steps += 1
@@ -235,13 +210,11 @@ class MemorySession:
 
     # -- results -------------------------------------------------------------------------
     def state_bytes(self) -> int:
-        """Bytes of per-token forgetting state: the Ebbinghaus memory, plus the tensors of a
-        policy that keeps its own (h2o, tova)."""
-        total = self.memory.nbytes if self.memory is not None else 0
-        if self.policy_separate:
-            total += sum(t.numel() * t.element_size() for t in vars(self.policy).values()
-                         if isinstance(t, torch.Tensor))
-        return total
+        """Bytes of per-token forgetting state: the Ebbinghaus memory, or the tensors of the
+        policy's own state (h2o, tova)."""
+        if self.memory is not None:
+            return self.memory.nbytes
+        return sum(t.numel() * t.element_size() for t in vars(self.policy).values() if isinstance(t, torch.Tensor))
 
     def masked_positions(self) -> list[int]:
         if self._masked is None:
@@ -253,7 +226,30 @@ class MemorySession:
             return {}
         return self.memory.stats(self.layer_ids, self._masked)
 
-    def token_weights(self, tokenizer) -> dict[str, Any] | None:
+    @property
+    def effective_config(self) -> MemoryConfig:
+        """The settings that ran: a preset policy (e.g. ``ebbinghaus_tuned``) has its own."""
+        return self.policy.config if self.policy is not None else self.config
+
+    def results(self) -> dict[str, Any]:
+        """This session's part of a ``generate`` result: what only this mode knows."""
+        out: dict[str, Any] = {
+            "config": self.effective_config.to_dict(),
+            "memory_stats": self.memory_stats(),
+            "warnings": list(self.warnings),
+            "evicted_tokens": self.evicted,
+            "peak_kv_cache_tokens": self.peak_cached,
+            "memory_state_bytes": self.state_bytes(),
+        }
+        if self.mode == "evict":
+            out["evict_events"] = self.evict_events
+        if self.mode == "sparse_attention":
+            out["masked_positions"] = self.masked_positions()
+            out["forget_events"] = self.forget_events
+        return out
+
+    def token_weights(self) -> dict[str, Any] | None:
+        """Retention (and attention received, when recording) per memory layer and cached slot."""
         if self.memory is None or self.memory.num_tokens == 0:
             return None
         # the newest token has no KV yet when generation stops, so slots cover positions[:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Sequence
 
 
 def __getattr__(name: str):
@@ -84,7 +85,8 @@ def reinforcement_trace(config=None, *, steps: int = 200, review_every: int | No
     import numpy as np
     import torch
 
-    from .memory import EbbinghausMemory, MemoryConfig
+    from .config import MemoryConfig
+    from .memory import EbbinghausMemory
 
     config = config or MemoryConfig()
     mem = EbbinghausMemory(1, config)
@@ -108,7 +110,7 @@ def plot_reinforcement(config=None, *, steps: int = 200, review_every: int | Non
                        threshold: float | None = None, ax=None):
     """The spaced-repetition saw-tooth: a token attended every ``review_every`` steps
     against one never attended (see :func:`reinforcement_trace`)."""
-    from .memory import MemoryConfig
+    from .config import MemoryConfig
 
     plt = _plt()
     config = config or MemoryConfig()
@@ -167,7 +169,7 @@ def forgetting_panel(config=None, *, steps: int = 200, review_every: int = 40, s
     """
     import base64
 
-    from .memory import MemoryConfig
+    from .config import MemoryConfig
 
     plt = _plt()
     config = config or MemoryConfig()
@@ -372,3 +374,178 @@ def plot_logit_difference(diff, *, title: str = "evicted cache without true posi
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     return fig
+
+
+# -- results of the benchmark (memollm bench) ---------------------------------------------------
+def _series(records: Sequence[dict[str, Any]]):
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(records, key=lambda r: r["context_tokens"]):
+        by_label.setdefault(r["label"], []).append(r)
+    return by_label
+
+
+def _context_axis(ax, records: Sequence[dict[str, Any]]) -> None:
+    """Log x axis ticked at the measured contexts, written as plain numbers."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({r["context_tokens"] for r in records}))
+    ax.set_xticklabels([str(c) for c in sorted({r["context_tokens"] for r in records})])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_speed(records: Sequence[dict[str, Any]], ax=None):
+    """Decode tok/s (median, with min-max bars) against context length, one line per case."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.0))
+    for label, rs in _series(records).items():
+        x = [r["context_tokens"] for r in rs]
+        y = [r["tokens_per_second"] for r in rs]
+        err = [[r["tokens_per_second"] - r["tokens_per_second_min"] for r in rs],
+               [r["tokens_per_second_max"] - r["tokens_per_second"] for r in rs]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    _context_axis(ax, records)
+    ax.set_xlabel("context (prompt tokens)")
+    ax.set_ylabel("decode tokens / s (median, min-max)")
+    r0 = records[0]
+    ax.set_title(f"Decode speed, {r0['new_tokens']} new tokens, {r0['device']} {r0['dtype']}")
+    ax.grid(True, alpha=0.3)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_speedup(records: Sequence[dict[str, Any]], ax=None):
+    """Decode speed as a ratio to baseline (median of per-round ratios) against context length:
+    the figure to read on a noisy machine, since both runs of a ratio shared the same moment."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.0))
+    for label, rs in _series(records).items():
+        rs = [r for r in rs if r["speedup_vs_baseline"] is not None]
+        if rs:
+            ax.plot([r["context_tokens"] for r in rs], [r["speedup_vs_baseline"] for r in rs], marker="o",
+                    label=label, linestyle="--" if label == "baseline" else "-")
+    _context_axis(ax, records)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("context (prompt tokens)")
+    ax.set_ylabel("decode speed / baseline (same round)")
+    ax.set_title("Speed-up over baseline (median of per-round ratios)")
+    ax.grid(True, alpha=0.3)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_kv_memory(records: Sequence[dict[str, Any]], ax=None):
+    """KV-cache megabytes at the end of generation against context length."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.0))
+    from matplotlib.ticker import FuncFormatter
+
+    markers, styles = "osv^D<>p", ("-", "--", ":", "-.")
+    for i, (label, rs) in enumerate(_series(records).items()):  # equal lines overlap: vary marker and style
+        ax.plot([r["context_tokens"] for r in rs], [r["kv_cache_bytes"] / 1e6 for r in rs],
+                marker=markers[i % len(markers)], linestyle=styles[i % len(styles)],
+                markersize=9 - 1.5 * (i % 4), label=label, alpha=0.85)
+    _context_axis(ax, records)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    low, high = ax.get_ylim()  # label the minor ticks only when the axis spans less than a decade
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if high < 10 * low else ""))
+    ax.set_xlabel("context (prompt tokens)")
+    ax.set_ylabel("KV cache at the end (MB)")
+    ax.set_title("KV-cache memory")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def save_bench_plots(records: Sequence[dict[str, Any]], prefix: str = "bench") -> list[str]:
+    """Write ``<prefix>_tokens_per_second.png``, ``<prefix>_speedup.png`` and ``<prefix>_kv_memory.png``
+    into figures/ (through ``memollm.viz.save_figure``)."""
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for name, plot in (("tokens_per_second", plot_speed), ("speedup", plot_speedup), ("kv_memory", plot_kv_memory)):
+        fig = plot(records)
+        paths.append(str(save_figure(fig, f"{prefix}_{name}")))
+        plt.close(fig)
+    return paths
+
+
+# -- results of the quality evaluation (memollm eval) -------------------------------------------
+def _budget_axis(ax, budgets) -> None:
+    ticks = sorted({int(b) for b in budgets if b is not None})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+
+
+def plot_ppl(records: list[dict], ax=None, value: str = "perplexity"):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.2))
+    recs = [r for r in records if r["evaluation"] == "ppl"]
+    for policy in dict.fromkeys(r["policy"] for r in recs):
+        pts = sorted((r["budget"], r[value]) for r in recs if r["policy"] == policy)
+        style = dict(ls="--", color="black") if policy == "full" else dict(marker="o")
+        if policy == "ebbinghaus_fixed":  # ranks exactly like streaming: draw it dotted on top
+            style = dict(marker="x", ls=":", lw=2)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=policy, **style)
+    _budget_axis(ax, [r["budget"] for r in recs])
+    ax.set_xlabel("KV-cache budget (tokens)")
+    ax.set_ylabel(value.replace("_", " "))
+    ax.set_title("Perplexity at equal memory (lower is better)")
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def plot_passkey(records: list[dict], ax=None):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    recs = [r for r in records if r["evaluation"] == "passkey"]
+    policies = list(dict.fromkeys(r["policy"] for r in recs))
+    cols = list(dict.fromkeys((r["budget"], r["length"], r["depth"]) for r in recs if r["budget"] is not None))
+    grid = np.full((len(policies), len(cols)), np.nan)
+    for i, p in enumerate(policies):
+        for j, (b, L, d) in enumerate(cols):
+            hit = [r for r in recs if r["policy"] == p and r["length"] == L and r["depth"] == d
+                   and (r["budget"] == b or p == "full")]
+            if hit:
+                grid[i, j] = hit[0]["accuracy"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(cols) + 2.5), 0.45 * len(policies) + 1.6))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_yticks(range(len(policies)), policies)
+    ax.set_xticks(range(len(cols)), [f"B{b}\nL{L}\nd{d:.0%}" for b, L, d in cols], fontsize=7)
+    for i in range(len(policies)):
+        for j in range(len(cols)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if grid[i, j] < 0.5 else "black")
+    ax.set_title("Passkey accuracy (B budget, L prompt tokens, d depth)")
+    ax.figure.colorbar(im, ax=ax, fraction=0.03)
+    return ax.figure
+
+
+def plot_agreement(records: list[dict], ax=None):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.2))
+    recs = [r for r in records if r["evaluation"] == "agreement" and r["policy"] != "full"]
+    for policy in dict.fromkeys(r["policy"] for r in recs):
+        pts = sorted((r["budget"], r["agreement"]) for r in recs if r["policy"] == policy)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
+    _budget_axis(ax, [r["budget"] for r in recs])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("KV-cache budget (tokens)")
+    ax.set_ylabel("greedy agreement with the full cache")
+    ax.legend(fontsize=8)
+    return ax.figure
+

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from memollm import MODES
-from memollm.bench import (
-    RECORD_FIELDS, Case, PeakMemory, TokenClock, context_prompt, format_table, make_cases, measure_bandwidth,
-    run_benchmark, run_naive, save_plots, time_generation, weight_bytes,
-)
+from memollm.bench.report import RECORD_FIELDS, format_table, records_csv, results_json
+from memollm.bench.runner import run_benchmark, run_naive
+from memollm.bench.timing import Case, PeakMemory, TokenClock, make_cases, measure_bandwidth, time_generation, weight_bytes
+from memollm.texts import context_prompt
+from memollm.viz import save_bench_plots
 
 REQUIRED = ("mode", "policy", "budget", "context_tokens", "new_tokens", "tokens_per_second", "ms_per_token",
             "prefill_seconds", "peak_memory_bytes", "kv_cache_bytes", "device")
@@ -109,15 +110,13 @@ def test_targets_are_reported_as_ratios_where_the_records_allow(result):
 
 
 def test_table_csv_and_json_outputs(result, tmp_path):
-    from memollm.bench import write_csv, write_json
-
     table = format_table(result.records)
     assert "baseline" in table and f"evict/streaming/{BUDGET}" in table and "x base" in table
-    write_csv(str(tmp_path / "b.csv"), result.records)
+    (tmp_path / "b.csv").write_text(records_csv(result.records))
     rows = list(csv.DictReader(open(tmp_path / "b.csv")))
     assert len(rows) == len(result.records) and set(REQUIRED) <= set(rows[0])
     assert rows[0]["budget"] == "" and float(rows[0]["tokens_per_second"]) > 0
-    write_json(str(tmp_path / "b.json"), [result])
+    (tmp_path / "b.json").write_text(results_json([result]))
     data = json.loads((tmp_path / "b.json").read_text())
     assert set(data) == {"machine", "records", "runs"}
     assert data["machine"]["bandwidth_bytes_per_second"] == 1e10
@@ -137,10 +136,8 @@ def test_plots_are_written_through_save_figure(result, tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
-    import memollm.viz
-
-    monkeypatch.setattr(memollm.viz, "FIGURES_DIR", tmp_path)
-    paths = save_plots(result.records, prefix="bench_test")
+    monkeypatch.setenv("MEMOLLM_FIGURES", str(tmp_path))
+    paths = save_bench_plots(result.records, prefix="bench_test")
     assert sorted(p.split("/")[-1] for p in paths) == ["bench_test_kv_memory.png", "bench_test_speedup.png",
                                                        "bench_test_tokens_per_second.png"]
     assert all((tmp_path / p.split("/")[-1]).stat().st_size > 1000 for p in paths)
@@ -170,7 +167,7 @@ def test_clock_memory_and_bandwidth_helpers(tiny):
 def test_cli_bench_writes_json_and_csv(tiny, tmp_path, monkeypatch, capsys):
     import memollm.cli
 
-    monkeypatch.setattr(memollm.cli, "load_llm", lambda args: tiny)
+    monkeypatch.setattr(memollm.cli.bench, "load_llm", lambda args: tiny)
     out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
     code = memollm.cli.main(["bench", "--contexts", "20,40", "--new-tokens", "3", "--repeats", "1", "--warmup", "0",
                              "--modes", "baseline,evict", "--budget", str(BUDGET), "--naive", "--naive-context", "16",
@@ -194,7 +191,7 @@ def test_cli_bench_writes_json_and_csv(tiny, tmp_path, monkeypatch, capsys):
 def test_cli_bench_rejects_bad_options_in_one_line(argv, capsys, monkeypatch):
     import memollm.cli
 
-    monkeypatch.setattr(memollm.cli, "load_llm", lambda args: pytest.fail("loaded a model for a bad option"))
+    monkeypatch.setattr(memollm.cli.bench, "load_llm", lambda args: pytest.fail("loaded a model for a bad option"))
     with pytest.raises(SystemExit) as exc:
         code = memollm.cli.main(["bench", *argv])
         raise SystemExit(code)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from memollm import evaluate as E
+from memollm import viz
+from memollm.texts import default_text, text_segments
 from memollm.cli import main
 
 TEXT = ("Eviction keeps a fixed number of tokens in the cache. The policy decides which ones stay. "
@@ -16,8 +18,8 @@ POLICIES = ["ebbinghaus", "streaming", "h2o"]
 
 
 def test_text_splits_do_not_overlap(tokenizer):
-    report = E.text_segments(tokenizer, TEXT, 40, 2, "report")
-    tune = E.text_segments(tokenizer, TEXT, 40, 2, "tune")
+    report = text_segments(tokenizer, TEXT, 40, 2, "report")
+    tune = text_segments(tokenizer, TEXT, 40, 2, "tune")
     n = tokenizer(TEXT, add_special_tokens=False, return_tensors="pt").input_ids.shape[1]
     assert report.shape == tune.shape == (2, 40)
     assert torch.equal(report.flatten(), tokenizer(TEXT, add_special_tokens=False, return_tensors="pt")
@@ -25,19 +27,19 @@ def test_text_splits_do_not_overlap(tokenizer):
     assert torch.equal(tune.flatten(), tokenizer(TEXT, add_special_tokens=False, return_tensors="pt")
                        .input_ids[0, n // 2: n // 2 + 80])
     with pytest.raises(ValueError):
-        E.text_segments(tokenizer, TEXT, 10_000, 1)
+        text_segments(tokenizer, TEXT, 10_000, 1)
 
 
 def test_default_text_is_cpython_docs():
-    text = E.default_text()
+    text = default_text()
     assert len(text) > 100_000 and "assert" in text
 
 
 def test_stream_without_eviction_equals_full_cache(make_tiny):
     llm = make_tiny("llama")
-    ids = E.text_segments(llm.tokenizer, TEXT, 48, 2)
+    ids = text_segments(llm.tokenizer, TEXT, 48, 2)
     full, full_arg = E.full_logprobs(llm, ids)
-    res = E.stream(llm, ids, POLICIES, budget=64, sinks=4, window=8, progress=False)
+    res = E.stream(llm, ids, POLICIES, budget=64, sink_tokens=4, recent_window=8, progress=False)
     for i in range(len(POLICIES)):
         torch.testing.assert_close(res.logprob[i], full, atol=1e-4, rtol=1e-4)
         assert torch.equal(res.argmax[i], full_arg)
@@ -45,7 +47,7 @@ def test_stream_without_eviction_equals_full_cache(make_tiny):
 
 def test_perplexity_records(make_tiny):
     llm = make_tiny("llama")
-    recs = E.perplexity(llm, budgets=[24, 32], policies=POLICIES, max_tokens=64, text=TEXT, sinks=4, window=8,
+    recs = E.perplexity(llm, budgets=[24, 32], policies=POLICIES, max_tokens=64, text=TEXT, sink_tokens=4, recent_window=8,
                         progress=False)
     assert len(recs) == 2 * (len(POLICIES) + 1)
     for r in recs:
@@ -75,23 +77,23 @@ def test_passkey_prompt_hides_the_key_at_the_depth(tokenizer):
 
 def test_passkey_records(make_tiny):
     llm = make_tiny("llama")
-    recs = E.passkey(llm, budgets=[48], lengths=[120], depths=[0.2, 0.8], trials=2, policies=POLICIES, sinks=4,
-                     window=8, prefill_chunk=16, answer_tokens=3, progress=False)
+    recs = E.passkey(llm, budgets=[48], lengths=[120], depths=[0.2, 0.8], trials=2, policies=POLICIES, sink_tokens=4,
+                     recent_window=8, prefill_chunk=16, answer_tokens=3, progress=False)
     assert len(recs) == 2 * (len(POLICIES) + 1)
     for r in recs:
         assert {"policy", "budget", "length", "depth", "trials", "correct", "accuracy", "answers"} <= set(r)
         assert 0.0 <= r["accuracy"] <= 1.0 and len(r["answers"]) == 2
         if r["policy"] != "full":
             assert r["peak_kv_tokens"] <= 48
-    again = E.passkey(llm, budgets=[48], lengths=[120], depths=[0.2, 0.8], trials=2, policies=POLICIES, sinks=4,
-                      window=8, prefill_chunk=16, answer_tokens=3, progress=False)
+    again = E.passkey(llm, budgets=[48], lengths=[120], depths=[0.2, 0.8], trials=2, policies=POLICIES, sink_tokens=4,
+                      recent_window=8, prefill_chunk=16, answer_tokens=3, progress=False)
     assert again == recs  # deterministic under the seed
 
 
 def test_agreement_records_and_no_eviction_agrees_fully(make_tiny):
     llm = make_tiny("llama")
     recs = E.agreement(llm, budgets=[40, 200], policies=POLICIES, prompt_tokens=24, new_tokens=40, text=TEXT,
-                       sinks=4, window=8, prefill_chunk=8, progress=False)
+                       sink_tokens=4, recent_window=8, prefill_chunk=8, progress=False)
     assert {r["budget"] for r in recs} == {40, 200}
     for r in recs:
         assert 0.0 <= r["agreement"] <= 1.0 and r["tokens"] == 40 and 0.0 < r["distinct_generated"] <= 1.0
@@ -102,9 +104,9 @@ def test_agreement_records_and_no_eviction_agrees_fully(make_tiny):
 def test_stream_rejects_a_budget_without_room_for_the_chunk(make_tiny):
     llm = make_tiny("llama")
     with pytest.raises(ValueError):
-        E.stream(llm, torch.zeros(1, 50, dtype=torch.long), ["h2o"], budget=20, sinks=4, window=8, chunk=16)
+        E.stream(llm, torch.zeros(1, 50, dtype=torch.long), ["h2o"], budget=20, sink_tokens=4, recent_window=8, chunk=16)
     with pytest.raises(ValueError):
-        E.stream(llm, torch.zeros(1, 50, dtype=torch.long), ["full"], budget=40, sinks=4, window=8)
+        E.stream(llm, torch.zeros(1, 50, dtype=torch.long), ["full"], budget=40, sink_tokens=4, recent_window=8)
 
 
 def test_cli_eval_help_and_usage_errors(capsys):
@@ -113,7 +115,7 @@ def test_cli_eval_help_and_usage_errors(capsys):
             main(["eval", cmd, "--help"])
         assert exc.value.code == 0
     assert main(["eval", "ppl", "--budgets", "16"]) == 2  # below sinks + window + 1
-    assert "budget 16" in capsys.readouterr().err
+    assert "memory_budget must be >= sink_tokens + recent_window + 1 = 37, got 16" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["eval", "ppl", "--policies", "nope"])
     assert exc.value.code == 2
@@ -125,9 +127,9 @@ def test_plots(make_tiny, tmp_path):
     matplotlib.use("Agg")
     recs = [{"evaluation": "ppl", "policy": p, "budget": b, "perplexity": 10.0 + b / 100, "perplexity_after_budget": 9.0}
             for p in ("h2o", "full") for b in (64, 128)]
-    assert E.plot_ppl(recs) is not None
+    assert viz.plot_ppl(recs) is not None
     pk = [{"evaluation": "passkey", "policy": "h2o", "budget": 64, "length": 200, "depth": 0.5, "accuracy": 0.5},
           {"evaluation": "passkey", "policy": "full", "budget": None, "length": 200, "depth": 0.5, "accuracy": 1.0}]
-    assert E.plot_passkey(pk) is not None
+    assert viz.plot_passkey(pk) is not None
     ag = [{"evaluation": "agreement", "policy": "h2o", "budget": 64, "agreement": 0.8}]
-    assert E.plot_agreement(ag) is not None
+    assert viz.plot_agreement(ag) is not None

@@ -230,11 +230,11 @@ def test_received_attention_matches_eager_softmax_with_gqa():
     torch.manual_seed(0)
     q = torch.randn(1, 6, 3, 8)  # 6 query heads, 2 KV heads: groups of 3
     k = torch.randn(1, 2, 5, 8)
-    got = received_attention(None, q, k, None, 0.3)
+    got = received_attention(q, k, None, 0.3)
     k_all = k.repeat_interleave(3, dim=1)
     a = torch.softmax(q[:, :, -1:] @ k_all.transpose(-1, -2) * 0.3, -1)[:, :, 0]  # [1, heads, kv]
     torch.testing.assert_close(got, a.mean(1))
     assert got.sum().item() == pytest.approx(1.0)
     hide = torch.tensor([True, False, True, True, True])[None, None, None, :].expand(1, 1, 3, 5)
-    masked = received_attention(None, q, k, hide, 0.3)
+    masked = received_attention(q, k, hide, 0.3)
     assert masked[0, 1] == 0 and masked.sum().item() == pytest.approx(1.0)

@@ -135,8 +135,8 @@ def test_policy_rows_match_each_policy_alone(make_tiny):
     llm = make_tiny("llama")
     torch.manual_seed(0)
     ids = torch.randint(0, 1000, (2, 48))
-    both = E.stream(llm, ids, ["h2o", "ebbinghaus"], 24, sinks=2, window=6, progress=False)
-    alone = E.stream(llm, ids, ["ebbinghaus"], 24, sinks=2, window=6, progress=False)
+    both = E.stream(llm, ids, ["h2o", "ebbinghaus"], 24, sink_tokens=2, recent_window=6, progress=False)
+    alone = E.stream(llm, ids, ["ebbinghaus"], 24, sink_tokens=2, recent_window=6, progress=False)
     torch.testing.assert_close(both.logprob[1], alone.logprob[0], atol=1e-4, rtol=1e-4)
     assert both.peak_kv_tokens <= 24
 

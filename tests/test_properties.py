@@ -131,7 +131,7 @@ def test_masks_never_hide_every_key(batch, cached, q_len, seed, float_mask):
     assert torch.all(visible[..., :cached] <= keep[:, None, None, :]), "a forgotten key stayed visible"
     q = torch.randn(batch, 4, q_len, 8, generator=g)
     k = torch.randn(batch, 2, kv, 8, generator=g)
-    got = received_attention(None, q, k, mask, None)
+    got = received_attention(q, k, mask, None)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.sum(-1), torch.ones(batch))
 
@@ -150,7 +150,8 @@ def test_eviction_invariants_in_generation(tiny, budget_extra, sinks, window, po
     r = tiny.generate(prompt, n, "evict", chat=False, memory_budget=budget, sink_tokens=sinks,
                       recent_window=window, policy=policy, ignore_eos=True, return_attention_weights=True)
     total = r["prompt_tokens"] + n - 1  # tokens that went through the model
-    assert r["kv_cache_tokens"] == min(budget, total) and r["peak_kv_cache_tokens"] <= budget
+    assert r["kv_cache_tokens"] == min(budget, total)
+    assert r["peak_kv_cache_tokens"] <= max(budget, r["prompt_tokens"])  # a long prompt is prefilled whole
     pos = r["token_weights"]["positions"] if r["token_weights"] else None
     if policy in ("ebbinghaus",):
         assert len(pos) == r["kv_cache_tokens"]

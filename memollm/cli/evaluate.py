@@ -1,0 +1,160 @@
+"""``memollm eval``: argument parsing and output for the quality evaluation (``memollm.evaluate``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..config import POLICIES, MemoryConfig
+from ..evaluate import EVICTING, agreement, passkey, perplexity, table
+from ..texts import load_text
+from ..viz import plot_agreement, plot_passkey, plot_ppl, save_figure
+from .common import (UsageError, add_model_args, check_model_args, int_list, load_llm, name_list, positive_int,
+                     write_output)
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected numbers in [0, 1], got {text!r}")
+    return values
+
+
+def add_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="quality at equal memory: perplexity, passkey, agreement",
+                        description="Compare eviction policies at equal KV-cache budgets.")
+    esub = ev.add_subparsers(dest="eval_command", required=True, parser_class=type(ev))
+    choices = [p for p in POLICIES if p != "full"]
+
+    def common(p, budgets: str, policies: str = ",".join(EVICTING)) -> None:
+        p.add_argument("--budget", "--budgets", dest="budgets", type=int_list, default=int_list(budgets),
+                       help=f"KV-cache budgets in tokens (default: {budgets})")
+        p.add_argument("--policies", type=name_list(choices), default=name_list(choices)(policies),
+                       help=f"evicting policies, comma-separated (default: {policies}); 'full' is always added")
+        p.add_argument("--sinks", type=int, default=None, help="attention-sink tokens kept (default: config, 4)")
+        p.add_argument("--window", type=positive_int, default=None, help="recent tokens kept (default: config, 32)")
+        p.add_argument("--seed", type=int, default=0, help="seed for keys and the random policy (default: 0)")
+        p.add_argument("--json", metavar="PATH", default=None, help="write the records as JSON ('-' = stdout)")
+        p.add_argument("--no-plot", action="store_true", help="do not write the figure")
+        p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
+        add_model_args(p)
+
+    p = esub.add_parser("ppl", help="perplexity with the cache held to each budget (StreamingLLM protocol)")
+    common(p, "64,128,256")
+    p.add_argument("--max-tokens", type=positive_int, default=512,
+                   help="tokens per segment (default: 512; the larger run in the README uses 2048)")
+    p.add_argument("--segments", type=positive_int, default=1, help="consecutive text segments (default: 1)")
+    p.add_argument("--text-file", default=None, help="UTF-8 text (default: CPython's pydoc_data.topics)")
+    p.add_argument("--split", choices=("report", "tune"), default="report",
+                   help="first half (report, default) or second half (tune) of the token stream")
+    p.add_argument("--chunk", type=positive_int, default=1,
+                   help="tokens per step (default: 1, the StreamingLLM protocol; >1 is faster and coarser)")
+    p.set_defaults(handler=run_ppl)
+
+    p = esub.add_parser("passkey", help="passkey retrieval accuracy per policy, budget, length and depth")
+    common(p, "128")
+    p.add_argument("--lengths", type=int_list, default=[512], help="prompt lengths in tokens (default: 512)")
+    p.add_argument("--depths", type=_float_list, default=[0.1, 0.5, 0.9],
+                   help="needle depths in [0, 1] (default: 0.1,0.5,0.9)")
+    p.add_argument("--trials", type=positive_int, default=3, help="seeded keys per case (default: 3)")
+    p.add_argument("--prefill-chunk", type=positive_int, default=32,
+                   help="prompt tokens read per step, evicting between steps (default: 32)")
+    p.set_defaults(handler=run_passkey)
+
+    p = esub.add_parser("agreement", help="greedy agreement with the full cache over a generation")
+    common(p, "64,128")
+    p.add_argument("--prompt-tokens", type=positive_int, default=96, help="prompt tokens (default: 96)")
+    p.add_argument("--new-tokens", type=positive_int, default=192, help="generated tokens (default: 192)")
+    p.add_argument("--segments", type=positive_int, default=1, help="prompts from consecutive text (default: 1)")
+    p.add_argument("--text-file", default=None, help="UTF-8 text (default: CPython's pydoc_data.topics)")
+    p.add_argument("--prefill-chunk", type=positive_int, default=16, help="prompt tokens per step (default: 16)")
+    p.add_argument("--repetition-penalty", type=float, default=1.3,
+                   help="penalty for the full cache's generation only (default: 1.3; 1 = plain greedy)")
+    p.set_defaults(handler=run_agreement)
+
+
+def _check_args(args) -> None:
+    changes = {"sink_tokens": args.sinks, "recent_window": args.window}
+    cfg = MemoryConfig().replace(**{k: v for k, v in changes.items() if v is not None})
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    penalty = getattr(args, "repetition_penalty", 1.0)
+    if not (penalty > 0 and penalty < float("inf")):
+        raise UsageError(f"--repetition-penalty must be a finite number > 0, got {penalty}")
+    step = max(getattr(args, "chunk", 1), getattr(args, "prefill_chunk", 1))
+    for b in args.budgets:
+        cfg.check_budget(b, step)
+    if getattr(args, "text_file", None) and not Path(args.text_file).is_file():
+        raise UsageError(f"--text-file {args.text_file}: no such file")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def _finish(args, records: list[dict], value: str, figure: str, plot) -> None:
+    if args.json:
+        write_output(args.json, json.dumps(records, indent=1))
+    if not args.no_plot:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        fig = plot(records)
+        path = save_figure(fig, figure)
+        print(f"figure: {path}", file=sys.stderr)
+
+
+def run_ppl(args) -> int:
+    _check_args(args)
+    text = load_text(args.text_file)
+    llm = _load(args)
+    records = perplexity(llm, budgets=args.budgets, policies=args.policies, max_tokens=args.max_tokens,
+                         segments=args.segments, text=text, split=args.split, sink_tokens=args.sinks,
+                         recent_window=args.window, chunk=args.chunk, seed=args.seed)
+    print(f"perplexity, {args.segments} x {args.max_tokens} tokens ({args.split} split), chunk {args.chunk}, "
+          f"model {llm.model_name}")
+    print(table(records, "perplexity"))
+    print("\nperplexity of the tokens read after eviction started (position >= budget):")
+    print(table(records, "perplexity_after_budget"))
+    print("\ngreedy top-1 agreement with the full cache on those tokens:")
+    print(table(records, "top1_agreement_after_budget", fmt="{:.3f}"))
+    _finish(args, records, "perplexity", "eval_ppl", plot_ppl)
+    return 0
+
+
+def run_passkey(args) -> int:
+    _check_args(args)
+    llm = _load(args)
+    records = passkey(llm, budgets=args.budgets, lengths=args.lengths, depths=args.depths, trials=args.trials,
+                      policies=args.policies, sink_tokens=args.sinks, recent_window=args.window,
+                      prefill_chunk=args.prefill_chunk, seed=args.seed)
+    print(f"passkey accuracy over {args.trials} keys per case, lengths {args.lengths}, depths {args.depths}")
+    print(table(records, "accuracy"))
+    _finish(args, records, "accuracy", "eval_passkey", plot_passkey)
+    return 0
+
+
+def run_agreement(args) -> int:
+    _check_args(args)
+    text = load_text(args.text_file)
+    llm = _load(args)
+    records = agreement(llm, budgets=args.budgets, policies=args.policies, prompt_tokens=args.prompt_tokens,
+                        new_tokens=args.new_tokens, segments=args.segments, text=text, sink_tokens=args.sinks,
+                        recent_window=args.window, prefill_chunk=args.prefill_chunk, seed=args.seed,
+                        repetition_penalty=args.repetition_penalty)
+    print(f"greedy agreement with the full cache over {args.new_tokens} generated tokens "
+          f"({records[0]['distinct_generated']:.0%} of them distinct)")
+    print(table(records, "agreement", fmt="{:.3f}"))
+    _finish(args, records, "agreement", "eval_agreement", plot_agreement)
+    return 0
+
+
+def _load(args):
+    check_model_args(args)
+    return load_llm(args)
+

@@ -1,0 +1,136 @@
+"""Every knob of memollm in one validated, frozen dataclass, plus the names of the modes.
+
+This is the bottom layer: it imports nothing from memollm. Policies register themselves
+into ``POLICIES`` (``memollm.policies.register_policy``), so the config can check a policy
+name without importing the module that defines policies.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+MODES = ("baseline", "soft_delete", "sparse_attention", "evict")
+SOFT_TARGETS = ("values", "logits")
+
+POLICIES: dict[str, type] = {}
+"""Policy registry, name -> class; filled by ``memollm.policies.register_policy``."""
+
+
+class ConfigError(ValueError):
+    """A bad setting given by the user (the CLI reports it in one line, exit status 2).
+
+    A ``ValueError`` subclass, so ``except ValueError`` keeps working; anything that is not
+    a ``ConfigError`` is a bug and keeps its traceback in the CLI.
+    """
+
+
+def check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """A real, finite number (bools rejected, numpy scalars accepted) within the bounds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    v = float(value)
+    bad_low = low is not None and (v <= low if low_open else v < low)
+    bad_high = high is not None and (v >= high if high_open else v > high)
+    if bad_low or bad_high:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
+        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+        raise ConfigError(f"{name} must be in {lo or '(-inf'}, {hi or 'inf)'}, got {value!r}")
+    return v
+
+
+def check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+# float32 keeps ~1e-38 as a normal number; a smaller strength underflows and R becomes NaN
+_MIN_STRENGTH = 1e-6
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Every knob of the memory model, with the seed's defaults; validated on construction.
+
+    Forgetting curve: ``initial_strength`` (S0), ``time_step`` (age added per token read).
+    Reinforcement: a token whose attention share is at least ``reinforce_threshold`` times
+    the uniform share gains ``strength_gain * share`` strength and its age resets to 0.
+    Soft delete: weights ``floor + (1 - floor) * R`` in [floor, 1], applied to the values
+    (the seed's choice) or as a log-bias on the attention logits.
+    Sparse attention: a token is masked once ``R < sparse_threshold`` in at least
+    ``layer_consensus`` of the memory layers (the first ``memory_layer_fraction`` of the
+    full-attention layers; sliding-window layers hold only their window and keep no state).
+    Eviction: at most ``memory_budget`` cached tokens; the first ``sink_tokens`` positions and
+    the newest ``recent_window`` tokens are always kept; the rest are ranked by ``policy``.
+    """
+
+    initial_strength: float = 5.0
+    time_step: float = 0.01
+    reinforce: bool = True
+    reinforce_threshold: float = 1.0
+    strength_gain: float = 1.0
+    soft_delete_floor: float = 0.8
+    soft_delete_target: str = "values"
+    sparse_threshold: float = 0.001
+    layer_consensus: float = 0.5
+    memory_layer_fraction: float = 0.5
+    memory_budget: int = 512
+    sink_tokens: int = 4
+    recent_window: int = 32
+    policy: str = "ebbinghaus"
+
+    def __post_init__(self) -> None:
+        check_number("initial_strength", self.initial_strength, low=_MIN_STRENGTH)
+        check_number("time_step", self.time_step, low=0.0, low_open=True)
+        check_bool("reinforce", self.reinforce)
+        check_number("reinforce_threshold", self.reinforce_threshold, low=0.0, low_open=True)
+        check_number("strength_gain", self.strength_gain, low=0.0)
+        check_number("soft_delete_floor", self.soft_delete_floor, low=0.0, high=1.0)
+        check_choice("soft_delete_target", self.soft_delete_target, SOFT_TARGETS)
+        check_number("sparse_threshold", self.sparse_threshold, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_number("layer_consensus", self.layer_consensus, low=0.0, high=1.0, low_open=True)
+        check_number("memory_layer_fraction", self.memory_layer_fraction, low=0.0, high=1.0, low_open=True)
+        check_int("sink_tokens", self.sink_tokens, 0)
+        check_int("recent_window", self.recent_window, 1)
+        check_int("memory_budget", self.memory_budget, 1)
+        self.check_budget(self.memory_budget)
+        if not isinstance(self.policy, str) or self.policy not in POLICIES:
+            raise ConfigError(f"policy must be one of {sorted(POLICIES)}, got {self.policy!r}")
+
+    def check_budget(self, budget: int, chunk: int = 1) -> None:
+        """The one eviction rule: sinks + the recent window + a ``chunk`` of new tokens fit in ``budget``."""
+        need = self.sink_tokens + self.recent_window + chunk
+        if budget < need:
+            what = "1" if chunk == 1 else f"a chunk of {chunk}"
+            raise ConfigError(f"memory_budget must be >= sink_tokens + recent_window + {what} = {need}, got {budget}")
+
+    def replace(self, **changes: Any) -> "MemoryConfig":
+        """A copy with some fields changed (validated); unknown names are rejected."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"unknown MemoryConfig field(s) {unknown}; valid: {sorted(names)}")
+        return MemoryConfig(**{**asdict(self), **changes})
+
+    def memory_layers(self, num_layers: int) -> list[int]:
+        """Indices of the layers that keep memory state: the first fraction, at least one."""
+        return list(range(max(1, int(round(num_layers * self.memory_layer_fraction)))))
+
+    def to_dict(self) -> dict:
+        return asdict(self)

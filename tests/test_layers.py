@@ -1,0 +1,105 @@
+"""The package's structure stays as drawn: layers only import downwards, and no cycles.
+
+Read with ``ast`` (every import, also those inside functions), so a late import cannot
+hide an upward dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "memollm"
+
+LAYERS = [
+    {"config"},                                   # every knob, validated once
+    {"memory", "models", "texts", "notebook"},    # the forgetting curve; loading; offline text; notebook set-up
+    {"policies"},                                 # eviction scores
+    {"cache", "attention"},                       # mechanics: slots, positions, the attention hook
+    {"session"},                                  # one generation's bookkeeping
+    {"chat"},                                     # a conversation over one session
+    {"llm"},                                      # the seed's API
+    {"bench", "evaluate", "recall"},              # measurement only
+    {"viz"},                                      # every plot
+    {"cli"},                                      # the command line
+]
+LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def _unit(path: Path) -> str:
+    """The layer unit of a file: its top-level module or subpackage (``bench/report.py`` -> ``bench``)."""
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    return rel.parts[0] if rel.parts[0] != "__init__" else "__init__"
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level memollm units imported by ``path``."""
+    rel = path.relative_to(PACKAGE)
+    depth = len(rel.parts) - 1  # 0 for memollm/x.py, 1 for memollm/bench/x.py
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "memollm":
+                    found.add(parts[1] if len(parts) > 1 else "__init__")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                parts = (node.module or "").split(".")
+                if parts[0] != "memollm":
+                    continue
+                names = parts[1:] or [a.name for a in node.names]
+            elif node.level - 1 == depth:  # relative to the package root
+                names = node.module.split(".")[:1] if node.module else [a.name for a in node.names]
+            else:  # inside a subpackage: a sibling, same unit
+                continue
+            for name in names:
+                found.add(name if (PACKAGE / name).exists() or (PACKAGE / f"{name}.py").exists() else "__init__")
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        unit = _unit(path)
+        if unit == "__init__":
+            continue  # the package root re-exports the public API: it may import anything
+        graph.setdefault(unit, set()).update(_imports(path) - {unit})
+    return graph
+
+
+def test_every_module_has_a_layer():
+    missing = sorted(set(_graph()) - set(LAYER))
+    assert not missing, f"add {missing} to LAYERS in {__file__} (where they belong in the drawing)"
+
+
+def test_layers_only_import_downwards():
+    upward = [(unit, dep) for unit, deps in _graph().items() for dep in deps
+              if dep == "__init__" or LAYER.get(dep, -1) > LAYER.get(unit, -1)]
+    assert not upward, f"upward imports (module -> higher module): {sorted(upward)}"
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            assert state.get(dep) != 1, f"import cycle: {' -> '.join(path + [node, dep])}"
+            if dep not in state:
+                visit(dep, path + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+
+
+def test_no_module_is_too_long_without_saying_why():
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        lines = text.count("\n")
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        assert lines <= 420 or "long because" in doc.lower(), (
+            f"{path.relative_to(PACKAGE)} has {lines} lines; split it, or say in its docstring why it is long")
