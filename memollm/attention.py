@@ -158,22 +158,37 @@ def add_logit_bias(mask: torch.Tensor | None, bias: torch.Tensor, q_len: int, kv
 
 
 def received_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None,
-                       scaling: float | None) -> torch.Tensor:
-    """Attention each key gets from the newest query, ``[batch, kv]``.
+                       scaling: float | None, *, window: int = 1, per_kv_head: bool = False) -> torch.Tensor:
+    """Attention each key gets from the newest ``window`` queries, ``[batch, kv]``
+    (``[batch, kv_heads, kv]`` with ``per_kv_head``).
 
-    Softmax over keys per query head; mean over the query heads of each KV group (grouped
-    query attention), then over the groups. Computed in float32.
+    Softmax over keys per query head and query (causal: a query never sees later keys,
+    also when the kernel got no explicit mask); mean over the queries of the window and
+    over the query heads of each KV group (grouped query attention), then over the groups
+    unless ``per_kv_head``. Computed in float32.
     """
-    batch, q_heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    q = query[:, :, -1, :].reshape(batch, kv_heads, q_heads // kv_heads, dim).float()
+    batch, q_heads, q_len, dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[-2]
+    w = max(1, min(int(window), q_len))
+    q = query[:, :, q_len - w:, :].reshape(batch, kv_heads, q_heads // kv_heads, w, dim).float()
     scale = scaling if scaling is not None else dim ** -0.5
-    logits = torch.matmul(q, key.float().transpose(-1, -2)) * scale  # [B, kv_heads, groups, kv]
+    logits = torch.matmul(q, key.float()[:, :, None].transpose(-1, -2)) * scale  # [B, kv_heads, groups, w, kv]
     if mask is not None:
-        row = mask[:, :, -1, :]  # [B or 1, 1, kv]
-        row = row[:, :, None, :]
-        if row.dtype == torch.bool:
-            logits = logits.masked_fill(~row, float("-inf"))
-        else:
-            logits = logits + row.float()
-    return torch.softmax(logits, dim=-1).mean(dim=(1, 2))
+        rows = mask[:, :, mask.shape[-2] - w:, :][:, :, None]  # [B or 1, 1, 1, w, kv]
+        logits = logits.masked_fill(~rows, float("-inf")) if rows.dtype == torch.bool else logits + rows.float()
+    elif w > 1:  # the kernel ran causally without a mask: apply causality to the window's rows
+        q_pos = torch.arange(kv_len - w, kv_len, device=key.device)[:, None]
+        future = torch.arange(kv_len, device=key.device)[None, :] > q_pos  # [w, kv]
+        logits = logits.masked_fill(future, float("-inf"))
+    att = torch.softmax(logits, dim=-1).mean(dim=(2, 3))  # [B, kv_heads, kv]
+    return att if per_kv_head else att.mean(dim=1)
+
+
+def pool_neighbours(scores: torch.Tensor, size: int) -> torch.Tensor:
+    """Max over ``size`` neighbouring positions (last axis), so every token of a fact that
+    the question looks at scores like its best token (SnapKV's pooling)."""
+    if size <= 1:
+        return scores
+    flat = scores.reshape(-1, 1, scores.shape[-1])
+    pooled = torch.nn.functional.max_pool1d(flat, size, stride=1, padding=size // 2)
+    return pooled.reshape(scores.shape)

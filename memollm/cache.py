@@ -119,6 +119,38 @@ def gather_cache(cache, keep: torch.Tensor) -> None:
             layer.values = layer.values.gather(-2, v_idx)
 
 
+def gather_units(cache, keep: torch.Tensor, layer_ids: list[int], heads: int) -> None:
+    """Per-layer (``heads == 1``) or per-KV-head slots: ``keep`` ``[batch * units, kept]``
+    holds one row per batch row and unit (batch outer; units are ``layer_ids`` x heads).
+
+    Every layer and head keeps the same number of slots, so each layer's keys and values
+    keep one rectangular shape; they are stored after RoPE, so which positions a layer holds
+    does not matter to the attention kernel.
+    """
+    layers = cache_layers(cache)
+    batch = keep.shape[0] // (len(layer_ids) * heads)
+    rows = keep.view(batch, len(layer_ids), heads, keep.shape[-1])
+    for j, idx in enumerate(layer_ids):
+        layer = layers[idx]
+        if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
+            continue
+        sel = rows[:, j]  # [batch, heads or 1, kept]
+        for name in ("keys", "values"):
+            t = getattr(layer, name)
+            index = sel.expand(-1, t.shape[1], -1)[..., None].expand(-1, -1, -1, t.shape[-1])
+            setattr(layer, name, t.gather(2, index))
+
+
+def kv_heads(model: torch.nn.Module) -> int:
+    """Key/value heads per layer (grouped query attention), from the model's config."""
+    cfg = model.config.get_text_config()
+    for name in ("num_key_value_heads", "num_attention_heads", "n_head"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int):
+            return value
+    raise NotImplementedError(f"{type(model).__name__}: cannot tell the number of key/value heads from its config")
+
+
 @contextmanager
 def kv_trace(model: torch.nn.Module) -> Iterator[dict[str, list[int]]]:
     """Record the KV cache after every forward step of ``model`` inside a ``with`` block.

@@ -14,6 +14,7 @@ from typing import Any
 
 MODES = ("baseline", "soft_delete", "sparse_attention", "evict")
 SOFT_TARGETS = ("values", "logits")
+GRANULARITIES = ("shared", "layer", "head")
 
 POLICIES: dict[str, type] = {}
 """Policy registry, name -> class; filled by ``memollm.policies.register_policy``."""
@@ -78,6 +79,13 @@ class MemoryConfig:
     full-attention layers; sliding-window layers hold only their window and keep no state).
     Eviction: at most ``memory_budget`` cached tokens; the first ``sink_tokens`` positions and
     the newest ``recent_window`` tokens are always kept; the rest are ranked by ``policy``.
+    ``granularity`` says who ranks: one set of slots for all layers (``shared``), each
+    full-attention layer its own (``layer``), or each KV head of each layer (``head``); every
+    layer and head keeps the same number of slots, so the cache keeps one shape.
+    Reading a prompt: the attention that the last ``observation_window`` queries of a
+    prompt (or chunk) give each earlier token counts as its review, max-pooled over
+    ``observation_pool`` neighbouring positions so a multi-token fact is kept whole
+    (SnapKV's observation window; 1 = the newest query only, as in decoding).
     """
 
     initial_strength: float = 5.0
@@ -94,6 +102,9 @@ class MemoryConfig:
     sink_tokens: int = 4
     recent_window: int = 32
     policy: str = "ebbinghaus"
+    granularity: str = "shared"
+    observation_window: int = 1
+    observation_pool: int = 1
 
     def __post_init__(self) -> None:
         check_number("initial_strength", self.initial_strength, low=_MIN_STRENGTH)
@@ -110,6 +121,11 @@ class MemoryConfig:
         check_int("recent_window", self.recent_window, 1)
         check_int("memory_budget", self.memory_budget, 1)
         self.check_budget(self.memory_budget)
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_int("observation_window", self.observation_window, 1)
+        check_int("observation_pool", self.observation_pool, 1)
+        if self.observation_pool % 2 == 0:
+            raise ConfigError(f"observation_pool must be odd (centred on the token), got {self.observation_pool}")
         if not isinstance(self.policy, str) or self.policy not in POLICIES:
             raise ConfigError(f"policy must be one of {sorted(POLICIES)}, got {self.policy!r}")
 

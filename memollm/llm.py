@@ -45,6 +45,8 @@ class GenerateArgs:
     sink_tokens: int | None = None
     recent_window: int | None = None
     policy: str | None = None
+    granularity: str | None = None
+    observation_window: int | None = None
     config: MemoryConfig | None = None
     seed: int | None = None
     chat: bool | None = None
@@ -88,7 +90,8 @@ class GenerateArgs:
     def memory_overrides(self) -> dict[str, Any]:
         """Config changes asked for this call. The eviction knobs only matter in ``evict``."""
         changes = {"memory_budget": self.memory_budget, "sink_tokens": self.sink_tokens,
-                   "recent_window": self.recent_window, "policy": self.policy}
+                   "recent_window": self.recent_window, "policy": self.policy, "granularity": self.granularity,
+                   "observation_window": self.observation_window}
         return {k: v for k, v in changes.items() if v is not None}
 
     def sampling(self) -> dict[str, Any]:
@@ -182,7 +185,7 @@ class EbbinghausLLM:
 
         Keywords (see ``GenerateArgs``): ``temperature``, ``do_sample``, ``top_p``, ``top_k``,
         ``repetition_penalty``, ``memory_budget``, ``sink_tokens``, ``recent_window``,
-        ``policy``, ``config``, ``seed``, ``chat``, ``ignore_eos``,
+        ``policy``, ``granularity``, ``observation_window``, ``config``, ``seed``, ``chat``, ``ignore_eos``,
         ``return_attention_weights``, ``verbose``, ``stopping_criteria``, ``streamer``.
         A list of prompts gives a list of results; prompts run one at a time, so no padding
         ever enters a forgetting cache.

@@ -88,17 +88,21 @@ class EbbinghausMemory:
         below = (self.retention() < self.config.sparse_threshold).float().mean(0)
         return below >= self.config.layer_consensus
 
-    def stats(self, layer_ids: list[int], masked: torch.Tensor | None = None) -> dict[str, dict]:
-        """Per-layer summary (batch row 0), keyed ``layer_<i>`` as in the seed."""
+    def stats(self, layer_ids: list[int], masked: torch.Tensor | None = None, *,
+              strength: torch.Tensor | None = None, age: torch.Tensor | None = None) -> dict[str, dict]:
+        """Per-layer summary (batch row 0), keyed ``layer_<i>`` as in the seed. ``strength`` and
+        ``age`` ``[layers, 1, n]`` summarise another view of the state (one row per layer)."""
         out: dict[str, dict] = {}
         if self.num_tokens == 0:
             return out
-        r = self.retention()[:, 0]
+        strength = self.strength if strength is None else strength
+        age = self.age if age is None else age
+        r = retention(age, strength)[:, 0]
         for i, layer in enumerate(layer_ids):
             out[f"layer_{layer}"] = {
-                "num_tokens": int(r.shape[-1]),
-                "avg_strength": float(self.strength[i, 0].mean()),
-                "avg_age": float(self.age[i, 0].mean()),
+                "num_tokens": int(self.num_tokens),
+                "avg_strength": float(strength[i, 0].mean()),
+                "avg_age": float(age[i, 0].mean()),
                 "avg_retention": float(r[i].mean()),
                 "min_retention": float(r[i].min()),
                 "forgotten_tokens": int((r[i] < self.config.sparse_threshold).sum()),

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from .config import POLICIES, ConfigError, MemoryConfig
-from .memory import EbbinghausMemory
+from .memory import EbbinghausMemory, retention
 
 
 def register_policy(name: str) -> Callable[[type["Policy"]], type["Policy"]]:
@@ -120,7 +120,11 @@ class EbbinghausPolicy(Policy):
         self.memory.keep(index)
 
     def scores(self, positions):
-        return self.memory.retention().mean(0)
+        """Retention a little ahead: R at age + ``memory_budget * time_step``, the time a full
+        cache takes to turn over. A token reviewed just now has R = 1 whatever its strength;
+        looking ahead, the stronger memory (the larger review) ranks higher."""
+        horizon = self.config.memory_budget * self.config.time_step
+        return retention(self.memory.age + horizon, self.memory.strength).mean(0)
 
 
 @register_policy("ebbinghaus_fixed")

@@ -21,7 +21,9 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention import add_logit_bias, combine_mask, received_attention
-from .cache import check_evictable, gather_cache, memory_layer_ids, select_keep
+from .attention import pool_neighbours
+from .cache import (check_evictable, full_attention_layers, gather_cache, gather_units, kv_heads, memory_layer_ids,
+                    select_keep)
 from .config import MODES, MemoryConfig
 from .memory import EbbinghausMemory
 from .policies import Policy, make_policy
@@ -40,9 +42,17 @@ class MemorySession:
             raise ValueError(f"a MemorySession needs one of {MODES[1:]}, got {mode!r}")
         self.mode, self.config = mode, config
         device = next(model.parameters()).device
-        self.layer_ids = memory_layer_ids(model, config)
+        # who ranks slots: one set for all layers, or (evict only) every full-attention layer or KV head
+        self.granularity = config.granularity if mode == "evict" else "shared"
+        if self.granularity == "shared":
+            self.layer_ids = memory_layer_ids(model, config)
+        else:  # every full-attention layer keeps its own slots, so every one keeps its own state
+            self.layer_ids = full_attention_layers(model)
         self.layer_slot = {layer: i for i, layer in enumerate(self.layer_ids)}
-        n = len(self.layer_ids)
+        self.heads = kv_heads(model) if self.granularity == "head" else 1
+        # slot units: rows of ``positions`` per batch row (batch outer, unit inner)
+        self.units = 1 if self.granularity == "shared" else len(self.layer_ids) * self.heads
+        n = len(self.layer_ids) if self.granularity == "shared" else 1  # state layers; units are rows
         if policy is not None and mode != "evict":
             raise ValueError("a policy object only applies to generation_mode='evict'")
         self.policy = policy if policy is not None else (
@@ -63,7 +73,8 @@ class MemorySession:
         self.evicted = 0
         self.peak_cached = 0
         self.forget_events: dict[int, list[int]] = {}  # sparse: step -> positions newly masked
-        self.evict_events: dict[int, list[int]] = {}  # evict: step -> positions dropped before that step
+        # evict: step -> positions dropped before that step (per layer / head unless shared)
+        self.evict_events: dict[int, Any] = {}
         self.warnings: list[str] = []
         self._masked = None  # [batch, tokens] bool, sparse mode
         self._weights = None  # [layers, batch, tokens], soft_delete mode
@@ -93,15 +104,41 @@ class MemorySession:
         if keep.shape[-1] == self.num_cached:
             return
         self.evicted += self.num_cached - keep.shape[-1]
-        dropped = torch.ones_like(self.positions[0], dtype=torch.bool)
-        dropped[keep[0]] = False
-        self.evict_events.setdefault(step, []).extend(self.positions[0][dropped].tolist())
-        gather_cache(self.cache, keep)
+        self._record_drops(keep, step)
+        if self.units == 1:
+            gather_cache(self.cache, keep)
+        else:
+            gather_units(self.cache, keep, self.layer_ids, self.heads)
         self.positions = self.positions.gather(-1, keep)
         self.policy.keep(keep)
         if self.attention_total is not None:
             self.attention_total = self.attention_total.gather(-1, keep.unsqueeze(0).expand(
                 self.attention_total.shape[0], -1, -1))
+
+    def unit_names(self) -> list[str]:
+        """Names of the slot units of one batch row: ``shared``, ``layer_<i>`` or ``layer_<i>.head_<h>``."""
+        if self.units == 1:
+            return ["shared"]
+        if self.heads == 1:
+            return [f"layer_{l}" for l in self.layer_ids]
+        return [f"layer_{l}.head_{h}" for l in self.layer_ids for h in range(self.heads)]
+
+    def _record_drops(self, keep: torch.Tensor, step: int) -> None:
+        """Positions dropped in batch row 0: a list (shared), else a dict by layer (and head)."""
+        rows = self.positions[: self.units]
+        dropped = torch.ones_like(rows, dtype=torch.bool)
+        dropped.scatter_(-1, keep[: self.units], False)
+        if self.units == 1:
+            self.evict_events.setdefault(step, []).extend(rows[0][dropped[0]].tolist())
+            return
+        event = self.evict_events.setdefault(step, {})
+        for name, row, gone in zip(self.unit_names(), rows, dropped):
+            if bool(gone.any()):
+                event.setdefault(name, []).extend(row[gone].tolist())
+
+    def kept_positions(self) -> dict[str, list[int]]:
+        """True positions each unit holds now (batch row 0)."""
+        return {name: row.tolist() for name, row in zip(self.unit_names(), self.positions[: self.units])}
 
     # -- forward hooks -------------------------------------------------------------------
     def pre_forward(self, module, args, kwargs):
@@ -170,33 +207,40 @@ class MemorySession:
         out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         if slot is not None and self.scoring:
             # non-finite values are caught once per step in post_forward (a per-layer check costs a sync each)
-            self._received[slot] = received_attention(query, key, attention_mask, kwargs.get("scaling"))
+            window = self.config.observation_window if q_len > 1 else 1
+            got = received_attention(query, key, attention_mask, kwargs.get("scaling"), window=window,
+                                     per_kv_head=self.heads > 1)
+            self._received[slot] = pool_neighbours(got, self.config.observation_pool) if q_len > 1 else got
         return out
 
     def post_forward(self, module, args, kwargs, output):
         batch, q_len = self._new_positions.shape
-        if self.num_cached == 0 and self.positions.shape[0] != batch:  # first step of a batch > 1
-            self.positions = self.positions.new_zeros(batch, 0)
-        self.positions = torch.cat([self.positions, self._new_positions], dim=-1)
+        rows = batch * self.units
+        if self.num_cached == 0 and self.positions.shape[0] != rows:  # the first step
+            self.positions = self.positions.new_zeros(rows, 0)
+        new = self._new_positions if self.units == 1 else self._new_positions.repeat_interleave(self.units, 0)
+        self.positions = torch.cat([self.positions, new], dim=-1)
         self.peak_cached = max(self.peak_cached, self.num_cached)  # before a prompt is compressed
         received = None
         if self.scoring and all(r is not None for r in self._received):
-            received = torch.stack(self._received)  # [layers, batch, tokens]
+            received = self._stack_received()
             if not bool(torch.isfinite(received).all()):
                 self._warn("non-finite attention (overflow?): no reinforcement from this step")
                 received = torch.nan_to_num(received, nan=0.0, posinf=0.0, neginf=0.0)
-        visible = self.num_cached - (self._masked.sum(-1) if self._masked is not None else 0)
-        visible = torch.as_tensor(visible, device=self.positions.device).reshape(-1)[None, :, None]
+        if self._masked is not None:
+            visible = (self.num_cached - self._masked.sum(-1)).reshape(-1)[None, :, None]
+        else:
+            visible = self.num_cached
         if self.own_memory is not None:
             self.own_memory.append(batch, q_len)
             if received is not None:
                 self.own_memory.reinforce(received, visible)
         if self.policy is not None:
-            self.policy.append(batch, q_len)
+            self.policy.append(rows, q_len)
             if received is not None and self.policy.needs_attention:
                 self.policy.observe(received, visible)
         if self.record and received is not None:
-            pad = received.new_zeros(received.shape[0], batch, q_len)
+            pad = received.new_zeros(received.shape[0], rows, q_len)
             self.attention_total = received if self.attention_total is None else \
                 torch.cat([self.attention_total, pad], dim=-1) + received
         if self._masked is not None:
@@ -207,6 +251,15 @@ class MemorySession:
             self.progress.update(1)
         self.steps += 1
         return output
+
+    def _stack_received(self) -> torch.Tensor:
+        """One step's attention in the policies' layout ``[state layers, rows, tokens]``: memory
+        layers x batch (shared), or one state layer over batch x layers (x heads) rows."""
+        received = torch.stack(self._received)  # [layers, batch, (heads,) tokens]
+        if self.units == 1:
+            return received
+        received = received.movedim(0, 1)  # [batch, layers, (heads,) tokens]
+        return received.reshape(1, -1, received.shape[-1])
 
     # -- results -------------------------------------------------------------------------
     def state_bytes(self) -> int:
@@ -224,7 +277,12 @@ class MemorySession:
     def memory_stats(self) -> dict[str, dict]:
         if self.memory is None:
             return {}
-        return self.memory.stats(self.layer_ids, self._masked)
+        if self.units == 1:
+            return self.memory.stats(self.layer_ids, self._masked)
+        # one state row per unit: summarise each layer over its heads (batch row 0)
+        per_layer = lambda t: t[0, : self.units].reshape(len(self.layer_ids), -1)[:, None]  # noqa: E731
+        return self.memory.stats(self.layer_ids, None, strength=per_layer(self.memory.strength),
+                                 age=per_layer(self.memory.age))
 
     @property
     def effective_config(self) -> MemoryConfig:
@@ -243,6 +301,9 @@ class MemorySession:
         }
         if self.mode == "evict":
             out["evict_events"] = self.evict_events
+            out["granularity"] = self.granularity
+            if self.units > 1:
+                out["kept_positions"] = self.kept_positions()
         if self.mode == "sparse_attention":
             out["masked_positions"] = self.masked_positions()
             out["forget_events"] = self.forget_events
@@ -253,11 +314,19 @@ class MemorySession:
         if self.memory is None or self.memory.num_tokens == 0:
             return None
         # the newest token has no KV yet when generation stops, so slots cover positions[:]
-        r = self.memory.retention()[:, 0]
-        att = self.attention_total[:, 0] if self.attention_total is not None else None
-        return {
+        if self.units == 1:
+            r = self.memory.retention()[:, 0]
+            att = self.attention_total[:, 0] if self.attention_total is not None else None
+            names = [f"layer_{l}" for l in self.layer_ids]
+        else:  # one row per unit, each with its own positions (in ``unit_positions``)
+            r = self.memory.retention()[0, : self.units]
+            att = self.attention_total[0, : self.units] if self.attention_total is not None else None
+            names = self.unit_names()
+        out = {
             "positions": self.positions[0].tolist(),
-            "retention": {f"layer_{l}": r[i].tolist() for i, l in enumerate(self.layer_ids)},
-            "attention": {f"layer_{l}": att[i].tolist() for i, l in enumerate(self.layer_ids)}
-            if att is not None else {},
+            "retention": {n: r[i].tolist() for i, n in enumerate(names)},
+            "attention": {n: att[i].tolist() for i, n in enumerate(names)} if att is not None else {},
         }
+        if self.units > 1:
+            out["unit_positions"] = self.kept_positions()
+        return out

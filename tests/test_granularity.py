@@ -1,0 +1,124 @@
+"""Eviction granularity: one set of slots for all layers, one per layer, or one per KV head.
+
+The backbone again: with a budget >= the length every granularity gives baseline's tokens;
+with a small budget, per-layer eviction equals masking each layer's evicted positions in
+that layer only; the budget holds in every layer and head at every step.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from memollm_testutils import one_thread
+
+_one_thread = one_thread()
+
+PROMPT = "Write a long story about a cat named Tom who lives in Paris and loves cheese."
+N = 12
+GRANULARITIES = ("shared", "layer", "head")
+
+
+@pytest.fixture(scope="module")
+def base(llm):
+    return llm.generate(PROMPT, N, ignore_eos=True)["token_ids"]
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_budget_over_the_length_gives_baseline_tokens(llm, base, granularity):
+    r = llm.generate(PROMPT, N, "evict", memory_budget=512, granularity=granularity, ignore_eos=True)
+    assert r["token_ids"] == base and r["evicted_tokens"] == 0 and r["granularity"] == granularity
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("policy", ["ebbinghaus", "h2o", "tova", "streaming"])
+def test_the_budget_holds_in_every_layer_and_head_at_every_step(llm, granularity, policy):
+    lengths: list[set[int]] = []  # per forward step: the distinct lengths of every layer's keys and values
+
+    def record(module, args, kwargs, output):
+        cache = kwargs["cache"]
+        lengths.append({t.shape[-2] for layer in cache.layers for t in (layer.keys, layer.values)})
+
+    handle = llm.model.register_forward_hook(record, with_kwargs=True)  # ahead of the session's hooks
+    try:
+        r = llm.generate(PROMPT, N, "evict", memory_budget=30, recent_window=8, granularity=granularity,
+                         policy=policy, ignore_eos=True)
+    finally:
+        handle.remove()
+    prompt = r["prompt_tokens"]
+    # the prompt is prefilled whole (then compressed); every later step holds at most the budget,
+    # the same count in every layer and head
+    assert lengths[0] == {prompt} and all(len(s) == 1 and max(s) <= 30 for s in lengths[1:])
+    assert r["kv_cache_tokens"] == 30 and r["peak_kv_cache_tokens"] == max(30, prompt)
+    kept = r.get("kept_positions", {"shared": None})
+    units = {"shared": 1, "layer": 30, "head": 90}[granularity]
+    assert len(kept) == units
+    if granularity != "shared":
+        for name, pos in kept.items():
+            assert len(pos) == 30 and pos[:4] == [0, 1, 2, 3], name  # sinks everywhere
+            assert pos == sorted(pos) and pos[-8:] == list(range(prompt + N - 2 - 7, prompt + N - 1)), name
+        drops = {}
+        for event in r["evict_events"].values():
+            for name, gone in event.items():
+                drops.setdefault(name, set()).update(gone)
+        for name, pos in kept.items():  # what a unit holds plus what it dropped is everything it read
+            assert drops[name].isdisjoint(pos) and drops[name] | set(pos) == set(range(prompt + N - 1))
+
+
+def _per_layer_masked_run(llm, ids, tokens, events, layer_ids):
+    """Teacher-forced decoding with the full cache, hiding in each layer the positions that layer
+    evicted, from the step it evicted them on (an independent reference: masks, no gathers)."""
+    hidden: dict[int, set[int]] = {l: set() for l in layer_ids}
+
+    def masked_attention(module, q, k, v, mask, **kw):
+        gone = hidden.get(module.layer_idx)
+        if gone and q.shape[-2] == 1:
+            allow = torch.ones(k.shape[-2], dtype=torch.bool)
+            allow[sorted(gone)] = False
+            mask = allow[None, None, None, :] if mask is None else mask & allow[None, None, None, :]
+        return sdpa_attention_forward(module, q, k, v, mask, **kw)
+
+    AttentionInterface.register("test_per_layer_mask", masked_attention)
+    AttentionMaskInterface.register("test_per_layer_mask", sdpa_mask)
+    previous = llm.model.config._attn_implementation
+    llm.model.set_attn_implementation("test_per_layer_mask")
+    try:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=llm.model.config)
+        out = llm.model(ids, cache=cache, use_cache=True)
+        argmax = [int(out.logits[0, -1].argmax())]
+        for step in range(1, len(tokens)):
+            for name, gone in events.get(step, {}).items():
+                hidden[int(name.split("_")[1])].update(gone)
+            out = llm.model(torch.tensor([[tokens[step - 1]]]), cache=cache, use_cache=True)
+            argmax.append(int(out.logits[0, -1].argmax()))
+        return argmax
+    finally:
+        llm.model.set_attn_implementation(previous)
+
+
+@pytest.mark.parametrize("budget", [24, 40], ids=["prompt-over-budget", "decode-over-budget"])
+def test_layer_eviction_equals_masking_each_layers_evicted_positions(llm, budget):
+    r = llm.generate(PROMPT, N, "evict", memory_budget=budget, sink_tokens=4, recent_window=8,
+                     granularity="layer", ignore_eos=True)
+    events = r["evict_events"]
+    assert r["evicted_tokens"] > 0 and all(isinstance(e, dict) for e in events.values())
+    ids = llm.encode(PROMPT)
+    masked = _per_layer_masked_run(llm, ids, r["token_ids"], events, range(30))
+    assert masked == r["token_ids"]
+    # and the layers did keep different tokens (else this would only re-test shared eviction)
+    kept = list(r["kept_positions"].values())
+    assert any(k != kept[0] for k in kept[1:])
+
+
+def test_granularity_is_validated_and_reported(llm):
+    with pytest.raises(ValueError, match="granularity"):
+        llm.generate(PROMPT, 2, "evict", granularity="token")
+    with pytest.raises(ValueError, match="observation_pool"):
+        llm.config.replace(observation_pool=4)
+    r = llm.generate(PROMPT, 2, "evict", memory_budget=40, granularity="head")
+    assert r["config"]["granularity"] == "head"
