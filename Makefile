@@ -34,11 +34,17 @@ demo: setup
 unit: setup
 	$(BIN)/python -m pytest -q tests
 
+# The notebooks run under nbval from a wheel installed outside the checkout, in a copy of
+# notebooks/ outside the repository: the way a reader who installed memollm has them.
 notebooks: setup
-	$(BIN)/python -m pytest -q --nbval notebooks/
+	scripts/nbval_from_wheel.sh $(BIN)/python
 
+# Figures written under test go to a temporary folder, so the checkout stays clean
+# (.ci/run fails if `git status` shows a change afterwards).
 test: setup
-	$(BIN)/python -m pytest -q tests $(if $(wildcard notebooks/*.ipynb),--nbval notebooks/,)
+	export MEMOLLM_FIGURES="$$(mktemp -d "$${TMPDIR:-/tmp}/memollm-figures.XXXXXX")"; \
+	$(BIN)/python -m pytest -q tests && scripts/nbval_from_wheel.sh $(BIN)/python; \
+	status=$$?; rm -rf "$$MEMOLLM_FIGURES"; exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
