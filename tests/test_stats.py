@@ -1,0 +1,231 @@
+"""memollm.stats: bootstrap intervals, paired differences, Wilson intervals, summary tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from memollm.stats import bootstrap_ci, markdown_table, paired_difference, proportion_ci, summarize
+
+
+def test_bootstrap_covers_the_true_mean_of_a_large_sample():
+    x = np.random.default_rng(1).normal(5.0, 2.0, size=2000)
+    est, low, high = bootstrap_ci(x)
+    assert est == pytest.approx(x.mean())
+    assert low < 5.0 < high
+    # the width is about 2 * 1.96 * sigma / sqrt(n) = 0.175
+    assert 0.14 < high - low < 0.21
+
+
+def test_bootstrap_coverage_is_near_the_level():
+    rng = np.random.default_rng(2)
+    hits = sum(low <= 0.0 <= high for _, low, high in
+               (bootstrap_ci(rng.normal(0, 1, 40), n_boot=400, seed=s) for s in range(200)))
+    assert 0.88 <= hits / 200 <= 0.99
+
+
+def test_bootstrap_is_deterministic_with_the_seed():
+    x = np.random.default_rng(3).exponential(size=30)
+    assert bootstrap_ci(x, seed=7) == bootstrap_ci(list(x), seed=7)
+    assert bootstrap_ci(x, seed=7) != bootstrap_ci(x, seed=8)
+
+
+def test_bootstrap_one_value_and_constant_values():
+    est, low, high = bootstrap_ci([3.5])
+    assert est == 3.5 and math.isnan(low) and math.isnan(high)
+    assert bootstrap_ci([2.0] * 5) == (2.0, 2.0, 2.0)
+
+
+def test_bootstrap_other_statistics_and_tensors():
+    x = np.arange(1.0, 22.0)
+    est, low, high = bootstrap_ci(x, statistic=np.median)
+    assert est == 11.0 and low < 11.0 < high
+    # a statistic without an axis argument is applied row by row
+    geo = bootstrap_ci(x, statistic=lambda v: float(np.exp(np.log(v).mean())), n_boot=200)
+    assert geo[1] < geo[0] < geo[2]
+    assert bootstrap_ci(torch.tensor(x)) == bootstrap_ci(x)
+
+
+def test_bootstrap_errors():
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap_ci([])
+    with pytest.raises(ValueError, match="non-finite"):
+        bootstrap_ci([1.0, float("nan")])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        bootstrap_ci([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci([1.0, 2.0], level=95)
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_ci([1.0, 2.0], n_boot=0)
+    with pytest.raises(ValueError, match="numbers"):
+        bootstrap_ci(["a", "b"])
+
+
+def test_paired_difference_finds_a_small_shift_that_unpaired_intervals_hide():
+    rng = np.random.default_rng(4)
+    difficulty = rng.uniform(10, 40, size=12)  # passages differ a lot
+    a = difficulty * 0.98 + rng.normal(0, 0.05, 12)  # 2% better on every passage
+    b = difficulty
+    diff, low, high = paired_difference(a, b)
+    assert diff == pytest.approx((a - b).mean())
+    assert high < 0  # the paired interval excludes zero
+    _, a_low, a_high = bootstrap_ci(a)
+    _, b_low, b_high = bootstrap_ci(b)
+    assert a_high > b_low and b_high > a_low  # the unpaired intervals overlap
+
+
+def test_paired_difference_of_equal_policies_contains_zero():
+    rng = np.random.default_rng(5)
+    base = rng.uniform(10, 40, 20)
+    _, low, high = paired_difference(base + rng.normal(0, 0.1, 20), base + rng.normal(0, 0.1, 20))
+    assert low < 0 < high
+
+
+def test_paired_difference_errors():
+    with pytest.raises(ValueError, match="same items"):
+        paired_difference([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize("k, n, low, high", [
+    (5, 10, 0.2366, 0.7634),
+    (0, 10, 0.0, 0.2775),
+    (10, 10, 0.7225, 1.0),
+    (27, 30, 0.7437, 0.9654),
+])
+def test_wilson_known_values(k, n, low, high):
+    p, lo, hi = proportion_ci(k, n)
+    assert p == k / n
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_level_and_errors():
+    _, lo90, hi90 = proportion_ci(5, 10, level=0.90)
+    _, lo95, hi95 = proportion_ci(5, 10)
+    assert lo95 < lo90 < 0.5 < hi90 < hi95
+    assert proportion_ci(np.int64(3), 4)[0] == 0.75
+    with pytest.raises(ValueError, match="n must"):
+        proportion_ci(0, 0)
+    with pytest.raises(ValueError, match="successes"):
+        proportion_ci(11, 10)
+    with pytest.raises(ValueError, match="successes"):
+        proportion_ci(1.5, 10)
+
+
+def _records():
+    """Perplexity on 6 passages: tova 5% better than streaming, ebbinghaus equal to streaming."""
+    rng = np.random.default_rng(6)
+    difficulty = rng.uniform(10, 40, 6)
+    out = []
+    for budget in (64, 128):
+        for policy, factor in (("streaming", 1.0), ("tova", 0.95), ("ebbinghaus", 1.0)):
+            noise = rng.normal(0, 0.02, 6) if policy == "ebbinghaus" else np.zeros(6)
+            for i, d in enumerate(difficulty):
+                out.append({"policy": policy, "budget": budget, "passage": f"docs/{i}", "ppl": d * factor + noise[i]})
+    return out
+
+
+def test_summarize_rows():
+    rows = summarize(_records(), "ppl", lower_is_better=True)
+    assert [(r["policy"], r["budget"]) for r in rows] == [
+        ("streaming", 64), ("tova", 64), ("ebbinghaus", 64), ("streaming", 128), ("tova", 128), ("ebbinghaus", 128)]
+    by = {(r["policy"], r["budget"]): r for r in rows}
+    tova = by["tova", 64]
+    assert tova["n"] == 6 and tova["low"] <= tova["mean"] <= tova["high"]
+    assert tova["vs_streaming"] < 0 and tova["better_than_streaming"] and not tova["worse_than_streaming"]
+    assert tova["vs_tova"] is None and tova["better_than_tova"] is None  # its own baseline
+    streaming = by["streaming", 64]
+    assert streaming["worse_than_tova"] and not streaming["better_than_tova"]
+    assert streaming["vs_streaming"] is None
+    ebb = by["ebbinghaus", 128]
+    assert not ebb["better_than_streaming"] and not ebb["worse_than_streaming"]
+    assert ebb["vs_streaming_low"] < 0 < ebb["vs_streaming_high"]
+    assert ebb["better_than_tova"] is False and ebb["worse_than_tova"] is True
+
+
+def test_summarize_pairs_by_item_not_by_order():
+    recs = _records()
+    shuffled = recs[:6] + recs[6:12][::-1] + recs[12:]
+    a = summarize(recs, "ppl", lower_is_better=True)
+    b = summarize(shuffled, "ppl", lower_is_better=True)
+    assert a[1]["vs_streaming"] == pytest.approx(b[1]["vs_streaming"])
+    assert a[1]["better_than_streaming"] == b[1]["better_than_streaming"]
+
+
+def test_summarize_higher_is_better_flips_the_verdict():
+    recs = [dict(r, acc=-r["ppl"]) for r in _records()]
+    rows = summarize(recs, "acc", lower_is_better=False)
+    assert rows[1]["policy"] == "tova" and rows[1]["vs_streaming"] > 0 and rows[1]["better_than_streaming"]
+
+
+def test_summarize_wilson_for_accuracies():
+    recs = [{"policy": p, "budget": 64, "case": c, "ok": int(p == "tova" or c % 2 == 0)}
+            for p in ("streaming", "tova") for c in range(30)]
+    rows = summarize(recs, "ok", item="case", baselines=("streaming",), interval="wilson", lower_is_better=False)
+    tova = rows[1]
+    assert tova["mean"] == 1.0 and tova["high"] == 1.0 and tova["low"] == pytest.approx(0.8865, abs=1e-4)
+    assert tova["vs_streaming"] == pytest.approx(0.5) and tova["better_than_streaming"]
+    with pytest.raises(ValueError, match="0/1"):
+        summarize([dict(r, ok=0.5) for r in recs], "ok", item="case", interval="wilson", lower_is_better=False)
+
+
+def test_summarize_missing_baseline_is_none():
+    recs = [r for r in _records() if r["policy"] != "tova"]
+    row = summarize(recs, "ppl", lower_is_better=True)[1]
+    assert row["vs_tova"] is None and row["better_than_tova"] is None
+
+
+def test_summarize_errors():
+    recs = _records()
+    with pytest.raises(ValueError, match="lacks"):
+        summarize([{"policy": "tova", "budget": 64, "ppl": 1.0}], "ppl", lower_is_better=True)
+    with pytest.raises(ValueError, match="appears twice"):
+        summarize(recs + recs[:1], "ppl", lower_is_better=True)
+    with pytest.raises(ValueError, match="different passages"):
+        summarize(recs[:-1], "ppl", lower_is_better=True)
+    with pytest.raises(ValueError, match="not a number"):
+        summarize([dict(recs[0], ppl="x")], "ppl", lower_is_better=True)
+    with pytest.raises(ValueError, match="not finite"):
+        summarize([dict(recs[0], ppl=float("inf"))], "ppl", lower_is_better=True)
+    with pytest.raises(ValueError, match="policy_key"):
+        summarize(recs, "ppl", by=("budget",), lower_is_better=True)
+    with pytest.raises(ValueError, match="no records"):
+        summarize([], "ppl", lower_is_better=True)
+    with pytest.raises(TypeError):
+        summarize(recs, "ppl")  # the direction of "better" must be said
+
+
+def test_markdown_table():
+    rows = summarize(_records(), "ppl", lower_is_better=True)
+    table = markdown_table(rows, value_label="perplexity")
+    lines = table.splitlines()
+    assert lines[0] == ("| policy | budget | n | perplexity [95% CI] | Δ vs streaming [95% CI] | "
+                        "Δ vs tova [95% CI] |")
+    assert lines[1] == "|---|---|---:|---:|---:|---:|"
+    assert len(lines) == 2 + len(rows)
+    tova = lines[3]
+    assert tova.startswith("| tova | 64 | 6 | ")
+    cells = [c.strip() for c in tova.strip("|").split("|")]
+    assert cells[4].startswith("**-") and cells[4].endswith("]**")  # better than streaming: bold
+    assert cells[5] == "–"  # its own baseline
+    streaming = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert streaming[5].startswith("+") and "**" not in streaming[5]  # worse than tova: not bold
+    mean = rows[1]
+    assert cells[3].startswith(np.format_float_positional(mean["mean"], precision=3, unique=False,
+                                                          fractional=False, trim="-"))
+    one = markdown_table(rows, baselines=("streaming",), show_n=False)
+    assert "tova [95% CI]" not in one and "| n |" not in one
+    with pytest.raises(ValueError, match="no baseline"):
+        markdown_table(rows, baselines=("h2o",))
+    with pytest.raises(ValueError, match="no summary rows"):
+        markdown_table([])
+
+
+def test_markdown_table_single_item_has_no_interval():
+    rows = summarize([{"policy": "streaming", "budget": 64, "passage": 0, "ppl": 12.345},
+                      {"policy": "tova", "budget": 64, "passage": 0, "ppl": 12.0}], "ppl", lower_is_better=True)
+    assert rows[1]["better_than_streaming"] is None
+    line = markdown_table(rows, baselines=("streaming",)).splitlines()[3]
+    assert line == "| tova | 64 | 1 | 12 | -0.345 |"
