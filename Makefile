@@ -42,9 +42,11 @@ notebooks: setup
 # Figures written under test go to a temporary folder, so the checkout stays clean
 # (.ci/run fails if `git status` shows a change afterwards).
 test: setup
-	export MEMOLLM_FIGURES="$$(mktemp -d "$${TMPDIR:-/tmp}/memollm-figures.XXXXXX")"; \
-	$(BIN)/python -m pytest -q tests && scripts/nbval_from_wheel.sh $(BIN)/python; \
-	status=$$?; rm -rf "$$MEMOLLM_FIGURES"; exit $$status
+	@export MEMOLLM_FIGURES="$$(mktemp -d "$${TMPDIR:-/tmp}/memollm-figures.XXXXXX")"; \
+	$(BIN)/python -m pytest -q tests; unit=$$?; \
+	scripts/nbval_from_wheel.sh $(BIN)/python; notebooks=$$?; \
+	rm -rf "$$MEMOLLM_FIGURES"; \
+	[ $$unit -eq 0 ] && [ $$notebooks -eq 0 ] || { echo "make test failed: tests exit $$unit, notebooks exit $$notebooks"; exit 1; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
