@@ -54,6 +54,15 @@ def memory_layer_ids(model: torch.nn.Module, config: MemoryConfig) -> list[int]:
     return [full[i] for i in config.memory_layers(len(full))]
 
 
+def slot_units(model: torch.nn.Module, config: MemoryConfig) -> tuple[int, int]:
+    """``(state layers, units)`` of an evicting session: a shared ranking keeps state per memory
+    layer in one unit; per-layer (per-head) ranking keeps one state row per layer (and head)."""
+    if config.granularity == "shared":
+        return len(memory_layer_ids(model, config)), 1
+    heads = kv_heads(model) if config.granularity == "head" else 1
+    return 1, len(full_attention_layers(model)) * heads
+
+
 def kv_cache_bytes(cache) -> int:
     """Bytes held by all keys and values of a cache (0 for no cache)."""
     if cache is None:
@@ -139,6 +148,54 @@ def gather_units(cache, keep: torch.Tensor, layer_ids: list[int], heads: int) ->
             t = getattr(layer, name)
             index = sel.expand(-1, t.shape[1], -1)[..., None].expand(-1, -1, -1, t.shape[-1])
             setattr(layer, name, t.gather(2, index))
+
+
+def rotary_embedding(model: torch.nn.Module):
+    """The model's (global) rotary embedding module, or None where positions are learned."""
+    found = [(name, m) for name, m in model.named_modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+    for name, m in found:
+        if name.endswith("rotary_emb"):
+            return m
+    return found[0][1] if found else None
+
+
+def rerotate(keys: torch.Tensor, delta: torch.Tensor, rotary) -> torch.Tensor:
+    """Keys ``[B, H, T, D]`` cached after RoPE, turned by ``delta`` ``[B, H or 1, T]`` positions.
+
+    Rotations compose, so a key rotated for position p becomes the key for p + delta. The
+    angles come from the model's own rotary module (scaled variants included; its output
+    amplitude ``attention_scaling`` is divided out), the turn is done in float32 and the
+    half-split convention of Llama/Qwen/Mistral/Phi-3/GPT-NeoX is used on the first
+    ``rotary_dim`` channels (partial rotary keeps the rest).
+    """
+    b, h, t, _ = keys.shape
+    dh = delta.shape[1]
+    probe = torch.zeros(1, dtype=torch.float32, device=keys.device)
+    cos, sin = rotary(probe, delta.reshape(b * dh, t).to(keys.device))
+    scale = float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
+    cos = (cos.float() / scale).view(b, dh, t, -1)
+    sin = (sin.float() / scale).view(b, dh, t, -1)
+    rd = cos.shape[-1]
+    k = keys.float()
+    turned, rest = k[..., :rd], k[..., rd:]
+    half = torch.cat((-turned[..., rd // 2:], turned[..., : rd // 2]), dim=-1)
+    return torch.cat([turned * cos + half * sin, rest], dim=-1).to(keys.dtype)
+
+
+def rerotate_cache(cache, delta: torch.Tensor, layer_ids: list[int], heads: int, *, shared: bool, rotary) -> None:
+    """Turn the keys of layers ``layer_ids`` by ``delta`` positions: ``[batch, T]`` for every
+    layer (``shared``), else ``[batch * units, T]`` with one row per batch row, layer and head
+    (batch outer, as in ``gather_units``)."""
+    layers = cache_layers(cache)
+    for j, idx in enumerate(layer_ids):
+        layer = layers[idx]
+        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+            continue
+        if shared:
+            rows = delta[:, None]  # [batch, 1, T]
+        else:
+            rows = delta.view(-1, len(layer_ids), heads, delta.shape[-1])[:, j]  # [batch, heads or 1, T]
+        layer.keys = rerotate(layer.keys, rows, rotary)
 
 
 def kv_heads(model: torch.nn.Module) -> int:

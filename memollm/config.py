@@ -15,6 +15,7 @@ from typing import Any
 MODES = ("baseline", "soft_delete", "sparse_attention", "evict")
 SOFT_TARGETS = ("values", "logits")
 GRANULARITIES = ("shared", "layer", "head")
+POSITION_SCHEMES = ("true", "cache")
 
 POLICIES: dict[str, type] = {}
 """Policy registry, name -> class; filled by ``memollm.policies.register_policy``."""
@@ -82,6 +83,11 @@ class MemoryConfig:
     ``granularity`` says who ranks: one set of slots for all layers (``shared``), each
     full-attention layer its own (``layer``), or each KV head of each layer (``head``); every
     layer and head keeps the same number of slots, so the cache keeps one shape.
+    Positions after eviction: each new token gets its ``true`` position (keys stay where
+    they were rotated; right while positions stay inside the range the model was trained
+    on), or, with ``positions="cache"`` (StreamingLLM), its rank in the cache: cached keys
+    are re-rotated to their new ranks whenever slots shift, so no position ever exceeds the
+    budget and a stream can run past the model's context window.
     Reading a prompt: the attention that the last ``observation_window`` queries of a
     prompt (or chunk) give each earlier token counts as its review, max-pooled over
     ``observation_pool`` neighbouring positions so a multi-token fact is kept whole
@@ -105,6 +111,7 @@ class MemoryConfig:
     granularity: str = "shared"
     observation_window: int = 1
     observation_pool: int = 1
+    positions: str = "true"
 
     def __post_init__(self) -> None:
         check_number("initial_strength", self.initial_strength, low=_MIN_STRENGTH)
@@ -124,6 +131,7 @@ class MemoryConfig:
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_int("observation_window", self.observation_window, 1)
         check_int("observation_pool", self.observation_pool, 1)
+        check_choice("positions", self.positions, POSITION_SCHEMES)
         if self.observation_pool % 2 == 0:
             raise ConfigError(f"observation_pool must be odd (centred on the token), got {self.observation_pool}")
         if not isinstance(self.policy, str) or self.policy not in POLICIES:

@@ -35,9 +35,10 @@ from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from .attention import attached
-from .cache import memory_layer_ids
+from .cache import slot_units
 from .config import MemoryConfig
 from .policies import PolicyRows, make_policy
 from .session import MemorySession
@@ -81,27 +82,33 @@ def stream(llm, ids: torch.Tensor, policies: Sequence, budget: int, *, sink_toke
     The first ``prefill`` tokens are read in chunks of ``prefill_chunk`` (a long prompt),
     the rest in chunks of ``chunk`` (1 = token by token, the StreamingLLM protocol). Before
     each chunk the session evicts down to ``budget - len(chunk)``, so the cache never holds
-    more than ``budget`` tokens. ``policies``: names from ``POLICIES`` (not ``full``) or
-    ``(label, name, MemoryConfig)`` tuples (tuning variants).
+    more than ``budget`` tokens. A ``prefill_chunk`` of at least ``prefill`` reads the prompt
+    in one pass and compresses it afterwards (question-aware: the policies see what the
+    prompt's last queries look at; the cache peaks at the whole prompt). ``policies``: names
+    from ``POLICIES`` (not ``full``) or ``(label, name, MemoryConfig)`` tuples (variants); the
+    eviction knobs and ``granularity`` come from ``config`` and hold for every row.
     """
     specs = [_spec(p) for p in policies]
     cfg = eval_config(llm, budget, sink_tokens, recent_window, config)
-    largest = max(chunk, prefill_chunk if prefill else 1)
+    one_pass = prefill > 0 and prefill_chunk >= prefill
+    largest = max(chunk, prefill_chunk if prefill and not one_pass else 1)
     cfg.check_budget(budget, largest)
     model = llm.model
     device = llm.device
     seg, total = ids.shape
     rows = ids.to(device).repeat(len(specs), 1)  # row p * seg + s
-    n_layers = len(memory_layer_ids(model, cfg))
+    state_layers, units = slot_units(model, cfg)
     built = []
     for i, (label, name, pcfg) in enumerate(specs):
         if name == "full":
             raise ValueError("'full' never evicts: it is the reference, computed by full_logprobs")
         pc = (pcfg or cfg).replace(memory_budget=cfg.memory_budget, sink_tokens=cfg.sink_tokens,
-                                   recent_window=cfg.recent_window, policy=name)
-        built.append(make_policy(name, pc, n_layers, seed=seed + i, device=device))
-    session = MemorySession(model, "evict", cfg.replace(policy="streaming"), seed=seed, policy=PolicyRows(built, seg))
-    from transformers import DynamicCache
+                                   recent_window=cfg.recent_window, granularity=cfg.granularity,
+                                   observation_window=cfg.observation_window,
+                                   observation_pool=cfg.observation_pool, policy=name)
+        built.append(make_policy(name, pc, state_layers, seed=seed + i, device=device))
+    session = MemorySession(model, "evict", cfg.replace(policy="streaming"), seed=seed,
+                            policy=PolicyRows(built, seg * units))
 
     cache = DynamicCache(config=model.config)
     logprob = torch.full((rows.shape[0], total - 1), float("nan"))
@@ -234,56 +241,75 @@ def _greedy_continue(llm, cache, n: int, first_logits: torch.Tensor, *,
     return torch.cat(out, dim=-1)
 
 
-def passkey(llm, *, budgets: Sequence[int] = (128,), lengths: Sequence[int] = (512,),
-            depths: Sequence[float] = (0.1, 0.5, 0.9), trials: int = 3, policies: Sequence = EVICTING,
-            sink_tokens: int | None = None, recent_window: int | None = None, prefill_chunk: int = 32,
-            answer_tokens: int = 7,
-            seed: int = 0, config: MemoryConfig | None = None, progress: bool = True) -> list[dict]:
-    """Passkey retrieval accuracy per policy, budget, length and depth over ``trials`` seeded keys.
+def passkey_budget(length: int, fraction: float, question_tokens: int) -> int:
+    """The budget that keeps ``fraction`` of the document plus the question."""
+    return int(round(fraction * (length - question_tokens))) + question_tokens
 
-    One record per (policy, budget, length, depth): ``accuracy``, ``correct``, ``trials``,
-    ``peak_kv_tokens`` and the ``answers``. ``full`` reads the same prompts without eviction.
+
+def passkey(llm, *, budgets: Sequence[int] = (128,), budget_fractions: Sequence[float] = (),
+            lengths: Sequence[int] = (512,), depths: Sequence[float] = (0.1, 0.5, 0.9), trials: int = 3,
+            policies: Sequence = EVICTING, read: str = "chunked", granularities: Sequence[str] = ("shared",),
+            sink_tokens: int | None = None, recent_window: int | None = None, prefill_chunk: int = 32,
+            answer_tokens: int = 7, seed: int = 0, config: MemoryConfig | None = None,
+            progress: bool = True) -> list[dict]:
+    """Passkey retrieval accuracy per policy, granularity, budget, length and depth over
+    ``trials`` seeded keys; the question comes after the document.
+
+    ``read="chunked"`` reads the prompt in chunks of ``prefill_chunk`` with eviction between
+    them (bounded memory, but the question arrives after the document was compressed);
+    ``read="whole"`` reads it in one pass and compresses it afterwards (question-aware, the
+    cache peaks at the whole prompt). Budgets are ``budgets`` in tokens plus, per length,
+    ``budget_fractions`` of the document plus the question. One record per setting:
+    ``accuracy``, ``correct``, ``trials``, ``hits`` (one 0/1 per case, for intervals),
+    ``peak_kv_tokens`` and the ``answers``; ``full`` reads the same prompts without eviction.
     """
+    if read not in ("chunked", "whole"):
+        raise ValueError(f"read must be 'chunked' or 'whole', got {read!r}")
     rng = random.Random(seed)
     records = []
     cases = [(L, d) for L in lengths for d in depths]
     keys = {c: [rng.randint(10000, 99999) for _ in range(trials)] for c in cases}
-    bar = tqdm(total=len(cases) * (len(budgets) + 1), desc="passkey", leave=False, disable=not progress)
+    q_tokens = len(llm.tokenizer(QUESTION, add_special_tokens=False).input_ids)
+    settings = lambda L: [(int(b), None) for b in budgets] + [  # noqa: E731
+        (passkey_budget(L, f, q_tokens), float(f)) for f in budget_fractions]
+    steps = sum(1 + len(settings(L)) * len(granularities) for L, _ in cases)
+    bar = tqdm(total=steps, desc="passkey", leave=False, disable=not progress)
     for length, depth in cases:
         ks = keys[(length, depth)]
         ids = torch.stack([passkey_ids(llm.tokenizer, length, depth, k) for k in ks])
-        # the full-cache reference
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=llm.model.config)
+        cache = DynamicCache(config=llm.model.config)  # the full-cache reference
         with torch.no_grad():
             logits = llm.model(ids.to(llm.device), cache=cache, use_cache=True).logits[:, -1]
         answers = _greedy_continue(llm, cache, answer_tokens, logits)
-        records.append(_passkey_record("full", None, length, depth, ks, answers, llm.tokenizer, ids.shape[1]))
+        records.append(_passkey_record("full", None, None, None, read, length, depth, ks, answers, llm.tokenizer,
+                                       ids.shape[1]))
         bar.update(1)
-        for budget in budgets:
-            res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,
-                         prefill=ids.shape[1],
-                         prefill_chunk=prefill_chunk, seed=seed, config=config, keep_session=True)
-            rows = ids.shape[0]
-            with attached(llm.model, res.session):
-                answers = _greedy_continue(llm, res.cache, answer_tokens, res.last_logits)
-            for i, p in enumerate(policies):
-                records.append(_passkey_record(_spec(p)[0], budget, length, depth, ks,
-                                               answers[i * rows:(i + 1) * rows], llm.tokenizer,
-                                               res.session.peak_cached))
-            bar.update(1)
+        for budget, fraction in settings(length):
+            for granularity in granularities:
+                base = (config or llm.config).replace(granularity=granularity)
+                res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,
+                             prefill=ids.shape[1], prefill_chunk=ids.shape[1] if read == "whole" else prefill_chunk,
+                             seed=seed, config=base, keep_session=True)
+                rows = ids.shape[0]
+                with attached(llm.model, res.session):
+                    answers = _greedy_continue(llm, res.cache, answer_tokens, res.last_logits)
+                for i, p in enumerate(policies):
+                    records.append(_passkey_record(_spec(p)[0], budget, fraction, granularity, read, length, depth,
+                                                   ks, answers[i * rows:(i + 1) * rows], llm.tokenizer,
+                                                   res.session.peak_cached))
+                bar.update(1)
     bar.close()
     return records
 
 
-def _passkey_record(policy, budget, length, depth, keys, answers, tokenizer, peak) -> dict:
+def _passkey_record(policy, budget, fraction, granularity, read, length, depth, keys, answers, tokenizer,
+                    peak) -> dict:
     texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
     correct = [str(k) in t for k, t in zip(keys, texts)]
-    return {"evaluation": "passkey", "policy": policy, "budget": budget, "length": int(length),
-            "depth": float(depth), "trials": len(keys), "correct": int(sum(correct)),
-            "accuracy": round(sum(correct) / len(keys), 4), "peak_kv_tokens": int(peak),
-            "answers": [t.strip() for t in texts]}
+    return {"evaluation": "passkey", "policy": policy, "budget": budget, "budget_fraction": fraction,
+            "granularity": granularity, "read": read, "length": int(length), "depth": float(depth),
+            "trials": len(keys), "correct": int(sum(correct)), "accuracy": round(sum(correct) / len(keys), 4),
+            "hits": [int(c) for c in correct], "peak_kv_tokens": int(peak), "answers": [t.strip() for t in texts]}
 
 
 @torch.no_grad()
@@ -301,7 +327,6 @@ def agreement(llm, *, budgets: Sequence[int] = (64, 128), policies: Sequence = E
     ``agreement`` is the share of generated positions where its greedy (argmax) prediction
     equals the full cache's argmax at the same position.
     """
-    from transformers import DynamicCache
 
     prompts = text_segments(llm.tokenizer, text if text is not None else default_text(), prompt_tokens,
                             segments, split)

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attention import attached, exclusive
-from .cache import kv_cache_bytes
+from .cache import kv_cache_bytes, rotary_embedding
 from .config import MODES, ConfigError, MemoryConfig, check_bool, check_int, check_number
 from .models import DEFAULT_MODEL, load_model, sync
 from .session import MemorySession
@@ -47,6 +47,7 @@ class GenerateArgs:
     policy: str | None = None
     granularity: str | None = None
     observation_window: int | None = None
+    positions: str | None = None
     config: MemoryConfig | None = None
     seed: int | None = None
     chat: bool | None = None
@@ -91,7 +92,7 @@ class GenerateArgs:
         """Config changes asked for this call. The eviction knobs only matter in ``evict``."""
         changes = {"memory_budget": self.memory_budget, "sink_tokens": self.sink_tokens,
                    "recent_window": self.recent_window, "policy": self.policy, "granularity": self.granularity,
-                   "observation_window": self.observation_window}
+                   "observation_window": self.observation_window, "positions": self.positions}
         return {k: v for k, v in changes.items() if v is not None}
 
     def sampling(self) -> dict[str, Any]:
@@ -185,7 +186,7 @@ class EbbinghausLLM:
 
         Keywords (see ``GenerateArgs``): ``temperature``, ``do_sample``, ``top_p``, ``top_k``,
         ``repetition_penalty``, ``memory_budget``, ``sink_tokens``, ``recent_window``,
-        ``policy``, ``granularity``, ``observation_window``, ``config``, ``seed``, ``chat``, ``ignore_eos``,
+        ``policy``, ``granularity``, ``observation_window``, ``positions``, ``config``, ``seed``, ``chat``, ``ignore_eos``,
         ``return_attention_weights``, ``verbose``, ``stopping_criteria``, ``streamer``.
         A list of prompts gives a list of results; prompts run one at a time, so no padding
         ever enters a forgetting cache.
@@ -204,15 +205,33 @@ class EbbinghausLLM:
         changes = {k: v for k, v in overrides.items() if v is not None}
         return base.replace(**changes) if changes else base
 
-    def _check_length(self, prompt_len: int, args: GenerateArgs) -> None:
+    def _check_length(self, prompt_len: int, args: GenerateArgs, cfg: MemoryConfig) -> list[str]:
+        """Generation limits, said up front; returns the warnings for a run past the trained positions.
+
+        Only ``evict`` with rotary positions can go past the model's context: the cache stays
+        at the budget. With ``positions="true"`` the new tokens' positions still grow past the
+        trained range (quality degrades, measured in the README); ``positions="cache"`` keeps
+        every position inside the budget. Learned absolute positions have a hard table end.
+        """
         limit = self.max_positions
-        streams = args.generation_mode == "evict" and getattr(
-            self.model.config.get_text_config(), "rope_parameters", None) is not None
-        if limit is not None and prompt_len + args.max_new_tokens > limit and not streams:
-            raise ConfigError(
-                f"prompt ({prompt_len} tokens) + max_new_tokens ({args.max_new_tokens}) exceeds the model's context "
-                f"of {limit} positions in mode {args.generation_mode!r}; shorten the prompt or use "
-                "generation_mode='evict'")
+        total = prompt_len + args.max_new_tokens
+        if limit is None or total <= limit:
+            return []
+        where = (f"prompt ({prompt_len} tokens) + max_new_tokens ({args.max_new_tokens}) exceeds the model's "
+                 f"context of {limit} positions")
+        if prompt_len > limit:
+            raise ConfigError(f"the prompt ({prompt_len} tokens) is longer than the model's context of {limit} "
+                              "positions; shorten it")
+        if args.generation_mode != "evict" or cfg.policy == "full":
+            raise ConfigError(f"{where} in mode {args.generation_mode!r} with policy {cfg.policy!r}; shorten the "
+                              "prompt or use generation_mode='evict' with an evicting policy")
+        if rotary_embedding(self.model) is None:
+            raise ConfigError(f"{where}, and {type(self.model).__name__} learns its {limit} absolute positions: "
+                              "it cannot go past them in any mode")
+        if cfg.positions == "true":
+            return [f"{where}: with positions='true' the new tokens get positions the model was not trained on "
+                    "(quality falls past it); positions='cache' keeps every position inside the budget"]
+        return []
 
     def _generate_one(self, prompt: str, args: GenerateArgs) -> dict[str, Any]:
         mode = args.generation_mode
@@ -228,7 +247,7 @@ class EbbinghausLLM:
             warnings.append(f"memory_budget ignored in {mode!r} (it only applies to evict): {exc}")
         ids = self.encode(prompt, args.chat)
         prompt_len = ids.shape[1]
-        self._check_length(prompt_len, args)
+        warnings += self._check_length(prompt_len, args, cfg)
         if args.seed is not None:
             torch.manual_seed(args.seed)
         gen_kwargs: dict[str, Any] = dict(

@@ -22,8 +22,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention import add_logit_bias, combine_mask, received_attention
 from .attention import pool_neighbours
-from .cache import (check_evictable, full_attention_layers, gather_cache, gather_units, kv_heads, memory_layer_ids,
-                    select_keep)
+from .cache import (cache_layers, check_evictable, full_attention_layers, gather_cache, gather_units, kv_heads,
+                    memory_layer_ids, rerotate_cache, rotary_embedding, select_keep)
+from .config import ConfigError
 from .config import MODES, MemoryConfig
 from .memory import EbbinghausMemory
 from .policies import Policy, make_policy
@@ -55,6 +56,14 @@ class MemorySession:
         n = len(self.layer_ids) if self.granularity == "shared" else 1  # state layers; units are rows
         if policy is not None and mode != "evict":
             raise ValueError("a policy object only applies to generation_mode='evict'")
+        # positions counted inside the cache need the model's rotary embedding to re-rotate keys
+        self.rotary = None
+        if mode == "evict" and config.positions == "cache":
+            self.rotary = rotary_embedding(model)
+            if self.rotary is None:
+                raise ConfigError(f"positions='cache' re-rotates cached keys, which needs rotary position embeddings; "
+                                  f"{type(model).__name__} learns absolute positions: use positions='true'")
+        self.rope_positions: torch.Tensor | None = None  # [rows, tokens] position each key is rotated for
         self.policy = policy if policy is not None else (
             make_policy(config.policy, config, n, seed=seed, device=device) if mode == "evict" else None)
         # soft_delete and sparse_attention own a memory; in evict the policy owns its state, and
@@ -110,6 +119,14 @@ class MemorySession:
         else:
             gather_units(self.cache, keep, self.layer_ids, self.heads)
         self.positions = self.positions.gather(-1, keep)
+        if self.rotary is not None:  # StreamingLLM: every kept key moves to its rank in the cache
+            kept = self.rope_positions.gather(-1, keep)
+            ranks = torch.arange(kept.shape[-1], device=kept.device).expand_as(kept)
+            delta = ranks - kept
+            if bool(delta.any()):
+                layers = self.layer_ids if self.units > 1 else list(range(len(cache_layers(self.cache))))
+                rerotate_cache(self.cache, delta, layers, self.heads, shared=self.units == 1, rotary=self.rotary)
+            self.rope_positions = ranks.clone()
         self.policy.keep(keep)
         if self.attention_total is not None:
             self.attention_total = self.attention_total.gather(-1, keep.unsqueeze(0).expand(
@@ -160,7 +177,7 @@ class MemorySession:
                 f"memollm: cache holds {cache.get_seq_length()} tokens but the session tracked {self.num_cached}"
             )
         positions = kwargs.get("position_ids")
-        if positions is None:  # supply true positions: after eviction cache length != position
+        if positions is None or self.rotary is not None:  # the session knows the true positions
             start = int(self.positions[:, -1].max()) + 1 if self.num_cached else 0
             positions = torch.arange(start, start + q_len, device=ids.device).expand(batch, q_len)
             kwargs["position_ids"] = positions
@@ -169,6 +186,9 @@ class MemorySession:
         budget = self.config.memory_budget
         if self.mode == "evict" and self.policy.evicts and self.num_cached and self.num_cached + q_len > budget:
             self._evict_to(max(budget - q_len, self.config.sink_tokens + self.config.recent_window), self.steps)
+        if self.rotary is not None:  # new tokens continue after the cache, whatever their true position
+            kwargs["position_ids"] = torch.arange(self.num_cached, self.num_cached + q_len,
+                                                  device=ids.device).expand(batch, q_len)
         self._keep = self._weights = self._allowed_full = self._weights_full = None
         if self.mode == "sparse_attention" and self.num_cached:
             forgotten = self.memory.forgotten() & (self.positions >= self.config.sink_tokens)
@@ -219,6 +239,10 @@ class MemorySession:
         if self.num_cached == 0 and self.positions.shape[0] != rows:  # the first step
             self.positions = self.positions.new_zeros(rows, 0)
         new = self._new_positions if self.units == 1 else self._new_positions.repeat_interleave(self.units, 0)
+        if self.rotary is not None:
+            ranks = torch.arange(self.num_cached, self.num_cached + q_len, device=new.device).expand_as(new)
+            self.rope_positions = ranks.clone() if self.rope_positions is None else \
+                torch.cat([self.rope_positions, ranks], dim=-1)
         self.positions = torch.cat([self.positions, new], dim=-1)
         self.peak_cached = max(self.peak_cached, self.num_cached)  # before a prompt is compressed
         received = None

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "memollm"
 
 LAYERS = [
     {"config"},                                   # every knob, validated once
-    {"memory", "models", "texts", "notebook"},    # the forgetting curve; loading; offline text; notebook set-up
+    {"memory", "models", "texts", "stats", "notebook"},  # forgetting curve; loading; text; statistics; set-up
     {"policies"},                                 # eviction scores
     {"cache", "attention"},                       # mechanics: slots, positions, the attention hook
     {"session"},                                  # one generation's bookkeeping

@@ -232,20 +232,30 @@ def short_context(tokenizer):
 def test_prompt_longer_than_the_context(short_context):
     long = PROMPT * 2  # 38 tokens > 32 positions
     for name, llm in short_context.items():
-        for mode in ("baseline", "soft_delete", "sparse_attention"):
+        for mode in ("baseline", "soft_delete", "sparse_attention", "evict"):  # a prompt is read in one pass
             with pytest.raises(ValueError, match="context of 32 positions"):
-                llm.generate(long, 4, mode, chat=False)
+                llm.generate(long, 4, mode, chat=False, memory_budget=16, sink_tokens=2, recent_window=4)
         assert_clean(llm.model)
-    # rotary positions stream: evict keeps a bounded cache past the context
-    r = short_context["llama"].generate(long, 4, "evict", chat=False, memory_budget=16, sink_tokens=2,
-                                        recent_window=4)
-    assert r["kv_cache_tokens"] == 16
-    # learned absolute positions cannot go past their table
-    with pytest.raises(ValueError, match="context of 32 positions"):
-        short_context["gpt2"].generate(long, 4, "evict", chat=False, memory_budget=16, sink_tokens=2,
-                                       recent_window=4)
+
+
+def test_generation_past_the_context(short_context):
+    evict = dict(chat=False, memory_budget=16, sink_tokens=2, recent_window=4, ignore_eos=True)
+    # rotary positions stream: evict keeps a bounded cache past the context, and says where positions go
+    r = short_context["llama"].generate(PROMPT, 30, "evict", **evict)
+    assert r["kv_cache_tokens"] == 16 and len(r["warnings"]) == 1 and "positions='cache'" in r["warnings"][0]
+    r = short_context["llama"].generate(PROMPT, 30, "evict", positions="cache", **evict)
+    assert r["kv_cache_tokens"] == 16 and r["warnings"] == []
+    with pytest.raises(ValueError, match="policy 'full'"):  # never evicts: it cannot go past the context
+        short_context["llama"].generate(PROMPT, 30, "evict", policy="full", **evict)
+    # learned absolute positions cannot go past their table, nor re-rotate keys
+    with pytest.raises(ValueError, match="absolute positions"):
+        short_context["gpt2"].generate(PROMPT, 30, "evict", **evict)
+    with pytest.raises(ValueError, match="rotary"):
+        short_context["gpt2"].generate(PROMPT, 4, "evict", positions="cache", **evict)
     with pytest.raises(ValueError, match="max_new_tokens"):
         short_context["gpt2"].generate("Short.", 40, chat=False)
+    for llm in short_context.values():
+        assert_clean(llm.model)
 
 
 # -- the command line ----------------------------------------------------------------------

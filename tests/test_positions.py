@@ -1,0 +1,81 @@
+"""Positions after eviction: ``positions="true"`` (today's default) and ``positions="cache"``
+(StreamingLLM: every cached token at its rank in the cache, keys re-rotated when slots shift)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from memollm.cache import rerotate, rotary_embedding
+from memollm_testutils import assert_clean, one_thread
+
+_one_thread = one_thread()
+
+PROMPT = "The quick brown fox jumps over the lazy dog while the cat sleeps."
+ROTARY = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gpt_neox"]  # gpt_neox: partial rotary (25% of channels)
+
+
+@torch.no_grad()
+def _layer0_keys(llm, ids, offset):
+    cache = DynamicCache(config=llm.model.config)
+    n = ids.shape[1]
+    llm.model(ids, cache=cache, use_cache=True, position_ids=torch.arange(offset, offset + n)[None])
+    return cache.layers[0].keys
+
+
+@pytest.mark.parametrize("arch", ROTARY)
+def test_rerotating_a_key_equals_computing_it_at_the_new_position(make_tiny, arch):
+    """Layer 0's keys depend only on the token and its position: an independent reference."""
+    llm = make_tiny(arch)
+    ids = llm.encode(PROMPT, chat=False)
+    far, near = _layer0_keys(llm, ids, 700), _layer0_keys(llm, ids, 3)
+    shift = torch.full((1, 1, ids.shape[1]), 3 - 700)
+    torch.testing.assert_close(rerotate(far, shift, rotary_embedding(llm.model)), near, atol=2e-5, rtol=1e-4)
+
+
+def test_bundled_model_rerotation_and_per_head_turns(llm):
+    ids = llm.encode(PROMPT, chat=False)
+    far, near = _layer0_keys(llm, ids, 5000), _layer0_keys(llm, ids, 10)
+    n, heads = ids.shape[1], far.shape[1]
+    shift = torch.full((1, heads, n), 10 - 5000)  # one turn per KV head, as per-head eviction needs
+    # angles of ~5,000 radians carry float32 rounding of ~1e-4 in the reference itself
+    torch.testing.assert_close(rerotate(far, shift, rotary_embedding(llm.model)), near, atol=2e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
+def test_nothing_evicted_gives_baseline_tokens(llm, granularity):
+    base = llm.generate(PROMPT, 10, ignore_eos=True)
+    r = llm.generate(PROMPT, 10, "evict", positions="cache", granularity=granularity, ignore_eos=True)
+    assert r["token_ids"] == base["token_ids"] and r["evicted_tokens"] == 0
+    assert_clean(llm.model)
+
+
+@pytest.mark.parametrize("arch", ROTARY)
+def test_positions_stay_inside_the_budget(make_tiny, arch):
+    llm = make_tiny(arch)
+    seen: list[int] = []
+
+    def record(module, args, kwargs):
+        seen.append(int(kwargs["position_ids"].max()))
+
+    # registered after the session's hook would see generate's positions: read them in the session's order
+    r = None
+    handle = llm.model.register_forward_pre_hook(record, with_kwargs=True, prepend=False)
+    try:
+        r = llm.generate(PROMPT, 40, "evict", chat=False, memory_budget=16, sink_tokens=2, recent_window=4,
+                         positions="cache", ignore_eos=True)
+    finally:
+        handle.remove()
+    assert r["kv_cache_tokens"] == 16 and r["warnings"] == []
+    # true positions are still what the result reports (events name true positions)
+    dropped = sorted(p for ps in r["evict_events"].values() for p in ps)
+    assert dropped and max(dropped) < r["prompt_tokens"] + 39
+    assert_clean(llm.model)
+
+
+def test_position_scheme_is_checked_up_front(make_tiny):
+    with pytest.raises(ValueError, match="positions"):
+        make_tiny("llama").generate(PROMPT, 2, "evict", positions="relative", chat=False)
+    with pytest.raises(ValueError, match="rotary"):
+        make_tiny("gpt2").generate(PROMPT, 2, "evict", positions="cache", chat=False, memory_budget=40)
