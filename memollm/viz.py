@@ -549,3 +549,25 @@ def plot_agreement(records: list[dict], ax=None):
     ax.legend(fontsize=8)
     return ax.figure
 
+
+
+def plot_stream(records: list[dict], ax=None):
+    """Perplexity against position along a long stream: one line per policy, scheme and budget."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.2, 4.2))
+    recs = [r for r in records if r["evaluation"] == "stream"]
+    for key in dict.fromkeys((r["policy"], r["positions"], r["budget"]) for r in recs):
+        pts = sorted((r["window_start"], r["perplexity"]) for r in recs
+                     if (r["policy"], r["positions"], r["budget"]) == key)
+        policy, scheme, budget = key
+        label = "full cache" if policy == "full" else f"{policy}, positions={scheme}, budget {budget}"
+        style = dict(color="black", lw=2) if policy == "full" else dict(ls="-" if scheme == "cache" else "--")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label, **style)
+    ax.set_yscale("log")
+    ax.set_xlabel("position in the stream (window start, tokens)")
+    ax.set_ylabel("perplexity of the window")
+    ax.set_title("Streaming past the context window")
+    ax.legend(fontsize=7)
+    return ax.figure

@@ -21,7 +21,7 @@ LAYERS = [
     {"llm"},                                      # the seed's API
     {"bench", "evaluate", "recall"},              # measurement only
     {"viz"},                                      # every plot
-    {"cli"},                                      # the command line
+    {"cli", "__main__"},                          # the command line
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -13,7 +13,7 @@ from ..config import MODES
 from .timing import DEFAULT_BUDGET, Case, Run
 
 RECORD_FIELDS = (
-    "method", "mode", "policy", "budget", "label", "context_tokens", "new_tokens", "repeats",
+    "method", "mode", "policy", "budget", "granularity", "label", "context_tokens", "new_tokens", "repeats",
     "tokens_per_second", "tokens_per_second_min", "tokens_per_second_max",
     "ms_per_token", "ms_per_token_min", "ms_per_token_max", "spread",
     "prefill_seconds", "prefill_seconds_min", "prefill_seconds_max",
@@ -55,6 +55,7 @@ def summarize(runs: Sequence[Run], machine: dict[str, Any], method: str = "fair"
             "mode": case.mode,
             "policy": case.policy,
             "budget": case.budget,
+            "granularity": case.granularity,
             "label": case.label,
             "context_tokens": ctx,
             "new_tokens": group[0].new_tokens,
@@ -136,6 +137,11 @@ def targets(records: Sequence[dict[str, Any]], budget: int = DEFAULT_BUDGET,
             if e and s:
                 cost = _paired(runs, (ebb, c), (stream, c)) or e["ms_per_token"] / s["ms_per_token"]
                 add(f"ebbinghaus ms/token / streaming at {c} tokens", cost, "<= 1.10", cost <= 1.10)
+        for g in ("layer", "head"):  # per-layer or per-head gathers against the shared one (issue 14)
+            e, s = at.get((f"{ebb}/{g}", top)), at.get((ebb, top))
+            if e and s:
+                cost = _paired(runs, (f"{ebb}/{g}", top), (ebb, top)) or e["ms_per_token"] / s["ms_per_token"]
+                add(f"ebbinghaus/{g} ms/token / shared at {top} tokens", cost, "<= 1.10", cost <= 1.10)
     return out
 
 

@@ -49,36 +49,45 @@ DEFAULT_POLICIES = ("ebbinghaus",)  # add streaming (etc.) with --policies
 
 @dataclass(frozen=True)
 class Case:
-    """One configuration to time: a mode, and for ``evict`` a policy and a budget."""
+    """One configuration to time: a mode, and for ``evict`` a policy, a budget and a granularity."""
 
     mode: str
     policy: str | None = None
     budget: int | None = None
+    granularity: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "evict":
-            MemoryConfig(memory_budget=self.budget or DEFAULT_BUDGET, policy=self.policy or "ebbinghaus")
-        elif self.policy is not None or self.budget is not None:
-            raise ValueError(f"policy and budget apply to evict only, not to {self.mode!r}")
+            MemoryConfig(memory_budget=self.budget or DEFAULT_BUDGET, policy=self.policy or "ebbinghaus",
+                         granularity=self.granularity or "shared")
+        elif self.policy is not None or self.budget is not None or self.granularity is not None:
+            raise ValueError(f"policy, budget and granularity apply to evict only, not to {self.mode!r}")
 
     @property
     def label(self) -> str:
-        return f"evict/{self.policy}/{self.budget}" if self.mode == "evict" else self.mode
+        if self.mode != "evict":
+            return self.mode
+        suffix = "" if self.granularity in (None, "shared") else f"/{self.granularity}"
+        return f"evict/{self.policy}/{self.budget}{suffix}"
 
     def generate_kwargs(self) -> dict[str, Any]:
-        return {"memory_budget": self.budget, "policy": self.policy} if self.mode == "evict" else {}
+        if self.mode != "evict":
+            return {}
+        return {"memory_budget": self.budget, "policy": self.policy, "granularity": self.granularity}
 
 
 def make_cases(modes: Sequence[str] = MODES, policies: Sequence[str] = ("ebbinghaus",),
-               budgets: Sequence[int] = (DEFAULT_BUDGET,)) -> list[Case]:
-    """Baseline first (every ratio needs it), then the other modes; evict once per policy and budget."""
+               budgets: Sequence[int] = (DEFAULT_BUDGET,), granularities: Sequence[str] = ("shared",)) -> list[Case]:
+    """Baseline first (every ratio needs it), then the other modes; evict once per policy, budget
+    and granularity (``shared`` first: the granularity ratios need it)."""
     ordered = sorted(dict.fromkeys(modes), key=lambda m: MODES.index(m) if m in MODES else len(MODES))
     cases: list[Case] = []
     for mode in ordered:
         if mode == "evict":
-            cases += [Case("evict", p, b) for b in budgets for p in dict.fromkeys(policies)]
+            cases += [Case("evict", p, b, g) for g in dict.fromkeys(granularities) for b in budgets
+                      for p in dict.fromkeys(policies)]
         else:
             cases.append(Case(mode))
     return cases

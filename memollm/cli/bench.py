@@ -10,7 +10,7 @@ from ..bench.report import format_markdown, format_table, format_targets, record
 from ..bench.runner import RANDOM_INIT, random_init_llm, run_benchmark, run_naive
 from ..bench.timing import (DEFAULT_BUDGET, DEFAULT_CONTEXTS, DEFAULT_NEW_TOKENS, DEFAULT_POLICIES, DEFAULT_REPEATS,
                             DEFAULT_WARMUP, make_cases, measure_bandwidth)
-from ..config import MODES, POLICIES
+from ..config import GRANULARITIES, MODES, POLICIES
 from ..viz import save_bench_plots
 from .common import (UsageError, add_model_args, int_list, load_llm, name_list, out_stream, positive_int,
                      write_output)
@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
                    help="KV budget(s) in tokens for evict (default: %(default)s)")
     p.add_argument("--policies", type=name_list(sorted(POLICIES)), default=list(DEFAULT_POLICIES),
                    help=f"eviction policies for evict (default: {','.join(DEFAULT_POLICIES)})")
+    p.add_argument("--granularity", type=name_list(GRANULARITIES), default=["shared"],
+                   help="evict granularities to time, comma-separated (default: shared)")
     add_model_args(p)
     p.add_argument("--random-init", default=None, choices=sorted(RANDOM_INIT),
                    help="time a randomly initialised model of this architecture (no weights needed)")
@@ -62,7 +64,7 @@ def run_bench(args) -> int:
         raise UsageError("--new-tokens must be >= 2 (decode speed needs at least two tokens)")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
-    cases = make_cases(args.modes, args.policies, args.budget)
+    cases = make_cases(args.modes, args.policies, args.budget, args.granularity)
     if args.threads:
         torch.set_num_threads(args.threads)
     llm = random_init_llm(args.random_init, args.device, args.dtype) if args.random_init else load_llm(args)

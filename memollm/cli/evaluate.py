@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import POLICIES, MemoryConfig
-from ..evaluate import EVICTING, agreement, passkey, perplexity, table
-from ..texts import load_text
-from ..viz import plot_agreement, plot_passkey, plot_ppl, save_figure
+from ..config import GRANULARITIES, POLICIES, POSITION_SCHEMES, MemoryConfig
+from ..evaluate import EVICTING, agreement, long_stream, passkey, perplexity, table
+from ..stats import markdown_table, summarize
+from ..texts import TEXT_SOURCES, load_text
+from ..viz import plot_agreement, plot_passkey, plot_ppl, plot_stream, save_figure
 from .common import (UsageError, add_model_args, check_model_args, int_list, load_llm, name_list, positive_int,
                      write_output)
 
@@ -43,15 +44,28 @@ def add_parser(sub) -> None:
         p.add_argument("--seed", type=int, default=0, help="seed for keys and the random policy (default: 0)")
         p.add_argument("--json", metavar="PATH", default=None, help="write the records as JSON ('-' = stdout)")
         p.add_argument("--no-plot", action="store_true", help="do not write the figure")
-        p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
+        p.add_argument("--observation-window", type=positive_int, default=None,
+                       help="prompt queries whose attention scores earlier tokens (default: config)")
+        p.add_argument("--observation-pool", type=positive_int, default=None,
+                       help="max-pool scores over this many neighbours, odd (default: config)")
+        p.add_argument("--threads", type=positive_int, default=None,
+                       help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
         add_model_args(p)
+
+    def granularity(p) -> None:
+        p.add_argument("--granularity", type=name_list(GRANULARITIES), default=["shared"],
+                       help="who ranks slots, comma-separated to compare: shared, layer, head (default: shared)")
 
     p = esub.add_parser("ppl", help="perplexity with the cache held to each budget (StreamingLLM protocol)")
     common(p, "64,128,256")
+    granularity(p)
     p.add_argument("--max-tokens", type=positive_int, default=512,
-                   help="tokens per segment (default: 512; the larger run in the README uses 2048)")
-    p.add_argument("--segments", type=positive_int, default=1, help="consecutive text segments (default: 1)")
-    p.add_argument("--text-file", default=None, help="UTF-8 text (default: CPython's pydoc_data.topics)")
+                   help="tokens per passage (default: 512; the README's run uses 1024)")
+    p.add_argument("--segments", "--passages", dest="segments", type=positive_int, default=1,
+                   help="passages per source (or consecutive segments of --text-file) (default: 1)")
+    p.add_argument("--sources", type=name_list(sorted(TEXT_SOURCES)), default=["docs", "prose"],
+                   help="offline texts: docs (CPython's reference), prose (Austen's Persuasion) (default: both)")
+    p.add_argument("--text-file", default=None, help="UTF-8 text to read instead of --sources")
     p.add_argument("--split", choices=("report", "tune"), default="report",
                    help="first half (report, default) or second half (tune) of the token stream")
     p.add_argument("--chunk", type=positive_int, default=1,
@@ -60,6 +74,14 @@ def add_parser(sub) -> None:
 
     p = esub.add_parser("passkey", help="passkey retrieval accuracy per policy, budget, length and depth")
     common(p, "128")
+    granularity(p)
+    p.set_defaults(budgets=None)  # --budget, --budget-fractions or both; 128 tokens when neither
+    p.add_argument("--budget-fractions", type=_float_list, default=[],
+                   help="budgets as fractions of the document, plus the question, e.g. 0.25,0.125 "
+                        "(added to --budget; pass --budget '' to use fractions only)")
+    p.add_argument("--read", choices=("chunked", "whole"), default="chunked",
+                   help="read the prompt in chunks with eviction between them (bounded memory), or whole and "
+                        "compress after it (question-aware; peaks at the prompt) (default: chunked)")
     p.add_argument("--lengths", type=int_list, default=[512], help="prompt lengths in tokens (default: 512)")
     p.add_argument("--depths", type=_float_list, default=[0.1, 0.5, 0.9],
                    help="needle depths in [0, 1] (default: 0.1,0.5,0.9)")
@@ -79,10 +101,20 @@ def add_parser(sub) -> None:
                    help="penalty for the full cache's generation only (default: 1.3; 1 = plain greedy)")
     p.set_defaults(handler=run_agreement)
 
+    p = esub.add_parser("stream", help="perplexity along a stream longer than the context, per position scheme")
+    common(p, "256,1024", "streaming,ebbinghaus")
+    p.add_argument("--tokens", type=positive_int, default=20_000, help="tokens to stream (default: 20000)")
+    p.add_argument("--positions", type=name_list(POSITION_SCHEMES), default=list(POSITION_SCHEMES),
+                   help="position schemes: true, cache (default: both)")
+    p.add_argument("--every", type=positive_int, default=1000, help="perplexity window in tokens (default: 1000)")
+    p.add_argument("--chunk", type=positive_int, default=1, help="tokens per step (default: 1)")
+    p.set_defaults(handler=run_stream)
+
 
 def _check_args(args) -> None:
-    changes = {"sink_tokens": args.sinks, "recent_window": args.window}
-    cfg = MemoryConfig().replace(**{k: v for k, v in changes.items() if v is not None})
+    if getattr(args, "budget_fractions", None) is not None and args.budgets is None:
+        args.budgets = [] if args.budget_fractions else [128]
+    cfg = _config(args)
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     penalty = getattr(args, "repetition_penalty", 1.0)
@@ -90,7 +122,7 @@ def _check_args(args) -> None:
         raise UsageError(f"--repetition-penalty must be a finite number > 0, got {penalty}")
     step = max(getattr(args, "chunk", 1), getattr(args, "prefill_chunk", 1))
     for b in args.budgets:
-        cfg.check_budget(b, step)
+        cfg.check_budget(b, 1 if getattr(args, "read", "chunked") == "whole" else step)
     if getattr(args, "text_file", None) and not Path(args.text_file).is_file():
         raise UsageError(f"--text-file {args.text_file}: no such file")
     if args.threads:
@@ -109,18 +141,42 @@ def _finish(args, records: list[dict], value: str, figure: str, plot) -> None:
         print(f"figure: {path}", file=sys.stderr)
 
 
+def _config(args) -> MemoryConfig:
+    """The memory knobs given on the command line, validated before the model loads."""
+    changes = {"sink_tokens": args.sinks, "recent_window": args.window,
+               "observation_window": args.observation_window, "observation_pool": args.observation_pool}
+    return MemoryConfig().replace(**{k: v for k, v in changes.items() if v is not None})
+
+
+def _print_summary(records: list[dict], value: str, *, lower_is_better: bool, interval: str = "bootstrap",
+                   item: str = "passage", by=("policy", "granularity", "budget")) -> None:
+    rows = summarize([r for r in records if r["policy"] != "full"], value, by=by, item=item,
+                     lower_is_better=lower_is_better, interval=interval)
+    present = {r["policy"] for r in records}
+    print(markdown_table(rows, by=by, baselines=[b for b in ("streaming", "tova") if b in present]))
+
+
+def _overrides(args) -> dict:
+    changes = {"observation_window": args.observation_window, "observation_pool": args.observation_pool}
+    return {k: v for k, v in changes.items() if v is not None}
+
+
 def run_ppl(args) -> int:
     _check_args(args)
-    text = load_text(args.text_file)
+    text = load_text(args.text_file) if args.text_file else None
     llm = _load(args)
     records = perplexity(llm, budgets=args.budgets, policies=args.policies, max_tokens=args.max_tokens,
-                         segments=args.segments, text=text, split=args.split, sink_tokens=args.sinks,
-                         recent_window=args.window, chunk=args.chunk, seed=args.seed)
-    print(f"perplexity, {args.segments} x {args.max_tokens} tokens ({args.split} split), chunk {args.chunk}, "
-          f"model {llm.model_name}")
+                         segments=args.segments, text=text, split=args.split,
+                         sources=None if args.text_file else args.sources, granularities=args.granularity,
+                         sink_tokens=args.sinks, recent_window=args.window, chunk=args.chunk, seed=args.seed,
+                         config=llm.config.replace(**_overrides(args)))
+    what = args.text_file or " + ".join(args.sources)
+    print(f"perplexity, {args.segments} passage(s) x {args.max_tokens} tokens per source ({what}, {args.split} "
+          f"split), chunk {args.chunk}, model {llm.model_name}")
     print(table(records, "perplexity"))
-    print("\nperplexity of the tokens read after eviction started (position >= budget):")
-    print(table(records, "perplexity_after_budget"))
+    print("\nperplexity of the tokens read after eviction started (position >= budget), mean over passages "
+          "[95% bootstrap interval], and the paired difference to streaming and tova (bold: interval below 0):")
+    _print_summary(records, "perplexity_after_budget", lower_is_better=True)
     print("\ngreedy top-1 agreement with the full cache on those tokens:")
     print(table(records, "top1_agreement_after_budget", fmt="{:.3f}"))
     _finish(args, records, "perplexity", "eval_ppl", plot_ppl)
@@ -130,11 +186,21 @@ def run_ppl(args) -> int:
 def run_passkey(args) -> int:
     _check_args(args)
     llm = _load(args)
-    records = passkey(llm, budgets=args.budgets, lengths=args.lengths, depths=args.depths, trials=args.trials,
-                      policies=args.policies, sink_tokens=args.sinks, recent_window=args.window,
-                      prefill_chunk=args.prefill_chunk, seed=args.seed)
-    print(f"passkey accuracy over {args.trials} keys per case, lengths {args.lengths}, depths {args.depths}")
+    records = passkey(llm, budgets=args.budgets, budget_fractions=args.budget_fractions, lengths=args.lengths,
+                      depths=args.depths, trials=args.trials, policies=args.policies, read=args.read,
+                      granularities=args.granularity, sink_tokens=args.sinks, recent_window=args.window,
+                      prefill_chunk=args.prefill_chunk, seed=args.seed, config=llm.config.replace(**_overrides(args)))
+    print(f"passkey accuracy over {args.trials} keys per case, lengths {args.lengths}, depths {args.depths}, "
+          f"prompt read {args.read}; the question comes after the document")
     print(table(records, "accuracy"))
+    cases = [dict(r, case=f"{r['length']}/{r['depth']}/{i}", hit=h) for r in records if r["policy"] != "full"
+             for i, h in enumerate(r["hits"])]
+    key = "budget_fraction" if args.budget_fractions and not args.budgets else "budget"
+    print("\naccuracy over every length, depth and key [95% Wilson interval], paired differences by case:")
+    _print_summary(cases, "hit", lower_is_better=False, interval="wilson", item="case",
+                   by=("policy", "granularity", key))
+    full = [h for r in records if r["policy"] == "full" for h in r["hits"]]
+    print(f"full cache (the ceiling): {sum(full)}/{len(full)}")
     _finish(args, records, "accuracy", "eval_passkey", plot_passkey)
     return 0
 
@@ -151,6 +217,20 @@ def run_agreement(args) -> int:
           f"({records[0]['distinct_generated']:.0%} of them distinct)")
     print(table(records, "agreement", fmt="{:.3f}"))
     _finish(args, records, "agreement", "eval_agreement", plot_agreement)
+    return 0
+
+
+def run_stream(args) -> int:
+    _check_args(args)
+    llm = _load(args)
+    records = long_stream(llm, tokens=args.tokens, budgets=args.budgets, schemes=args.positions,
+                          policies=args.policies, window=args.every, chunk=args.chunk, seed=args.seed,
+                          config=llm.config.replace(**_overrides(args)))
+    print(f"perplexity in windows of {args.every} tokens along a {args.tokens}-token stream (chunk {args.chunk}), "
+          f"model {llm.model_name}, context {llm.max_positions}")
+    print(table([dict(r, line=f"{r['policy']}/{r['positions']}/{r['budget']}") for r in records], "perplexity",
+                rows="line", cols="window_start", fmt="{:.1f}"))
+    _finish(args, records, "perplexity", "eval_stream", plot_stream)
     return 0
 
 
