@@ -1,4 +1,5 @@
-"""Conversation memory: one bounded KV cache across turns (``memollm.chat.ChatSession``).
+"""Conversation memory: one bounded KV cache across turns (``memollm.chat.ChatSession``),
+its command (``memollm.chat_cli``) and the recall benchmark (``memollm.recall``).
 
 Most tests run on a tiny random Llama (fast); one runs the bundled model, where greedy
 replies are the tokenizer's own tokenization, so the cache must hold exactly the chat
@@ -7,12 +8,16 @@ template's tokens.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from memollm.attention import is_attached
 from memollm.cache import kv_trace
 from memollm.chat import ChatSession, ChatTemplateError
+from memollm.recall import (FACT_KINDS, bootstrap_interval, build_conversation, plot, recall, run_conversation,
+                            summarize, table)
 from memollm_testutils import assert_clean, one_thread
 
 _one_thread = one_thread()
@@ -283,3 +288,123 @@ def test_boundaries_mark_each_message(tiny):
     starts = [p for _, p in chat.boundaries]
     assert roles == ["user", "assistant"] * 2
     assert starts == sorted(starts) and starts[0] == 0
+
+
+# -- the command line ---------------------------------------------------------------------------------------
+def test_chat_lines_prints_each_reply_and_what_is_cached(tiny):
+    import io
+
+    from memollm.chat_cli import chat_lines
+
+    out, err = io.StringIO(), io.StringIO()
+    results = chat_lines(tiny, ["Hello there.\n", "\n", LONG + "\n"], out=out, err=err, show_memory=True,
+                         max_new_tokens=4, generation_mode="evict", memory_budget=40, sink_tokens=4,
+                         recent_window=8)
+    assert [r["turn"] for r in results] == [1, 2]  # the blank line is skipped
+    assert out.getvalue().count("[cached] ") == 2 and "…" in out.getvalue().split("[cached] ")[-1]
+    assert "[turn 2]" in err.getvalue() and "evicted this turn" in err.getvalue()
+    assert_clean(tiny.model)
+
+
+def test_chat_command_runs_from_a_file_and_rejects_bad_flags(tiny, tmp_path, monkeypatch, capsys):
+    from memollm import chat_cli
+
+    common = chat_cli._common()
+    monkeypatch.setattr(common, "load_llm", lambda args: tiny)
+    turns = tmp_path / "turns.txt"
+    turns.write_text("Hello there.\nWhat did I say?\n")
+    out = tmp_path / "chat.json"
+    assert chat_cli.main(["chat", "--file", str(turns), "--budget", "40", "--window", "8", "--max-tokens", "3",
+                          "--json", str(out)]) == 0
+    assert [r["turn"] for r in json.loads(out.read_text())] == [1, 2]
+    for bad in (["--budget", "3"], ["--policy", "lru"], ["--temperature", "0"], ["--file", str(tmp_path / "no")]):
+        assert chat_cli.main(["chat", *bad]) == 2
+        assert "error" in capsys.readouterr().err
+
+
+# -- the recall benchmark ------------------------------------------------------------------------------------
+def _text(conv):
+    return "".join(arg if what == "read" else "[answer]" for what, arg in conv.steps)
+
+
+def test_conversations_are_seeded_and_the_variants_share_the_fact(tokenizer):
+    a, b = build_conversation(tokenizer, 3, True), build_conversation(tokenizer, 3, False)
+    assert (a.value, a.kind) == (b.value, b.kind) and a.value in _text(a).split("\n")[2]
+    assert _text(a) == _text(build_conversation(tokenizer, 3, True))
+    assert _text(a) != _text(build_conversation(tokenizer, 3, True, seed=1))
+    assert [s[0] for s in a.steps].count("answer") == 2 and [s[0] for s in b.steps].count("answer") == 1
+    question = FACT_KINDS[a.kind].question
+    assert _text(a).endswith(f"User: {question}\nAssistant: {FACT_KINDS[a.kind].answer_prefix}[answer]")
+    assert "Quick check" in _text(a) and "Quick check" not in _text(b)
+    lengths = [len(tokenizer(_text(c)).input_ids) for c in (a, b)]
+    assert abs(lengths[0] - lengths[1]) < 20  # the review replaces one small-talk exchange
+    assert {build_conversation(tokenizer, c, True).kind for c in range(3)} == set(FACT_KINDS)
+    with pytest.raises(ValueError, match="turns"):
+        build_conversation(tokenizer, 0, True, turns=1)
+
+
+def test_run_conversation_keeps_the_budget_and_reports_what_is_cached(tiny):
+    conv = build_conversation(tiny.tokenizer, 0, True, turns=4)
+    full = run_conversation(tiny, conv, ["full"], None)
+    assert full[0]["fact_cached"] and full[0]["copy_cached"] and full[0]["budget"] is None
+    rows = run_conversation(tiny, conv, ["streaming", "h2o", "ebbinghaus"], 40, sink_tokens=4, recent_window=8)
+    assert [r["policy"] for r in rows] == ["streaming", "h2o", "ebbinghaus"]
+    assert all(r["peak_kv_tokens"] == 40 for r in rows)
+    assert all(r["conversation_tokens"] == full[0]["conversation_tokens"] for r in rows)
+    streaming = rows[0]
+    assert not streaming["fact_cached"] and streaming["fact_share"] == 0.0  # the oldest tokens went first
+    assert all(r["review_answer"] is not None and isinstance(r["correct"], bool) for r in rows)
+    assert_clean(tiny.model)
+    with pytest.raises(ValueError, match="full"):
+        run_conversation(tiny, conv, ["full", "h2o"], 40)
+
+
+def test_bootstrap_interval_brackets_the_mean():
+    assert bootstrap_interval([1.0] * 10) == (1.0, 1.0)
+    lo, hi = bootstrap_interval([0.0, 1.0] * 15)
+    assert lo < 0.5 < hi and 0.2 < lo and hi < 0.8
+
+
+def test_recall_summary_table_and_figure(tiny):
+    result = recall(tiny, budgets=[40], policies=["streaming", "tova"], cases=2, turns=3, sink_tokens=4,
+                    recent_window=8, progress=False)
+    s = result["summary"]
+    variants = {(r["policy"], r["variant"]) for r in s}
+    for policy in ("full", "streaming", "tova"):
+        assert {(policy, "not reviewed"), (policy, "reviewed"), (policy, "review effect")} <= variants
+    for r in s:
+        assert r["cases"] == 2 and -1 <= r["accuracy"] <= 1
+        lo, hi = r["accuracy_ci"]
+        assert lo <= r["accuracy"] <= hi
+    assert len(result["records"]) == 2 * 2 * 3 and result["settings"]["policies"] == ["full", "streaming", "tova"]
+    text = table(result)
+    assert len(text.splitlines()) == 2 + 3 and "| full | no limit |" in text
+    assert "fact cached" in table(result, "fact_cached")
+    fig = plot(result)
+    assert len(fig.axes) == 2
+    json.dumps(result)  # the record is JSON
+    assert summarize(result["records"]) == s
+
+
+def test_recall_rejects_bad_settings(tiny):
+    with pytest.raises(ValueError, match="cases"):
+        recall(tiny, cases=0, progress=False)
+    with pytest.raises(ValueError, match="kind"):
+        recall(tiny, cases=1, kinds=["colour"], progress=False)
+    with pytest.raises(ValueError, match="memory_budget"):
+        recall(tiny, budgets=[10], cases=1, progress=False)
+
+
+def test_recall_command_writes_json(tiny, tmp_path, monkeypatch, capsys):
+    from memollm import chat_cli
+
+    monkeypatch.setattr(chat_cli._common(), "load_llm", lambda args: tiny)
+    out = tmp_path / "recall.json"
+    code = chat_cli.main(["recall", "--cases", "1", "--turns", "2", "--budget", "40", "--window", "8",
+                          "--policies", "streaming", "--variants", "reviewed", "--json", str(out), "--no-plot"])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert {r["policy"] for r in result["records"]} == {"full", "streaming"}
+    assert "answer correct" in capsys.readouterr().out
+    assert chat_cli.main(["recall", "--budget", "10"]) == 2
+    assert chat_cli.main(["recall", "--review-after", "5", "--turns", "3"]) == 2
