@@ -227,6 +227,12 @@ class ChatSession:
     def kv_cache_bytes(self) -> int:
         return kv_cache_bytes(self.cache)
 
+    def snapshot(self) -> dict[str, Any]:
+        """What the cache holds now: ``turn``, ``tokens`` read so far, the cached ``positions``
+        and their ``retention`` (None for a policy without a forgetting curve)."""
+        return {"turn": self.turn, "tokens": len(self._ids), "positions": self.cached_positions(),
+                "retention": self.retention()}
+
     # -- rendering -------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, str]] | None = None, add_generation_prompt: bool = False) -> str:
         """The conversation as text, as this session feeds it to the model."""

@@ -280,6 +280,26 @@ def test_locate_and_memory_text_show_what_is_still_cached(tiny):
     assert shown.startswith(chat.tokenizer.decode(chat.token_ids[:4]))  # the sinks are kept
 
 
+def test_snapshots_draw_a_retention_map(tiny):
+    from memollm.recall import plot_conversation
+
+    chat = ChatSession(tiny, "evict", memory_budget=40, sink_tokens=4, recent_window=8)
+    snaps = []
+    for m in TURNS[:3]:
+        chat.send(m, 4)
+        snaps.append(chat.snapshot())
+    assert [s["turn"] for s in snaps] == [1, 2, 3]
+    assert snaps[-1]["positions"] == chat.cached_positions() and len(snaps[-1]["retention"]) == chat.num_cached
+    fig = plot_conversation(snaps, chat.boundaries)
+    image = fig.axes[0].get_images()[0].get_array()
+    assert image.shape == (3, snaps[-1]["tokens"])
+    assert image.mask[0, snaps[0]["tokens"]:].all()  # not read yet after turn 1: blank
+    streaming = ChatSession(tiny, "evict", memory_budget=40, sink_tokens=4, recent_window=8, policy="streaming")
+    streaming.send(LONG, 4)
+    assert streaming.snapshot()["retention"] is None  # no forgetting curve: drawn as cached (1.0)
+    plot_conversation([streaming.snapshot()])
+
+
 def test_boundaries_mark_each_message(tiny):
     chat = ChatSession(tiny, "evict", memory_budget=128)
     chat.send(TURNS[0], 4)
