@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from .attention import attached, exclusive
 from .cache import kv_cache_bytes, rotary_embedding
@@ -48,6 +49,7 @@ class GenerateArgs:
     granularity: str | None = None
     observation_window: int | None = None
     positions: str | None = None
+    prefill_chunk: int | None = None
     config: MemoryConfig | None = None
     seed: int | None = None
     chat: bool | None = None
@@ -77,6 +79,11 @@ class GenerateArgs:
             check_bool(name, getattr(self, name))
         if self.chat is not None:
             check_bool("chat", self.chat)
+        if self.prefill_chunk is not None:
+            check_int("prefill_chunk", self.prefill_chunk, 1)
+            if self.generation_mode != "evict":
+                raise ConfigError(f"prefill_chunk reads a prompt with eviction between chunks: it needs "
+                                  f"generation_mode='evict', not {self.generation_mode!r}")
         if self.config is not None and not isinstance(self.config, MemoryConfig):
             raise TypeError(f"config must be a MemoryConfig, got {type(self.config).__name__}")
 
@@ -186,10 +193,16 @@ class EbbinghausLLM:
 
         Keywords (see ``GenerateArgs``): ``temperature``, ``do_sample``, ``top_p``, ``top_k``,
         ``repetition_penalty``, ``memory_budget``, ``sink_tokens``, ``recent_window``,
-        ``policy``, ``granularity``, ``observation_window``, ``positions``, ``config``, ``seed``, ``chat``, ``ignore_eos``,
+        ``policy``, ``granularity``, ``observation_window``, ``positions``, ``prefill_chunk``, ``config``, ``seed``, ``chat``, ``ignore_eos``,
         ``return_attention_weights``, ``verbose``, ``stopping_criteria``, ``streamer``.
         A list of prompts gives a list of results; prompts run one at a time, so no padding
         ever enters a forgetting cache.
+
+        Reading a long prompt in ``evict``: by default it is prefilled in one pass and
+        compressed right after (question-aware: the policies see what its last queries look
+        at, but the cache briefly holds the whole prompt). ``prefill_chunk=N`` reads it N
+        tokens at a time with eviction between chunks, so the cache never exceeds the
+        budget, at the price of compressing before the end of the prompt (the question) is read.
         """
         args = GenerateArgs.parse(dict(kwargs, max_new_tokens=max_new_tokens, generation_mode=generation_mode))
         if isinstance(prompt, (list, tuple)):
@@ -219,9 +232,9 @@ class EbbinghausLLM:
             return []
         where = (f"prompt ({prompt_len} tokens) + max_new_tokens ({args.max_new_tokens}) exceeds the model's "
                  f"context of {limit} positions")
-        if prompt_len > limit:
+        if prompt_len > limit and not (args.generation_mode == "evict" and args.prefill_chunk):
             raise ConfigError(f"the prompt ({prompt_len} tokens) is longer than the model's context of {limit} "
-                              "positions; shorten it")
+                              "positions; shorten it, or read it in chunks (generation_mode='evict', prefill_chunk=N)")
         if args.generation_mode != "evict" or cfg.policy == "full":
             raise ConfigError(f"{where} in mode {args.generation_mode!r} with policy {cfg.policy!r}; shorten the "
                               "prompt or use generation_mode='evict' with an evicting policy")
@@ -247,6 +260,7 @@ class EbbinghausLLM:
             warnings.append(f"memory_budget ignored in {mode!r} (it only applies to evict): {exc}")
         ids = self.encode(prompt, args.chat)
         prompt_len = ids.shape[1]
+        prompt_ids = ids[0].tolist()
         warnings += self._check_length(prompt_len, args, cfg)
         if args.seed is not None:
             torch.manual_seed(args.seed)
@@ -269,10 +283,13 @@ class EbbinghausLLM:
                 else:
                     session.progress = progress
                     with attached(self.model, session):
+                        if args.prefill_chunk is not None and prompt_len > args.prefill_chunk:
+                            cfg.check_budget(cfg.memory_budget, args.prefill_chunk)
+                            ids = self._prefill_in_chunks(ids, args.prefill_chunk, session, gen_kwargs)
                         out = self.model.generate(ids, **gen_kwargs)
                 sync(self.device)
                 elapsed = time.perf_counter() - start
-        new = out.sequences[0, prompt_len:]
+        new = out.sequences[0, ids.shape[1]:]
         num = int(new.shape[0])
         cache = getattr(out, "cache", None)
         kv_tokens = int(cache.get_seq_length()) if cache is not None else 0
@@ -297,7 +314,7 @@ class EbbinghausLLM:
         if args.return_attention_weights:
             tw = session.token_weights() if session else None
             if tw is not None:
-                all_ids = out.sequences[0].tolist()
+                all_ids = prompt_ids + new.tolist()
                 tw["tokens"] = [self.tokenizer.decode([all_ids[p]]) for p in tw["positions"]]
             result["token_weights"] = tw
         if args.verbose:  # the caller asked to see it: stderr, and the log for those who collect it
@@ -306,6 +323,24 @@ class EbbinghausLLM:
             log.info(summary)
             tqdm.write(summary, file=sys.stderr)
         return result
+
+    @torch.no_grad()
+    def _prefill_in_chunks(self, ids: torch.Tensor, chunk: int, session: MemorySession,
+                           gen_kwargs: dict[str, Any]) -> torch.Tensor:
+        """Read all but the prompt's last token in chunks (the attached session evicts between
+        them), and return the ids to hand ``generate`` with the filled cache.
+
+        ``generate`` feeds only what its cache does not hold, judged by the cache's length, so
+        it gets the last ``held + 1`` prompt tokens: it feeds the final one, and its repetition
+        penalty sees the recent prompt. The session supplies the true positions.
+        """
+        cache = DynamicCache(config=self.model.config)
+        session.own_positions = True
+        n = ids.shape[1]
+        for start in range(0, n - 1, chunk):
+            self.model(ids[:, start:min(start + chunk, n - 1)], cache=cache, use_cache=True)
+        gen_kwargs["cache"] = cache
+        return ids[:, n - 1 - cache.get_seq_length():]
 
     def chat(self, generation_mode: str = "evict", **options: Any):
         """A conversation that keeps one bounded KV cache across turns (see ``memollm.chat``)."""

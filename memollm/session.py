@@ -64,6 +64,7 @@ class MemorySession:
                 raise ConfigError(f"positions='cache' re-rotates cached keys, which needs rotary position embeddings; "
                                   f"{type(model).__name__} learns absolute positions: use positions='true'")
         self.rope_positions: torch.Tensor | None = None  # [rows, tokens] position each key is rotated for
+        self.own_positions = False  # True: ignore the caller's position ids (a prompt read in chunks)
         self.policy = policy if policy is not None else (
             make_policy(config.policy, config, n, seed=seed, device=device) if mode == "evict" else None)
         # soft_delete and sparse_attention own a memory; in evict the policy owns its state, and
@@ -177,7 +178,7 @@ class MemorySession:
                 f"memollm: cache holds {cache.get_seq_length()} tokens but the session tracked {self.num_cached}"
             )
         positions = kwargs.get("position_ids")
-        if positions is None or self.rotary is not None:  # the session knows the true positions
+        if positions is None or self.rotary is not None or self.own_positions:  # it knows the true positions
             start = int(self.positions[:, -1].max()) + 1 if self.num_cached else 0
             positions = torch.arange(start, start + q_len, device=ids.device).expand(batch, q_len)
             kwargs["position_ids"] = positions

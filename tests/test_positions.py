@@ -79,3 +79,42 @@ def test_position_scheme_is_checked_up_front(make_tiny):
         make_tiny("llama").generate(PROMPT, 2, "evict", positions="relative", chat=False)
     with pytest.raises(ValueError, match="rotary"):
         make_tiny("gpt2").generate(PROMPT, 2, "evict", positions="cache", chat=False, memory_budget=40)
+
+
+# -- a long prompt read in chunks (bounded memory) ------------------------------------------------
+LONG = " ".join(f"Sentence {i} says that the number {i * 7} is on the list." for i in range(12))
+
+
+@pytest.mark.parametrize("granularity", ["shared", "layer"])
+def test_chunked_prefill_with_room_gives_one_pass_tokens(llm, granularity):
+    one = llm.generate(LONG, 8, "evict", memory_budget=512, granularity=granularity, ignore_eos=True)
+    for chunk in (7, 32):
+        r = llm.generate(LONG, 8, "evict", memory_budget=512, granularity=granularity, prefill_chunk=chunk,
+                         ignore_eos=True)
+        assert r["token_ids"] == one["token_ids"] and r["prompt_tokens"] == one["prompt_tokens"]
+
+
+@pytest.mark.parametrize("positions", ["true", "cache"])
+def test_chunked_prefill_never_exceeds_the_budget(llm, positions):
+    lengths: list[int] = []
+
+    def record(module, args, kwargs, output):
+        lengths.append(kwargs["cache"].get_seq_length())
+
+    handle = llm.model.register_forward_hook(record, with_kwargs=True)
+    try:
+        r = llm.generate(LONG, 6, "evict", memory_budget=64, recent_window=8, prefill_chunk=16,
+                         positions=positions, ignore_eos=True, return_attention_weights=True)
+    finally:
+        handle.remove()
+    assert r["prompt_tokens"] > 150 and max(lengths) <= 64 and r["peak_kv_cache_tokens"] <= 64
+    tw = r["token_weights"]
+    assert len(tw["tokens"]) == 64 and tw["positions"][-1] == r["prompt_tokens"] + 4
+    assert_clean(llm.model)
+
+
+def test_prefill_chunk_needs_evict(llm):
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        llm.generate(LONG, 2, "soft_delete", prefill_chunk=16)
+    with pytest.raises(ValueError, match="memory_budget"):
+        llm.generate(LONG, 2, "evict", memory_budget=40, prefill_chunk=16)  # 4 sinks + 32 recent + 16 > 40

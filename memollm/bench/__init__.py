@@ -3,8 +3,8 @@
 
 from .report import format_markdown, format_table, format_targets, records_csv, results_json, summarize, targets
 from .runner import BenchResult, random_init_llm, run_benchmark, run_naive
-from .timing import Case, PeakMemory, Run, TokenClock, make_cases, measure_bandwidth, time_generation
+from .timing import Case, PeakMemory, Run, TokenClock, make_cases, measure_bandwidth, time_generation, weight_bytes
 
 __all__ = ["BenchResult", "Case", "PeakMemory", "Run", "TokenClock", "format_markdown", "format_table", "format_targets",
            "make_cases", "measure_bandwidth", "random_init_llm", "records_csv", "results_json", "run_benchmark", "run_naive",
-           "summarize", "targets", "time_generation"]
+           "summarize", "targets", "time_generation", "weight_bytes"]

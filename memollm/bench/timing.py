@@ -60,8 +60,10 @@ class Case:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "evict":
+            if self.granularity is None:
+                object.__setattr__(self, "granularity", "shared")
             MemoryConfig(memory_budget=self.budget or DEFAULT_BUDGET, policy=self.policy or "ebbinghaus",
-                         granularity=self.granularity or "shared")
+                         granularity=self.granularity)
         elif self.policy is not None or self.budget is not None or self.granularity is not None:
             raise ValueError(f"policy, budget and granularity apply to evict only, not to {self.mode!r}")
 
@@ -69,7 +71,7 @@ class Case:
     def label(self) -> str:
         if self.mode != "evict":
             return self.mode
-        suffix = "" if self.granularity in (None, "shared") else f"/{self.granularity}"
+        suffix = "" if self.granularity == "shared" else f"/{self.granularity}"
         return f"evict/{self.policy}/{self.budget}{suffix}"
 
     def generate_kwargs(self) -> dict[str, Any]:
