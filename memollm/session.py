@@ -272,7 +272,7 @@ class MemorySession:
             self._masked = torch.cat([self._masked, self._masked.new_zeros(batch, q_len)], dim=-1)
         if self.mode == "evict" and self.policy.evicts and self.num_cached > self.config.memory_budget:
             self._evict_to(self.config.memory_budget, self.steps + 1)  # a prompt longer than the budget
-        if self.steps and self.progress is not None:
+        if self.progress is not None and (q_len == 1 or not self.own_positions):  # one per new token
             self.progress.update(1)
         self.steps += 1
         return output

@@ -1,0 +1,134 @@
+"""Behaviour found by trying to break the API: each case here once ran silently wrong or failed
+deep inside the library (the architecture issue's list)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from memollm import ConfigError, MemoryConfig, register_policy
+from memollm.config import POLICIES
+from memollm.policies import EBBINGHAUS_TUNED, Policy
+from memollm_testutils import assert_clean, one_thread
+
+_one_thread = one_thread()
+
+PROMPT = "The quick brown fox jumps over the lazy dog while the cat sleeps."
+EVICT = dict(chat=False, memory_budget=24, sink_tokens=2, recent_window=4, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(make_tiny):
+    return make_tiny("llama")
+
+
+@pytest.fixture
+def temporary_policy():
+    added = []
+
+    def register(name, cls):
+        register_policy(name)(cls)
+        added.append(name)
+        return cls
+
+    yield register
+    for name in added:
+        POLICIES.pop(name, None)
+
+
+@pytest.mark.parametrize("shape", ["one", "short", "list"])
+def test_a_policy_with_badly_shaped_scores_gets_a_value_error_naming_it(tiny, temporary_policy, shape):
+    class Bad(Policy):
+        def scores(self, positions):
+            if shape == "one":
+                return torch.ones(1, 1)
+            if shape == "short":
+                return torch.ones(positions.shape[0], positions.shape[1] - 3)
+            return positions.tolist()
+
+    temporary_policy("bad_scores", Bad)
+    with pytest.raises(ValueError, match="policy 'bad_scores'.*shape"):
+        tiny.generate(PROMPT, 20, "evict", policy="bad_scores", **EVICT)
+    assert_clean(tiny.model)
+
+
+def test_a_policy_without_scores_says_what_is_missing(tiny, temporary_policy):
+    temporary_policy("no_scores", type("NoScores", (Policy,), {}))
+    with pytest.raises(NotImplementedError, match="no_scores.*must define scores"):
+        tiny.generate(PROMPT, 20, "evict", policy="no_scores", **EVICT)
+
+
+def test_result_config_is_what_ran(tiny):
+    tuned = tiny.generate(PROMPT, 3, "evict", policy="ebbinghaus_tuned", **EVICT)["config"]
+    assert {k: tuned[k] for k in EBBINGHAUS_TUNED} == EBBINGHAUS_TUNED and tuned["memory_budget"] == 24
+    assert tiny.generate(PROMPT, 3, "evict", policy="ebbinghaus_fixed", **EVICT)["config"]["reinforce"] is False
+
+
+@pytest.mark.parametrize("name,value", [("initial_strength", 1e-50), ("reinforce", "no"), ("time_step", True),
+                                        ("policy", ["x"]), ("memory_budget", 40.0), ("granularity", None)])
+def test_validation_gaps_are_closed(name, value):
+    with pytest.raises(ConfigError, match=name):
+        MemoryConfig(**{name: value})
+
+
+def test_numpy_numbers_are_numbers():
+    cfg = MemoryConfig(initial_strength=np.float32(2.0), memory_budget=np.int64(64))
+    assert cfg.initial_strength == 2.0 and cfg.memory_budget == 64
+
+
+def test_the_budget_is_no_error_where_it_does_nothing(tiny):
+    r = tiny.generate(PROMPT, 3, "soft_delete", chat=False, memory_budget=5)
+    assert r["num_tokens"] == 3 and any("memory_budget ignored" in w for w in r["warnings"])
+    with pytest.raises(ValueError, match="memory_budget"):
+        tiny.generate(PROMPT, 3, "evict", chat=False, memory_budget=5)
+
+
+def test_generate_inside_a_running_generation_fails_clearly(tiny):
+    class Reenter:
+        def put(self, value):
+            tiny.generate("Hi.", 2, chat=False)
+
+        def end(self):
+            pass
+
+    for mode in ("baseline", "evict"):
+        kwargs = EVICT if mode == "evict" else dict(chat=False)
+        if mode == "baseline":
+            tiny.generate(PROMPT, 2, streamer=Reenter(), **kwargs)  # no session attached: harmless, allowed
+            continue
+        with pytest.raises(RuntimeError, match="inside a running generation"):
+            tiny.generate(PROMPT, 2, mode, streamer=Reenter(), **kwargs)
+        assert_clean(tiny.model)
+
+
+def test_verbose_shows_progress_in_every_mode(tiny, capsys, monkeypatch):
+    import memollm.llm
+
+    counted = []
+
+    class Bar(memollm.llm.tqdm):  # tqdm that remembers how far it got
+        def close(self):
+            counted.append(self.n)
+            super().close()
+
+    monkeypatch.setattr(memollm.llm, "tqdm", Bar)
+    for mode in ("baseline", "evict"):
+        tiny.generate(PROMPT, 4, mode, verbose=True, **(EVICT if mode == "evict" else dict(chat=False)))
+        assert f"{mode}: 4 tokens" in capsys.readouterr().err
+    assert counted and set(counted) == {4}  # every bar reached the number of new tokens
+
+
+def test_cli_reports_user_errors_in_one_line_and_bugs_with_a_traceback(monkeypatch, capsys):
+    import memollm.cli
+    from memollm.cli import generate as gen_cli
+
+    assert memollm.cli.main(["generate", "--budget", "5", "--mode", "evict"]) == 2
+    assert "memory_budget" in capsys.readouterr().err
+
+    def broken(args):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(gen_cli, "load_llm", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        memollm.cli.main(["generate", "--prompt", "hi"])
