@@ -227,6 +227,21 @@ class ChatSession:
     def kv_cache_bytes(self) -> int:
         return kv_cache_bytes(self.cache)
 
+    def token_memory(self, positions: Sequence[int]) -> list[dict[str, Any]]:
+        """For each true position: ``cached`` and, while cached under a forgetting curve, its
+        ``strength`` S, ``age`` t and ``retention`` R (means over the memory layers)."""
+        slot = {p: i for i, p in enumerate(self.cached_positions())}
+        memory = getattr(self.session, "memory", None) if self.session is not None else None
+        out = []
+        for p in positions:
+            row: dict[str, Any] = {"position": int(p), "cached": p in slot}
+            if p in slot and memory is not None and memory.num_tokens:
+                i = slot[p]
+                row.update(strength=float(memory.strength[:, 0, i].mean()), age=float(memory.age[:, 0, i].mean()),
+                           retention=float(memory.retention()[:, 0, i].mean()))
+            out.append(row)
+        return out
+
     def snapshot(self) -> dict[str, Any]:
         """What the cache holds now: ``turn``, ``tokens`` read so far, the cached ``positions``
         and their ``retention`` (None for a policy without a forgetting curve)."""

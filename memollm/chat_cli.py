@@ -180,6 +180,8 @@ def add_recall_parser(esub) -> None:
     p.add_argument("--sinks", type=int, default=None, help="attention-sink tokens kept (default: config, 4)")
     p.add_argument("--window", type=c.positive_int, default=16, help="recent tokens every policy keeps (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="seed for the conversations and the random policy (default: 0)")
+    p.add_argument("--no-full", action="store_true",
+                   help="skip the full-cache reference (e.g. a second budget for conversations already measured)")
     p.add_argument("--json", metavar="PATH", default=None, help="write records, summary and settings as JSON")
     p.add_argument("--no-plot", action="store_true", help="do not write the figure (figures/eval_recall.png)")
     p.add_argument("--threads", type=c.positive_int, default=None,
@@ -219,7 +221,7 @@ def run_recall(args: argparse.Namespace) -> int:
     llm = c.load_llm(args)
     result = recall(llm, budgets=args.budgets, policies=args.policies, cases=args.cases, reviewed=variants,
                     seed=args.seed, turns=args.turns, review_after=args.review_after, kinds=args.kinds,
-                    sink_tokens=args.sinks, recent_window=args.window)
+                    sink_tokens=args.sinks, recent_window=args.window, reference=not args.no_full)
     s = result["settings"]
     out = sys.stderr if args.json == "-" else sys.stdout
     print(f"recall over {s['cases']} conversations per setting ({s['mean_conversation_tokens']:.0f} tokens on "

@@ -30,6 +30,7 @@ and a message longer than the room left is read in chunks with eviction between 
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -302,26 +303,21 @@ def _what_is_cached(tok, conv, seqs, session, rows) -> tuple[list[float], list[b
 
 
 # -- the measurement ---------------------------------------------------------------------------------
-def bootstrap_interval(values: Sequence[float], *, samples: int = 2000, seed: int = 0,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values``."""
-    if not values:
-        return float("nan"), float("nan")
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
-    lo = means[int((1 - level) / 2 * samples)]
-    hi = means[min(samples - 1, int((1 + level) / 2 * samples))]
-    return round(lo, 4), round(hi, 4)
-
-
 VARIANTS = {False: "not reviewed", True: "reviewed"}
+
+
+def _interval(low: float, high: float) -> list[float] | None:
+    """A JSON-safe interval: None where there is no spread to resample (one case)."""
+    return None if math.isnan(low) or math.isnan(high) else [round(low, 4), round(high, 4)]
 
 
 def summarize(records: list[dict], *, seed: int = 0) -> list[dict]:
     """Per policy, budget and variant: ``accuracy``, ``fact_cached`` and ``copy_cached`` rates
-    with bootstrap 95% intervals (``*_ci``), the mean ``fact_share``; and per policy and budget
-    the effect of the review (``variant`` "review effect": reviewed minus not reviewed, paired by case)."""
+    with percentile-bootstrap 95% intervals over the cases (``*_ci``, ``memollm.stats``), the
+    mean ``fact_share``; and per policy and budget the effect of the review (``variant``
+    "review effect": reviewed minus not reviewed, paired by case)."""
+    from .stats import bootstrap_ci, paired_difference
+
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["policy"], r["budget"], r["reviewed"]), []).append(r)
@@ -329,9 +325,9 @@ def summarize(records: list[dict], *, seed: int = 0) -> list[dict]:
     for (policy, budget, reviewed), rs in groups.items():
         row: dict[str, Any] = {"policy": policy, "budget": budget, "variant": VARIANTS[reviewed], "cases": len(rs)}
         for key, name in (("correct", "accuracy"), ("fact_cached", "fact_cached"), ("copy_cached", "copy_cached")):
-            vals = [float(r[key]) for r in rs]
-            row[name] = round(sum(vals) / len(vals), 4)
-            row[f"{name}_ci"] = bootstrap_interval(vals, seed=seed)
+            mean, low, high = bootstrap_ci([float(r[key]) for r in rs], seed=seed)
+            row[name] = round(mean, 4)
+            row[f"{name}_ci"] = _interval(low, high)
         row["fact_share"] = round(sum(r["fact_share"] for r in rs) / len(rs), 4)
         if reviewed:
             row["review_accuracy"] = round(sum(bool(r["review_correct"]) for r in rs) / len(rs), 4)
@@ -344,9 +340,10 @@ def summarize(records: list[dict], *, seed: int = 0) -> list[dict]:
         if both:
             row = {"policy": policy, "budget": budget, "variant": "review effect", "cases": len(both)}
             for key, name in (("correct", "accuracy"), ("fact_cached", "fact_cached")):
-                diffs = [float(yes[c][key]) - float(no[c][key]) for c in both]
-                row[name] = round(sum(diffs) / len(diffs), 4)
-                row[f"{name}_ci"] = bootstrap_interval(diffs, seed=seed)
+                mean, low, high = paired_difference([float(yes[c][key]) for c in both],
+                                                    [float(no[c][key]) for c in both], seed=seed)
+                row[name] = round(mean, 4)
+                row[f"{name}_ci"] = _interval(low, high)
             out.append(row)
     return out
 
@@ -354,7 +351,7 @@ def summarize(records: list[dict], *, seed: int = 0) -> list[dict]:
 def recall(llm, budgets: Sequence[int] = (96,), policies: Sequence = POLICIES_COMPARED, cases: int = 30,
            reviewed: Sequence[bool] = (False, True), seed: int = 0, *, turns: int = 10, review_after: int = 1,
            kinds: Sequence[str] = tuple(FACT_KINDS), sink_tokens: int | None = None,
-           recent_window: int | None = 16, progress: bool = True) -> dict[str, Any]:
+           recent_window: int | None = 16, reference: bool = True, progress: bool = True) -> dict[str, Any]:
     """Recall of a fact stated in turn 1 at the end of a conversation, per policy, budget and variant.
 
     ``policies``: evicting policy names (or ``(label, name, MemoryConfig)`` variants); ``full``
@@ -364,7 +361,8 @@ def recall(llm, budgets: Sequence[int] = (96,), policies: Sequence = POLICIES_CO
     policy's choice; ``None`` takes the model's config). Returns ``{"records", "summary",
     "settings"}``: one record per conversation and policy (``full`` with ``budget`` None) and
     ``summarize``'s rows. Every conversation is seeded by ``(seed, case)``; both variants of a
-    case share the fact and the small talk.
+    case share the fact and the small talk. ``reference=False`` skips ``full`` (a second budget
+    for conversations whose full-cache run is already known).
     """
     from tqdm.auto import tqdm
 
@@ -383,20 +381,24 @@ def recall(llm, budgets: Sequence[int] = (96,), policies: Sequence = POLICIES_CO
     records: list[dict] = []
     start, cpu = time.perf_counter(), time.process_time()
     jobs = [(c, v) for c in range(cases) for v in reviewed]
-    bar = tqdm(total=len(jobs) * (1 + (len(budgets) if policies else 0)), desc="recall", leave=False,
+    if not policies and not reference:
+        raise ValueError("nothing to run: no evicting policy and reference=False")
+    bar = tqdm(total=len(jobs) * (int(reference) + (len(budgets) if policies else 0)), desc="recall", leave=False,
                disable=not progress)
     for case, variant in jobs:
         conv = build_conversation(llm.tokenizer, case, variant, turns=turns, review_after=review_after, seed=seed,
                                   kinds=kinds)
-        records += run_conversation(llm, conv, ["full"], None, seed=seed)
-        bar.update(1)
+        if reference:
+            records += run_conversation(llm, conv, ["full"], None, seed=seed)
+            bar.update(1)
         for budget in budgets if policies else ():
             records += run_conversation(llm, conv, policies, budget, sink_tokens=cfg.sink_tokens,
                                         recent_window=cfg.recent_window, seed=seed)
             bar.update(1)
     bar.close()
-    lengths = [r["conversation_tokens"] for r in records if r["policy"] == "full"]
-    settings = {"budgets": list(budgets), "policies": ["full"] + [_spec(p)[0] for p in policies], "cases": cases,
+    lengths = [r["conversation_tokens"] for r in records if r["policy"] == records[0]["policy"]]
+    labels = (["full"] if reference else []) + [_spec(p)[0] for p in policies]
+    settings = {"budgets": list(budgets), "policies": labels, "cases": cases,
                 "reviewed": list(reviewed), "seed": seed, "turns": turns, "review_after": review_after,
                 "kinds": list(kinds), "sink_tokens": cfg.sink_tokens, "recent_window": cfg.recent_window,
                 "mean_conversation_tokens": round(sum(lengths) / len(lengths), 1),
@@ -409,7 +411,7 @@ def recall(llm, budgets: Sequence[int] = (96,), policies: Sequence = POLICIES_CO
 # -- tables and figures ----------------------------------------------------------------------------------
 def _pct(value: float, ci=None) -> str:
     text = f"{100 * value:.0f}%"
-    if ci is not None and not any(v != v for v in ci):  # NaN check
+    if ci is not None:
         text += f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
     return text
 
@@ -428,38 +430,53 @@ def table(result: dict[str, Any], value: str = "accuracy") -> str:
             r = cells.get((policy, budget, variant))
             vals.append(_pct(r[value], r.get(f"{value}_ci")) if r else "")
         e = cells.get((policy, budget, "review effect"))
-        vals.append(f"{100 * e[value]:+.0f} [{100 * e[f'{value}_ci'][0]:+.0f}, {100 * e[f'{value}_ci'][1]:+.0f}]"
-                    if e and value in e else "")
+        if e and value in e:
+            ci = e.get(f"{value}_ci")
+            vals.append(f"{100 * e[value]:+.0f}" + (f" [{100 * ci[0]:+.0f}, {100 * ci[1]:+.0f}]" if ci else ""))
+        else:
+            vals.append("")
         lines.append(f"| {policy} | {'no limit' if budget is None else budget} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
 
-def plot(result: dict[str, Any], budget: int | None = None):
-    """Bars per policy: accuracy (left) and fact still cached (right), not reviewed vs reviewed,
-    with 95% intervals, at ``budget`` (the first budget by default; ``full`` at no limit)."""
+def merge(*results: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """One result from several runs (e.g. a second budget run with ``reference=False``): the
+    records together, the summary recomputed, the runs' settings kept in a list."""
+    records = [r for res in results for r in res["records"]]
+    return {"records": records, "summary": summarize(records, seed=seed),
+            "settings": [res["settings"] for res in results]}
+
+
+def plot(result: dict[str, Any], budgets: Sequence[int] | None = None):
+    """Bars per policy: answer correct (left) and the fact still cached (right), not reviewed
+    vs reviewed, with 95% intervals; one row per budget (``full``, no limit, in every row)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = result["summary"]
-    budgets = [r["budget"] for r in rows if r["budget"] is not None]
-    budget = budget if budget is not None else (budgets[0] if budgets else None)
-    pick = [r for r in rows if r["budget"] in (budget, None) and r["variant"] != "review effect"]
-    policies = list(dict.fromkeys(r["policy"] for r in pick))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
-    x = np.arange(len(policies))
-    for ax, value, title in ((axes[0], "accuracy", "answer correct"), (axes[1], "fact_cached", "fact still cached")):
-        for j, (variant, color) in enumerate((("not reviewed", "#9aa5b1"), ("reviewed", "#2a6fdb"))):
-            got = {r["policy"]: r for r in pick if r["variant"] == variant}
-            mean = np.array([got[p][value] if p in got else np.nan for p in policies])
-            lo = np.array([got[p][f"{value}_ci"][0] if p in got else np.nan for p in policies])
-            hi = np.array([got[p][f"{value}_ci"][1] if p in got else np.nan for p in policies])
-            ax.bar(x + (j - 0.5) * 0.38, mean, 0.38, label=variant, color=color,
-                   yerr=np.vstack([mean - lo, hi - mean]), capsize=3, error_kw={"lw": 1})
-        ax.set_xticks(x, policies, rotation=30, ha="right")
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"{title} (budget {budget}; full: no limit)")
-    axes[0].set_ylabel("share of conversations")
-    axes[0].legend(fontsize=8)
+    rows = [r for r in result["summary"] if r["variant"] != "review effect"]
+    if budgets is None:
+        budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
+    budgets = list(budgets) or [None]
+    fig, axes = plt.subplots(len(budgets), 2, figsize=(11, 3.6 * len(budgets)), sharey=True, squeeze=False)
+    for k, budget in enumerate(budgets):
+        pick = [r for r in rows if r["budget"] in (budget, None)]
+        policies = list(dict.fromkeys(r["policy"] for r in pick))
+        x = np.arange(len(policies))
+        for ax, value, title in ((axes[k, 0], "accuracy", "answer correct"),
+                                 (axes[k, 1], "fact_cached", "fact from turn 1 still cached")):
+            for j, (variant, color) in enumerate((("not reviewed", "#9aa5b1"), ("reviewed", "#2a6fdb"))):
+                got = {r["policy"]: r for r in pick if r["variant"] == variant}
+                mean = np.array([got[p][value] if p in got else np.nan for p in policies])
+                ci = [got[p].get(f"{value}_ci") if p in got else None for p in policies]
+                lo = np.array([c[0] if c else m for c, m in zip(ci, mean)])
+                hi = np.array([c[1] if c else m for c, m in zip(ci, mean)])
+                ax.bar(x + (j - 0.5) * 0.38, mean, 0.38, label=variant, color=color,
+                       yerr=np.vstack([mean - lo, hi - mean]), capsize=3, error_kw={"lw": 1})
+            ax.set_xticks(x, policies, rotation=30, ha="right")
+            ax.set_ylim(0, 1.05)
+            ax.set_title(f"{title} (budget {budget}; full: no limit)", fontsize=10)
+        axes[k, 0].set_ylabel("share of conversations")
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -499,5 +516,5 @@ def plot_conversation(snapshots: Sequence[dict], boundaries: Sequence[tuple[str,
     return ax.figure
 
 
-__all__ = ["FACT_KINDS", "POLICIES_COMPARED", "SMALL_TALK", "Conversation", "bootstrap_interval",
-           "build_conversation", "plot", "plot_conversation", "recall", "run_conversation", "summarize", "table"]
+__all__ = ["FACT_KINDS", "POLICIES_COMPARED", "SMALL_TALK", "Conversation",
+           "build_conversation", "merge", "plot", "plot_conversation", "recall", "run_conversation", "summarize", "table"]

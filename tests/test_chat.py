@@ -16,8 +16,8 @@ import torch
 from memollm.attention import is_attached
 from memollm.cache import kv_trace
 from memollm.chat import ChatSession, ChatTemplateError
-from memollm.recall import (FACT_KINDS, bootstrap_interval, build_conversation, plot, recall, run_conversation,
-                            summarize, table)
+from memollm.recall import (FACT_KINDS, build_conversation, merge, plot, recall, run_conversation, summarize,
+                            table)
 from memollm_testutils import assert_clean, one_thread
 
 _one_thread = one_thread()
@@ -128,6 +128,9 @@ def test_memory_state_carries_over_between_turns(tiny):
     assert float(strength_after_one.max()) > tiny.config.initial_strength  # reinforced in turn 1 ...
     assert float(session.memory.strength.max()) >= float(strength_after_one.max())  # ... and not reset
     assert len(chat.retention()) == chat.num_cached
+    first = chat.token_memory([0, chat.cached_positions()[-1], len(chat.token_ids) + 5])
+    assert first[0]["cached"] and first[0]["strength"] >= tiny.config.initial_strength and 0 < first[0]["retention"] <= 1
+    assert first[1]["age"] >= 0 and not first[2]["cached"] and "strength" not in first[2]
 
 
 # -- isolation and clean-up ---------------------------------------------------------------------------
@@ -379,12 +382,6 @@ def test_run_conversation_keeps_the_budget_and_reports_what_is_cached(tiny):
         run_conversation(tiny, conv, ["full", "h2o"], 40)
 
 
-def test_bootstrap_interval_brackets_the_mean():
-    assert bootstrap_interval([1.0] * 10) == (1.0, 1.0)
-    lo, hi = bootstrap_interval([0.0, 1.0] * 15)
-    assert lo < 0.5 < hi and 0.2 < lo and hi < 0.8
-
-
 def test_recall_summary_table_and_figure(tiny):
     result = recall(tiny, budgets=[40], policies=["streaming", "tova"], cases=2, turns=3, sink_tokens=4,
                     recent_window=8, progress=False)
@@ -402,8 +399,15 @@ def test_recall_summary_table_and_figure(tiny):
     assert "fact cached" in table(result, "fact_cached")
     fig = plot(result)
     assert len(fig.axes) == 2
-    json.dumps(result)  # the record is JSON
+    json.dumps(result, allow_nan=False)  # strict JSON
     assert summarize(result["records"]) == s
+    second = recall(tiny, budgets=[48], policies=["streaming"], cases=2, turns=3, sink_tokens=4, recent_window=8,
+                    reference=False, progress=False)
+    assert {r["policy"] for r in second["records"]} == {"streaming"}
+    both = merge(result, second)
+    assert len(both["records"]) == len(result["records"]) + len(second["records"])
+    assert {r["budget"] for r in both["summary"]} == {None, 40, 48}
+    assert len(plot(both).axes) == 4  # a row per budget
 
 
 def test_recall_rejects_bad_settings(tiny):
