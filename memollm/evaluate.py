@@ -37,7 +37,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from .attention import attached
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .attention import attached, model_lock, received_attention
 from .cache import slot_units
 from .config import MemoryConfig
 from .policies import PolicyRows, make_policy
@@ -291,6 +293,46 @@ def _greedy_continue(llm, cache, n: int, first_logits: torch.Tensor, *,
     return torch.cat(out, dim=-1)
 
 
+class _Capture:
+    """Attached for one prefill: sdpa for the output, and per layer the attention each token
+    gets from the last ``window`` queries, per KV head (what a session scores, before pooling)."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.received: dict[int, torch.Tensor] = {}
+
+    def pre_forward(self, module, args, kwargs):
+        return args, kwargs
+
+    def post_forward(self, module, args, kwargs, output):
+        return output
+
+    def attend(self, module, query, key, value, attention_mask, **kwargs):
+        out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        got = received_attention(query, key, attention_mask, kwargs.get("scaling"), window=self.window,
+                                 per_kv_head=True)
+        self.received[module.layer_idx] = got
+        return out
+
+
+def _sessions_from_prefill(llm, policies, prefilled, received, budget, config, sink_tokens, recent_window, seed,
+                           rows):
+    """One evicting session for ``policies`` side by side (row blocks) over a copy of one prefill."""
+    cfg = eval_config(llm, budget, sink_tokens, recent_window, config)
+    state_layers, units = slot_units(llm.model, cfg)
+    built = [make_policy(_spec(p)[1], cfg.replace(policy=_spec(p)[1]), state_layers, seed=seed + i,
+                         device=llm.device) for i, p in enumerate(policies)]
+    session = MemorySession(llm.model, "evict", cfg.replace(policy="streaming"), seed=seed,
+                            policy=PolicyRows(built, rows * units))
+    cache = DynamicCache(config=llm.model.config)
+    n = len(policies)
+    for i, (k, v) in enumerate(prefilled):
+        cache.update(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1), i)
+    with model_lock(llm.model):
+        session.adopt_prefill(cache, {l: r.repeat(n, 1, 1) for l, r in received.items()})
+    return session, cache
+
+
 def passkey_budget(length: int, fraction: float, question_tokens: int) -> int:
     """The budget that keeps ``fraction`` of the document plus the question."""
     return int(round(fraction * (length - question_tokens))) + question_tokens
@@ -324,30 +366,39 @@ def passkey(llm, *, budgets: Sequence[int] = (128,), budget_fractions: Sequence[
         (passkey_budget(L, f, q_tokens), float(f)) for f in budget_fractions]
     steps = sum(1 + len(settings(L)) * len(granularities) for L, _ in cases)
     bar = tqdm(total=steps, desc="passkey", leave=False, disable=not progress)
+    base_cfg = config or llm.config
     for length, depth in cases:
         ks = keys[(length, depth)]
-        ids = torch.stack([passkey_ids(llm.tokenizer, length, depth, k) for k in ks])
-        cache = DynamicCache(config=llm.model.config)  # the full-cache reference
-        with torch.no_grad():
-            logits = llm.model(ids.to(llm.device), cache=cache, use_cache=True).logits[:, -1]
+        ids = torch.stack([passkey_ids(llm.tokenizer, length, depth, k) for k in ks]).to(llm.device)
+        cache = DynamicCache(config=llm.model.config)  # the full-cache reference; read once for every setting
+        capture = _Capture(base_cfg.observation_window)
+        with torch.no_grad(), attached(llm.model, capture):
+            logits = llm.model(ids, cache=cache, use_cache=True).logits[:, -1]
+        prefilled = [(layer.keys, layer.values) for layer in cache.layers]
+        for budget, fraction in settings(length):
+            for granularity in granularities:
+                base = base_cfg.replace(granularity=granularity)
+                rows = ids.shape[0]
+                if read == "whole":  # every policy compresses the same prefill: computed once above
+                    session, cache_p = _sessions_from_prefill(llm, policies, prefilled, capture.received, budget,
+                                                              base, sink_tokens, recent_window, seed, rows)
+                    first = logits.repeat(len(policies), 1)
+                else:
+                    res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,
+                                 prefill=ids.shape[1], prefill_chunk=prefill_chunk, seed=seed, config=base,
+                                 keep_session=True)
+                    session, cache_p, first = res.session, res.cache, res.last_logits
+                with attached(llm.model, session):
+                    answers = _greedy_continue(llm, cache_p, answer_tokens, first)
+                for i, p in enumerate(policies):
+                    records.append(_passkey_record(_spec(p)[0], budget, fraction, granularity, read, length, depth,
+                                                   ks, answers[i * rows:(i + 1) * rows], llm.tokenizer,
+                                                   session.peak_cached))
+                bar.update(1)
         answers = _greedy_continue(llm, cache, answer_tokens, logits)
         records.append(_passkey_record("full", None, None, None, read, length, depth, ks, answers, llm.tokenizer,
                                        ids.shape[1]))
         bar.update(1)
-        for budget, fraction in settings(length):
-            for granularity in granularities:
-                base = (config or llm.config).replace(granularity=granularity)
-                res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,
-                             prefill=ids.shape[1], prefill_chunk=ids.shape[1] if read == "whole" else prefill_chunk,
-                             seed=seed, config=base, keep_session=True)
-                rows = ids.shape[0]
-                with attached(llm.model, res.session):
-                    answers = _greedy_continue(llm, res.cache, answer_tokens, res.last_logits)
-                for i, p in enumerate(policies):
-                    records.append(_passkey_record(_spec(p)[0], budget, fraction, granularity, read, length, depth,
-                                                   ks, answers[i * rows:(i + 1) * rows], llm.tokenizer,
-                                                   res.session.peak_cached))
-                bar.update(1)
     bar.close()
     return records
 

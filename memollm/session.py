@@ -235,6 +235,27 @@ class MemorySession:
         return out
 
     def post_forward(self, module, args, kwargs, output):
+        self._after_step()
+        return output
+
+    def adopt_prefill(self, cache, received: dict[int, torch.Tensor]) -> None:
+        """Take over a cache that a prompt was prefilled into without this session, as if the
+        session had been attached: ``received[layer]`` ``[batch, kv_heads, tokens]`` is the
+        attention each token got in that prefill from the last ``observation_window`` queries
+        (not pooled) (``memollm.evaluate`` prefills a prompt once
+        and hands it to several sessions; the cache must already hold this session's batch rows).
+        """
+        if self.cache is not None or self.num_cached:
+            raise RuntimeError("adopt_prefill starts a session: this one already holds tokens")
+        self.cache = cache
+        batch, q_len = cache.layers[0].keys.shape[0], cache.get_seq_length()
+        self._new_positions = torch.arange(q_len, device=self.positions.device).expand(batch, q_len)
+        pool = self.config.observation_pool  # pooled after the mean over heads, as ``attend`` does
+        self._received = [pool_neighbours(received[l] if self.heads > 1 else received[l].mean(1), pool)
+                          for l in self.layer_ids]
+        self._after_step()
+
+    def _after_step(self) -> None:
         batch, q_len = self._new_positions.shape
         rows = batch * self.units
         if self.num_cached == 0 and self.positions.shape[0] != rows:  # the first step
@@ -275,7 +296,6 @@ class MemorySession:
         if self.progress is not None and (q_len == 1 or not self.own_positions):  # one per new token
             self.progress.update(1)
         self.steps += 1
-        return output
 
     def _stack_received(self) -> torch.Tensor:
         """One step's attention in the policies' layout ``[state layers, rows, tokens]``: memory

@@ -133,3 +133,31 @@ def test_plots(make_tiny, tmp_path):
     assert viz.plot_passkey(pk) is not None
     ag = [{"evaluation": "agreement", "policy": "h2o", "budget": 64, "agreement": 0.8}]
     assert viz.plot_agreement(ag) is not None
+
+
+@pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
+def test_one_prefill_for_every_policy_equals_reading_the_prompt_per_policy(make_tiny, granularity):
+    """passkey(read="whole") prefills once and hands copies to every policy (adopt_prefill): the
+    same answers and the same kept positions as each policy reading the prompt itself."""
+    from transformers import DynamicCache
+
+    from memollm.attention import attached
+
+    llm = make_tiny("llama")
+    ids = torch.stack([E.passkey_ids(llm.tokenizer, 120, d, 12345) for d in (0.2, 0.7)])
+    cfg = llm.config.replace(granularity=granularity, observation_window=8, observation_pool=3)
+    policies = ["ebbinghaus", "tova", "h2o"]
+    res = E.stream(llm, ids, policies, 40, sink_tokens=4, recent_window=8, prefill=ids.shape[1],
+                   prefill_chunk=ids.shape[1], config=cfg, keep_session=True)
+    with attached(llm.model, res.session):
+        alone = E._greedy_continue(llm, res.cache, 4, res.last_logits)
+    cache = DynamicCache(config=llm.model.config)
+    capture = E._Capture(8)
+    with torch.no_grad(), attached(llm.model, capture):
+        logits = llm.model(ids, cache=cache, use_cache=True).logits[:, -1]
+    session, copy = E._sessions_from_prefill(llm, policies, [(l.keys, l.values) for l in cache.layers],
+                                             capture.received, 40, cfg, 4, 8, 0, ids.shape[0])
+    with attached(llm.model, session):
+        shared = E._greedy_continue(llm, copy, 4, logits.repeat(len(policies), 1))
+    assert torch.equal(shared, alone)
+    assert torch.equal(session.positions, res.session.positions)
