@@ -767,3 +767,29 @@ def plot_kept_positions(kept: dict[str, list[int]], total: int, *, marks: dict[s
     if marks:
         ax.legend(loc="upper right", fontsize=8)
     return fig
+
+
+def plot_passkey_summary(rows: list[dict], ax=None):
+    """Passkey accuracy with its interval per policy, one group of bars per granularity and budget
+    (``rows`` from ``memollm.stats.summarize(..., by=("policy", "granularity", "budget_fraction"))``)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = list(dict.fromkeys((r["granularity"], r["budget_fraction"]) for r in rows))
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6.4, 1.3 * len(groups) + 2), 4.2))
+    width = 0.8 / max(1, len(policies))
+    for i, policy in enumerate(policies):
+        cells = {(r["granularity"], r["budget_fraction"]): r for r in rows if r["policy"] == policy}
+        x = np.arange(len(groups)) + (i - (len(policies) - 1) / 2) * width
+        mean = [cells[g]["mean"] if g in cells else np.nan for g in groups]
+        low = [cells[g]["mean"] - cells[g]["low"] if g in cells else 0 for g in groups]
+        high = [cells[g]["high"] - cells[g]["mean"] if g in cells else 0 for g in groups]
+        ax.bar(x, mean, width, yerr=[low, high], capsize=2, label=policy)
+    ax.set_xticks(range(len(groups)), [f"{g}\n{f:.1%} of doc" if f is not None else g for g, f in groups])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("passkey accuracy (95% interval)")
+    ax.set_title("Question after the document: who keeps the key?")
+    ax.legend(fontsize=8, ncol=2)
+    return ax.figure

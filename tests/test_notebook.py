@@ -96,7 +96,10 @@ def test_save_figure_writes_into_the_figures_dir(tmp_path, monkeypatch):
 
 # -- committed results as package data -----------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["eval_ppl", "eval_ppl_tuned", "eval_passkey", "eval_passkey_tuned"])
+PACKAGED = sorted(p.stem for p in (REPO / "memollm" / "results").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", PACKAGED)
 def test_packaged_results_load_and_match_figures(name):
     records = notebook.load_result(name)
     assert isinstance(records, list) and records
