@@ -13,7 +13,7 @@ from ..config import GRANULARITIES, POLICIES, POSITION_SCHEMES, MemoryConfig
 from ..evaluate import EVICTING, agreement, long_stream, passkey, perplexity, table
 from ..stats import markdown_table, summarize
 from ..texts import TEXT_SOURCES, load_text
-from ..viz import plot_agreement, plot_passkey, plot_ppl, plot_stream, save_figure
+from ..viz import plot_agreement, plot_passkey, plot_passkey_summary, plot_ppl, plot_stream, save_figure
 from .common import (UsageError, add_model_args, check_model_args, int_list, load_llm, name_list, positive_int,
                      write_output)
 
@@ -149,11 +149,12 @@ def _config(args) -> MemoryConfig:
 
 
 def _print_summary(records: list[dict], value: str, *, lower_is_better: bool, interval: str = "bootstrap",
-                   item: str = "passage", by=("policy", "granularity", "budget")) -> None:
+                   item: str = "passage", by=("policy", "granularity", "budget")) -> list[dict]:
     rows = summarize([r for r in records if r["policy"] != "full"], value, by=by, item=item,
                      lower_is_better=lower_is_better, interval=interval)
     present = {r["policy"] for r in records}
     print(markdown_table(rows, by=by, baselines=[b for b in ("streaming", "tova") if b in present]))
+    return rows
 
 
 def _overrides(args) -> dict:
@@ -197,11 +198,14 @@ def run_passkey(args) -> int:
              for i, h in enumerate(r["hits"])]
     key = "budget_fraction" if args.budget_fractions and not args.budgets else "budget"
     print("\naccuracy over every length, depth and key [95% Wilson interval], paired differences by case:")
-    _print_summary(cases, "hit", lower_is_better=False, interval="wilson", item="case",
-                   by=("policy", "granularity", key))
+    rows = _print_summary(cases, "hit", lower_is_better=False, interval="wilson", item="case",
+                          by=("policy", "granularity", key))
     full = [h for r in records if r["policy"] == "full" for h in r["hits"]]
     print(f"full cache (the ceiling): {sum(full)}/{len(full)}")
-    _finish(args, records, "accuracy", "eval_passkey", plot_passkey)
+    if key == "budget_fraction":  # intervals per policy, granularity and fraction
+        _finish(args, records, "accuracy", "eval_passkey", lambda _: plot_passkey_summary(rows))
+    else:  # a heat map by budget, length and depth
+        _finish(args, records, "accuracy", "eval_passkey", plot_passkey)
     return 0
 
 
