@@ -505,8 +505,10 @@ def plot_ppl(records: list[dict], ax=None, value: str = "perplexity"):
 
 
 def plot_passkey(records: list[dict], ax=None):
+    """Accuracy per policy (rows) and budget / length / depth (columns), annotated (seaborn's heat map)."""
     import matplotlib.pyplot as plt
     import numpy as np
+    import seaborn as sns
 
     recs = [r for r in records if r["evaluation"] == "passkey"]
     policies = list(dict.fromkeys(r["policy"] for r in recs))
@@ -520,16 +522,12 @@ def plot_passkey(records: list[dict], ax=None):
                 grid[i, j] = hit[0]["accuracy"]
     if ax is None:
         _, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(cols) + 2.5), 0.45 * len(policies) + 1.6))
-    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_yticks(range(len(policies)), policies)
-    ax.set_xticks(range(len(cols)), [f"B{b}\nL{L}\nd{d:.0%}" for b, L, d in cols], fontsize=7)
-    for i in range(len(policies)):
-        for j in range(len(cols)):
-            if not np.isnan(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if grid[i, j] < 0.5 else "black")
+    sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 7},
+                cbar_kws={"fraction": 0.03}, yticklabels=policies,
+                xticklabels=[f"B{b}\nL{L}\nd{d:.0%}" for b, L, d in cols], ax=ax)
+    ax.tick_params(axis="x", labelsize=7, rotation=0)
+    ax.tick_params(axis="y", rotation=0)
     ax.set_title("Passkey accuracy (B budget, L prompt tokens, d depth)")
-    ax.figure.colorbar(im, ax=ax, fraction=0.03)
     return ax.figure
 
 
