@@ -4,12 +4,18 @@ A ``MemorySession`` is created per ``generate`` call (so calls never share state
 attached with ``memollm.attention.attached``. Around every forward step it:
 
 * before the step: evicts down to the budget (``evict``), decides which keys to hide
-  (``sparse_attention``) or how much to weight them (``soft_delete``), and supplies true
-  ``position_ids`` when the caller did not;
+  (``sparse_attention``) or how much to weight them (``soft_delete``), and supplies the
+  ``position_ids`` (true positions, or ranks in the cache with ``positions="cache"``);
 * inside each attention layer (``attend``): applies those decisions and measures the
-  attention each cached token received from the newest query;
+  attention each cached token received from the newest query (from the last
+  ``observation_window`` queries of a prompt);
 * after the step: appends the new tokens to the memory state, reinforces the attended
   ones and compresses a prompt longer than the budget.
+
+Eviction granularity: with ``granularity="layer"`` (``"head"``) every full-attention layer
+(KV head) keeps its own slots. The session then tracks one row of positions per batch row
+and unit (batch outer), and hands the policies those rows as if they were batch rows, so a
+policy never needs to know the granularity.
 """
 
 from __future__ import annotations
@@ -20,12 +26,10 @@ from typing import Any
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from .attention import add_logit_bias, combine_mask, received_attention
-from .attention import pool_neighbours
+from .attention import add_logit_bias, combine_mask, pool_neighbours, received_attention
 from .cache import (cache_layers, check_evictable, full_attention_layers, gather_cache, gather_units, kv_heads,
                     memory_layer_ids, rerotate_cache, rotary_embedding, select_keep)
-from .config import ConfigError
-from .config import MODES, MemoryConfig
+from .config import MODES, ConfigError, MemoryConfig
 from .memory import EbbinghausMemory
 from .policies import Policy, make_policy
 
