@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from memollm import evaluate as E
+from memollm.evaluate.core import _greedy_continue
+from memollm.evaluate.passkey import _Capture, _sessions_from_prefill
 from memollm import viz
 from memollm.texts import default_text, text_segments
 from memollm.cli import main
@@ -150,14 +152,14 @@ def test_one_prefill_for_every_policy_equals_reading_the_prompt_per_policy(make_
     res = E.stream(llm, ids, policies, 40, sink_tokens=4, recent_window=8, prefill=ids.shape[1],
                    prefill_chunk=ids.shape[1], config=cfg, keep_session=True)
     with attached(llm.model, res.session):
-        alone = E._greedy_continue(llm, res.cache, 4, res.last_logits)
+        alone = _greedy_continue(llm, res.cache, 4, res.last_logits)
     cache = DynamicCache(config=llm.model.config)
-    capture = E._Capture(8)
+    capture = _Capture(8)
     with torch.no_grad(), attached(llm.model, capture):
         logits = llm.model(ids, cache=cache, use_cache=True).logits[:, -1]
-    session, copy = E._sessions_from_prefill(llm, policies, [(l.keys, l.values) for l in cache.layers],
+    session, copy = _sessions_from_prefill(llm, policies, [(l.keys, l.values) for l in cache.layers],
                                              capture.received, 40, cfg, 4, 8, 0, ids.shape[0])
     with attached(llm.model, session):
-        shared = E._greedy_continue(llm, copy, 4, logits.repeat(len(policies), 1))
+        shared = _greedy_continue(llm, copy, 4, logits.repeat(len(policies), 1))
     assert torch.equal(shared, alone)
     assert torch.equal(session.positions, res.session.positions)

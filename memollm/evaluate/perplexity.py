@@ -1,0 +1,104 @@
+"""Perplexity at equal memory (the StreamingLLM protocol), and along a stream past the context.
+
+``perplexity`` feeds passages one token at a time (``chunk=1``), evicting before each step,
+and scores every next token; the first ``budget`` tokens are identical for all policies, so
+``perplexity_after_budget`` scores only the tokens read once eviction started, where
+policies differ. ``long_stream`` does the same along one text longer than the model's
+context, in windows, once per position scheme.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..config import MemoryConfig
+from ..texts import default_text, passages, split_ids, text_segments
+from .core import EVICTING, _spec, full_logprobs, ppl, stream
+
+def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequence = EVICTING,
+               max_tokens: int = 512, segments: int = 1, text: str | None = None, split: str = "report",
+               sources: Sequence[str] | None = None, granularities: Sequence[str] = ("shared",),
+               sink_tokens: int | None = None, recent_window: int | None = None, chunk: int = 1, seed: int = 0,
+               config: MemoryConfig | None = None, progress: bool = True) -> list[dict]:
+    """Perplexity per policy, granularity, budget and passage: the StreamingLLM protocol.
+
+    Passages: ``segments`` disjoint passages of ``max_tokens`` tokens from each of
+    ``sources`` (``memollm.texts.TEXT_SOURCES``: reference docs and a novel) in ``split``
+    (``report`` to quote, ``tune`` to tune on), or consecutive segments of ``text``. One
+    record per (policy, granularity, budget, passage): ``perplexity`` (all tokens, the
+    StreamingLLM convention), ``perplexity_after_budget`` (tokens at positions >= budget only,
+    where policies differ), ``top1_agreement_after_budget`` (greedy prediction equals the full
+    cache's), ``peak_kv_tokens``, ``seconds``. The ``full`` reference appears once per budget.
+    Summarise with ``memollm.stats.summarize(records, value, by=("policy", "granularity",
+    "budget"), item="passage", lower_is_better=True)``.
+    """
+    if sources is not None:
+        chosen = passages(llm.tokenizer, max_tokens, segments, sources=sources, split=split)
+        ids = torch.stack([p.ids for p in chosen])
+        keys = [p.key for p in chosen]
+    else:
+        ids = text_segments(llm.tokenizer, text if text is not None else default_text(), max_tokens, segments, split)
+        keys = [f"text/{i}" for i in range(segments)]
+    full_lp, full_arg = full_logprobs(llm, ids)
+    records = []
+    for budget in budgets:
+        entries = [("full", None, full_lp, full_arg, max_tokens, 0.0)]
+        for granularity in granularities:
+            base = (config or llm.config).replace(granularity=granularity)
+            res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,
+                         chunk=chunk, seed=seed, config=base, progress=progress)
+            entries += [(_spec(p)[0], granularity, res.logprob[i], res.argmax[i], res.peak_kv_tokens, res.seconds)
+                        for i, p in enumerate(policies)]
+        for label, granularity, lp, arg, peak, secs in entries:
+            same = (arg == full_arg).float()
+            for j, key in enumerate(keys):
+                records.append({
+                    "evaluation": "ppl", "policy": label, "granularity": granularity, "budget": int(budget),
+                    "passage": key, "tokens": int(lp[j].numel()), "perplexity": round(ppl(lp[j]), 4),
+                    "perplexity_after_budget": round(ppl(lp[j, budget:]), 4),
+                    "top1_agreement_after_budget": round(float(same[j, budget:].mean()), 4)
+                    if budget < same.shape[1] else 1.0,
+                    "peak_kv_tokens": int(peak), "split": split, "chunk": chunk, "seconds": round(secs, 2),
+                })
+    return records
+
+
+def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 1024),
+                schemes: Sequence[str] = ("true", "cache"), policies: Sequence = ("streaming", "ebbinghaus"),
+                window: int = 1000, chunk: int = 1, source: str = "docs", seed: int = 0,
+                config: MemoryConfig | None = None, progress: bool = True) -> list[dict]:
+    """Perplexity along a stream longer than the model's context, in windows of ``window`` tokens.
+
+    The first ``tokens`` tokens of a source's report split are read ``chunk`` tokens at a
+    time with the cache held to each budget, once per position scheme (``true``: positions
+    grow past the trained range; ``cache``: StreamingLLM's positions inside the cache). The
+    ``full`` cache is the reference while the stream fits the context. One record per
+    (policy, positions, budget, window): ``window_start``, ``perplexity``; plus ``seconds``.
+    """
+    ids = split_ids(llm.tokenizer, source, "report")
+    if ids.shape[0] < tokens:
+        raise ValueError(f"source {source!r} has {ids.shape[0]} tokens in its report split; {tokens} requested")
+    ids = ids[:tokens][None]
+    starts = list(range(0, tokens - 1, window))
+    records = []
+    fits = min(tokens, llm.max_positions or tokens)
+    full_lp, _ = full_logprobs(llm, ids[:, :fits])
+    for a in starts:
+        if a + window <= fits - 1:
+            records.append({"evaluation": "stream", "policy": "full", "positions": "true", "budget": None,
+                            "window_start": a, "perplexity": round(ppl(full_lp[0, a:a + window]), 4),
+                            "chunk": chunk, "seconds": 0.0})
+    for budget in budgets:
+        for scheme in schemes:
+            base = (config or llm.config).replace(positions=scheme)
+            res = stream(llm, ids, policies, budget, chunk=chunk, seed=seed, config=base, progress=progress)
+            for i, p in enumerate(policies):
+                for a in starts:
+                    records.append({"evaluation": "stream", "policy": _spec(p)[0], "positions": scheme,
+                                    "budget": int(budget), "window_start": a,
+                                    "perplexity": round(ppl(res.logprob[i, 0, a:a + window]), 4), "chunk": chunk,
+                                    "seconds": round(res.seconds, 1)})
+    return records
+
