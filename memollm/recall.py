@@ -339,7 +339,7 @@ def summarize(records: list[dict], *, seed: int = 0) -> list[dict]:
         both = sorted(set(yes) & set(no))
         if both:
             row = {"policy": policy, "budget": budget, "variant": "review effect", "cases": len(both)}
-            for key, name in (("correct", "accuracy"), ("fact_cached", "fact_cached")):
+            for key, name in (("correct", "accuracy"), ("fact_cached", "fact_cached"), ("copy_cached", "copy_cached")):
                 mean, low, high = paired_difference([float(yes[c][key]) for c in both],
                                                     [float(no[c][key]) for c in both], seed=seed)
                 row[name] = round(mean, 4)
