@@ -1,0 +1,226 @@
+"""Plots of measured results: the benchmark (speed, speed-up, KV memory) and the quality
+evaluation (perplexity, passkey, agreement, long streams)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+def _series(records: Sequence[dict[str, Any]]):
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for r in sorted(records, key=lambda r: r["context_tokens"]):
+        by_label.setdefault(r["label"], []).append(r)
+    return by_label
+
+
+def _context_axis(ax, records: Sequence[dict[str, Any]]) -> None:
+    """Log x axis ticked at the measured contexts, written as plain numbers."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_xticks(sorted({r["context_tokens"] for r in records}))
+    ax.set_xticklabels([str(c) for c in sorted({r["context_tokens"] for r in records})])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_speed(records: Sequence[dict[str, Any]], ax=None):
+    """Decode tok/s (median, with min-max bars) against context length, one line per case."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.0))
+    for label, rs in _series(records).items():
+        x = [r["context_tokens"] for r in rs]
+        y = [r["tokens_per_second"] for r in rs]
+        err = [[r["tokens_per_second"] - r["tokens_per_second_min"] for r in rs],
+               [r["tokens_per_second_max"] - r["tokens_per_second"] for r in rs]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    _context_axis(ax, records)
+    ax.set_xlabel("context (prompt tokens)")
+    ax.set_ylabel("decode tokens / s (median, min-max)")
+    r0 = records[0]
+    ax.set_title(f"Decode speed, {r0['new_tokens']} new tokens, {r0['device']} {r0['dtype']}")
+    ax.grid(True, alpha=0.3)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_speedup(records: Sequence[dict[str, Any]], ax=None):
+    """Decode speed as a ratio to baseline (median of per-round ratios) against context length:
+    the figure to read on a noisy machine, since both runs of a ratio shared the same moment."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.0))
+    for label, rs in _series(records).items():
+        rs = [r for r in rs if r["speedup_vs_baseline"] is not None]
+        if rs:
+            ax.plot([r["context_tokens"] for r in rs], [r["speedup_vs_baseline"] for r in rs], marker="o",
+                    label=label, linestyle="--" if label == "baseline" else "-")
+    _context_axis(ax, records)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("context (prompt tokens)")
+    ax.set_ylabel("decode speed / baseline (same round)")
+    ax.set_title("Speed-up over baseline (median of per-round ratios)")
+    ax.grid(True, alpha=0.3)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_kv_memory(records: Sequence[dict[str, Any]], ax=None):
+    """KV-cache megabytes at the end of generation against context length."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.0))
+    from matplotlib.ticker import FuncFormatter
+
+    markers, styles = "osv^D<>p", ("-", "--", ":", "-.")
+    for i, (label, rs) in enumerate(_series(records).items()):  # equal lines overlap: vary marker and style
+        ax.plot([r["context_tokens"] for r in rs], [r["kv_cache_bytes"] / 1e6 for r in rs],
+                marker=markers[i % len(markers)], linestyle=styles[i % len(styles)],
+                markersize=9 - 1.5 * (i % 4), label=label, alpha=0.85)
+    _context_axis(ax, records)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    low, high = ax.get_ylim()  # label the minor ticks only when the axis spans less than a decade
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if high < 10 * low else ""))
+    ax.set_xlabel("context (prompt tokens)")
+    ax.set_ylabel("KV cache at the end (MB)")
+    ax.set_title("KV-cache memory")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def save_bench_plots(records: Sequence[dict[str, Any]], prefix: str = "bench") -> list[str]:
+    """Write ``<prefix>_tokens_per_second.png``, ``<prefix>_speedup.png`` and ``<prefix>_kv_memory.png``
+    into figures/ (through ``memollm.viz.save_figure``)."""
+    import matplotlib.pyplot as plt
+
+    from . import save_figure  # the package defines it before importing this module
+
+    paths = []
+    for name, plot in (("tokens_per_second", plot_speed), ("speedup", plot_speedup), ("kv_memory", plot_kv_memory)):
+        fig = plot(records)
+        paths.append(str(save_figure(fig, f"{prefix}_{name}")))
+        plt.close(fig)
+    return paths
+
+
+def _budget_axis(ax, budgets) -> None:
+    ticks = sorted({int(b) for b in budgets if b is not None})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+
+
+def plot_ppl(records: list[dict], ax=None, value: str = "perplexity"):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.2))
+    recs = [r for r in records if r["evaluation"] == "ppl"]
+    for policy in dict.fromkeys(r["policy"] for r in recs):
+        pts = sorted((r["budget"], r[value]) for r in recs if r["policy"] == policy)
+        style = dict(ls="--", color="black") if policy == "full" else dict(marker="o")
+        if policy == "ebbinghaus_fixed":  # ranks exactly like streaming: draw it dotted on top
+            style = dict(marker="x", ls=":", lw=2)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=policy, **style)
+    _budget_axis(ax, [r["budget"] for r in recs])
+    ax.set_xlabel("KV-cache budget (tokens)")
+    ax.set_ylabel(value.replace("_", " "))
+    ax.set_title("Perplexity at equal memory (lower is better)")
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def plot_passkey(records: list[dict], ax=None):
+    """Accuracy per policy (rows) and budget / length / depth (columns), annotated (seaborn's heat map)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import seaborn as sns
+
+    recs = [r for r in records if r["evaluation"] == "passkey"]
+    policies = list(dict.fromkeys(r["policy"] for r in recs))
+    cols = list(dict.fromkeys((r["budget"], r["length"], r["depth"]) for r in recs if r["budget"] is not None))
+    grid = np.full((len(policies), len(cols)), np.nan)
+    for i, p in enumerate(policies):
+        for j, (b, L, d) in enumerate(cols):
+            hit = [r for r in recs if r["policy"] == p and r["length"] == L and r["depth"] == d
+                   and (r["budget"] == b or p == "full")]
+            if hit:
+                grid[i, j] = hit[0]["accuracy"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(cols) + 2.5), 0.45 * len(policies) + 1.6))
+    sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 7},
+                cbar_kws={"fraction": 0.03}, yticklabels=policies,
+                xticklabels=[f"B{b}\nL{L}\nd{d:.0%}" for b, L, d in cols], ax=ax)
+    ax.tick_params(axis="x", labelsize=7, rotation=0)
+    ax.tick_params(axis="y", rotation=0)
+    ax.set_title("Passkey accuracy (B budget, L prompt tokens, d depth)")
+    return ax.figure
+
+
+def plot_agreement(records: list[dict], ax=None):
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.4, 4.2))
+    recs = [r for r in records if r["evaluation"] == "agreement" and r["policy"] != "full"]
+    for policy in dict.fromkeys(r["policy"] for r in recs):
+        pts = sorted((r["budget"], r["agreement"]) for r in recs if r["policy"] == policy)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=policy)
+    _budget_axis(ax, [r["budget"] for r in recs])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("KV-cache budget (tokens)")
+    ax.set_ylabel("greedy agreement with the full cache")
+    ax.legend(fontsize=8)
+    return ax.figure
+
+
+def plot_stream(records: list[dict], ax=None):
+    """Perplexity against position along a long stream: one line per policy, scheme and budget."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.2, 4.2))
+    recs = [r for r in records if r["evaluation"] == "stream"]
+    for key in dict.fromkeys((r["policy"], r["positions"], r["budget"]) for r in recs):
+        pts = sorted((r["window_start"], r["perplexity"]) for r in recs
+                     if (r["policy"], r["positions"], r["budget"]) == key)
+        policy, scheme, budget = key
+        label = "full cache" if policy == "full" else f"{policy}, positions={scheme}, budget {budget}"
+        style = dict(color="black", lw=2) if policy == "full" else dict(ls="-" if scheme == "cache" else "--")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label, **style)
+    ax.set_yscale("log")
+    ax.set_xlabel("position in the stream (window start, tokens)")
+    ax.set_ylabel("perplexity of the window")
+    ax.set_title("Streaming past the context window")
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def plot_passkey_summary(rows: list[dict], ax=None):
+    """Passkey accuracy with its interval per policy, one group of bars per granularity and budget
+    (``rows`` from ``memollm.stats.summarize(..., by=("policy", "granularity", "budget_fraction"))``)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = list(dict.fromkeys((r["granularity"], r["budget_fraction"]) for r in rows))
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6.4, 1.3 * len(groups) + 2), 4.2))
+    width = 0.8 / max(1, len(policies))
+    for i, policy in enumerate(policies):
+        cells = {(r["granularity"], r["budget_fraction"]): r for r in rows if r["policy"] == policy}
+        x = np.arange(len(groups)) + (i - (len(policies) - 1) / 2) * width
+        mean = [cells[g]["mean"] if g in cells else np.nan for g in groups]
+        low = [cells[g]["mean"] - cells[g]["low"] if g in cells else 0 for g in groups]
+        high = [cells[g]["high"] - cells[g]["mean"] if g in cells else 0 for g in groups]
+        ax.bar(x, mean, width, yerr=[low, high], capsize=2, label=policy)
+    ax.set_xticks(range(len(groups)), [f"{g}\n{f:.1%} of doc" if f is not None else g for g, f in groups])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("passkey accuracy (95% interval)")
+    ax.set_title("Question after the document: who keeps the key?")
+    ax.legend(fontsize=8, ncol=2)
+    return ax.figure
+
