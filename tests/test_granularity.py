@@ -122,3 +122,22 @@ def test_granularity_is_validated_and_reported(llm):
         llm.config.replace(observation_pool=4)
     r = llm.generate(PROMPT, 2, "evict", memory_budget=40, granularity="head")
     assert r["config"]["granularity"] == "head"
+
+
+ROTARY_AND_LEARNED = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gpt2", "gpt_neox"]
+
+
+@pytest.mark.parametrize("arch", ROTARY_AND_LEARNED)
+def test_granularities_on_every_architecture(make_tiny, arch):
+    """The tiny-architecture matrix: baseline tokens with room for everything, the budget in every
+    layer with a small one, and the same count of slots in every layer."""
+    tiny = make_tiny(arch)
+    base = tiny.generate(PROMPT, 8, chat=False, ignore_eos=True)["token_ids"]
+    for granularity in ("layer", "head"):
+        roomy = tiny.generate(PROMPT, 8, "evict", chat=False, memory_budget=512, granularity=granularity,
+                              ignore_eos=True)
+        assert roomy["token_ids"] == base, (arch, granularity)
+        small = tiny.generate(PROMPT, 8, "evict", chat=False, memory_budget=12, sink_tokens=2, recent_window=4,
+                              granularity=granularity, ignore_eos=True)
+        kept = small["kept_positions"]
+        assert small["kv_cache_tokens"] == 12 and all(len(p) == 12 and p[:2] == [0, 1] for p in kept.values())
