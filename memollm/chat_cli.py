@@ -182,7 +182,11 @@ def add_recall_parser(esub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the conversations and the random policy (default: 0)")
     p.add_argument("--no-full", action="store_true",
                    help="skip the full-cache reference (e.g. a second budget for conversations already measured)")
-    p.add_argument("--json", metavar="PATH", default=None, help="write records, summary and settings as JSON")
+    p.add_argument("--merge", metavar="PATH", default=None,
+                   help="add this run to the records of an earlier --json file (e.g. a second budget); the tables "
+                        "and figure then show both")
+    p.add_argument("--json", metavar="PATH", default=None,
+                   help="write the records (one per conversation and policy) as JSON ('-' = stdout)")
     p.add_argument("--no-plot", action="store_true", help="do not write the figure (figures/eval_recall.png)")
     p.add_argument("--threads", type=c.positive_int, default=None,
                    help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
@@ -215,6 +219,15 @@ def run_recall(args: argparse.Namespace) -> int:
         check = getattr(c, "check_output_path", None)
         if check is not None:
             check("--json", args.json)
+    earlier = None
+    if args.merge:
+        try:
+            with open(args.merge, encoding="utf-8") as fh:
+                earlier = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise c.UsageError(f"--merge: cannot read records from {args.merge!r}: {exc}") from None
+        if not isinstance(earlier, list) or not all(isinstance(r, dict) and "policy" in r for r in earlier):
+            raise c.UsageError(f"--merge: {args.merge!r} is not a list of recall records (a --json file)")
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = {"both": (False, True), "reviewed": (True,), "not-reviewed": (False,)}[args.variants]
@@ -226,20 +239,27 @@ def run_recall(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json == "-" else sys.stdout
     print(f"recall over {s['cases']} conversations per setting ({s['mean_conversation_tokens']:.0f} tokens on "
           f"average; sinks {s['sink_tokens']}, window {s['recent_window']}), model {llm.model_name}; "
-          f"{s['seconds']:.0f} s", file=out)
+          f"{s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU)", file=out)
+    if earlier is not None:
+        from .recall import merge
+
+        result = merge(earlier, result)
+        print(f"merged with the {len(earlier)} records of {args.merge}", file=out)
     print("\nanswer correct (95% bootstrap interval):", file=out)
     print(table(result, "accuracy"), file=out)
     print("\nthe fact from turn 1 still fully cached when the last question has been read:", file=out)
     print(table(result, "fact_cached"), file=out)
     if args.json:
-        text = json.dumps(result, indent=1)
+        from .recall import records_json
+
+        text = records_json(result["records"])
         if args.json == "-":
-            print(text)
+            print(text, end="")
         else:
             from pathlib import Path
 
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(text + "\n")
+            Path(args.json).write_text(text)
     if not args.no_plot:
         import matplotlib
 

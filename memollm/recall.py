@@ -30,6 +30,7 @@ and a message longer than the room left is read in chunks with eviction between 
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -108,6 +109,9 @@ class Conversation:
     value: str
     reviewed: bool
     steps: list[tuple[str, Any]] = field(default_factory=list)  # ("read", text) or ("answer", n_tokens)
+    turns: int = 0
+    review_after: int = 0
+    seed: int = 0
 
 
 def _answer_tokens(tokenizer, kind: FactKind, value: str) -> int:
@@ -136,7 +140,7 @@ def build_conversation(tokenizer, case: int, reviewed: bool, *, turns: int = 10,
     value = str(rng.randint(10000, 99999)) if kind.values is None else rng.choice(kind.values)
     talk = rng.sample(SMALL_TALK, turns + 1)
     k = _answer_tokens(tokenizer, kind, value)
-    conv = Conversation(case, kind.name, value, reviewed)
+    conv = Conversation(case, kind.name, value, reviewed, turns=turns, review_after=review_after, seed=seed)
     conv.steps.append(("read", f"{SYSTEM}\n\nUser: Hi! Please remember this. {kind.statement.format(value)}\n"))
     conv.steps.append(("read", "Assistant: Sure, I will remember it.\n"))
     for i, (user, reply) in enumerate(talk[:turns]):
@@ -272,6 +276,8 @@ def run_conversation(llm, conv: Conversation, policies: Sequence[str], budget: i
             "fact_cached": fact_share[r] == 1.0, "fact_share": round(fact_share[r], 4),
             "copy_cached": bool(copy_cached[r]),
             "conversation_tokens": len(seqs[r]) + 1, "peak_kv_tokens": peak,
+            "turns": conv.turns, "review_after": conv.review_after, "seed": conv.seed,
+            "sink_tokens": None if full else cfg.sink_tokens, "recent_window": None if full else cfg.recent_window,
         })
     return records
 
@@ -416,10 +422,19 @@ def _pct(value: float, ci=None) -> str:
     return text
 
 
-def table(result: dict[str, Any], value: str = "accuracy") -> str:
-    """A markdown table of ``value`` (``accuracy`` or ``fact_cached``) per policy and budget:
-    not reviewed, reviewed (with 95% intervals) and the review effect in points."""
-    rows = result["summary"] if isinstance(result, dict) else result
+def _summary(result) -> list[dict]:
+    """Summary rows from a ``recall`` result, a list of records (a ``--json`` file) or summary rows."""
+    if isinstance(result, dict):
+        return result["summary"]
+    rows = list(result)
+    return rows if rows and "variant" in rows[0] else summarize(rows)
+
+
+def table(result, value: str = "accuracy") -> str:
+    """A markdown table of ``value`` (``accuracy``, ``fact_cached`` or ``copy_cached``) per policy
+    and budget: not reviewed, reviewed (with 95% intervals) and the review effect in points.
+    ``result``: what ``recall`` returns, or its records (as written by ``--json``)."""
+    rows = _summary(result)
     cells = {(r["policy"], r["budget"], r["variant"]): r for r in rows}
     keys = list(dict.fromkeys((r["policy"], r["budget"]) for r in rows))
     lines = [f"| policy | budget | {value.replace('_', ' ')}, not reviewed | reviewed | review effect |",
@@ -439,21 +454,31 @@ def table(result: dict[str, Any], value: str = "accuracy") -> str:
     return "\n".join(lines)
 
 
-def merge(*results: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """One result from several runs (e.g. a second budget run with ``reference=False``): the
-    records together, the summary recomputed, the runs' settings kept in a list."""
-    records = [r for res in results for r in res["records"]]
-    return {"records": records, "summary": summarize(records, seed=seed),
-            "settings": [res["settings"] for res in results]}
+def merge(*results, seed: int = 0) -> dict[str, Any]:
+    """One result from several runs (e.g. a second budget run with ``reference=False``), each a
+    ``recall`` result or a list of records: the records together (a setting measured twice is
+    an error), the summary recomputed, the runs' settings kept in a list."""
+    records = [r for res in results for r in (res["records"] if isinstance(res, dict) else res)]
+    keys = [(r["policy"], r["budget"], r["case"], r["reviewed"], r.get("seed", 0)) for r in records]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the results overlap: some policy, budget, case and variant were measured twice")
+    settings = [res["settings"] for res in results if isinstance(res, dict)]
+    return {"records": records, "summary": summarize(records, seed=seed), "settings": settings}
 
 
-def plot(result: dict[str, Any], budgets: Sequence[int] | None = None):
+def records_json(records: Sequence[dict]) -> str:
+    """Records as JSON, one per line (the format of ``figures/eval_recall.json``)."""
+    return "[\n" + ",\n".join(json.dumps(r, allow_nan=False) for r in records) + "\n]\n"
+
+
+def plot(result, budgets: Sequence[int] | None = None):
     """Bars per policy: answer correct (left) and the fact still cached (right), not reviewed
-    vs reviewed, with 95% intervals; one row per budget (``full``, no limit, in every row)."""
+    vs reviewed, with 95% intervals; one row per budget (``full``, no limit, in every row).
+    ``result``: what ``recall`` returns, or its records."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = [r for r in result["summary"] if r["variant"] != "review effect"]
+    rows = [r for r in _summary(result) if r["variant"] != "review effect"]
     if budgets is None:
         budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
     budgets = list(budgets) or [None]
@@ -517,4 +542,4 @@ def plot_conversation(snapshots: Sequence[dict], boundaries: Sequence[tuple[str,
 
 
 __all__ = ["FACT_KINDS", "POLICIES_COMPARED", "SMALL_TALK", "Conversation",
-           "build_conversation", "merge", "plot", "plot_conversation", "recall", "run_conversation", "summarize", "table"]
+           "build_conversation", "merge", "plot", "records_json", "plot_conversation", "recall", "run_conversation", "summarize", "table"]

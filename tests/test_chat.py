@@ -419,16 +419,26 @@ def test_recall_rejects_bad_settings(tiny):
         recall(tiny, budgets=[10], cases=1, progress=False)
 
 
-def test_recall_command_writes_json(tiny, tmp_path, monkeypatch, capsys):
+def test_recall_command_writes_records_and_merges_a_second_budget(tiny, tmp_path, monkeypatch, capsys):
     from memollm import chat_cli
 
     monkeypatch.setattr(chat_cli._common(), "load_llm", lambda args: tiny)
     out = tmp_path / "recall.json"
-    code = chat_cli.main(["recall", "--cases", "1", "--turns", "2", "--budget", "40", "--window", "8",
-                          "--policies", "streaming", "--variants", "reviewed", "--json", str(out), "--no-plot"])
-    assert code == 0
-    result = json.loads(out.read_text())
-    assert {r["policy"] for r in result["records"]} == {"full", "streaming"}
+    common = ["--cases", "1", "--turns", "2", "--window", "8", "--policies", "streaming", "--variants", "reviewed",
+              "--no-plot"]
+    assert chat_cli.main(["recall", "--budget", "40", "--json", str(out), *common]) == 0
+    records = json.loads(out.read_text())
+    assert isinstance(records, list) and {r["policy"] for r in records} == {"full", "streaming"}
     assert "answer correct" in capsys.readouterr().out
+    assert chat_cli.main(["recall", "--budget", "48", "--no-full", "--merge", str(out), "--json", str(out),
+                          *common]) == 0
+    merged = json.loads(out.read_text())
+    assert sorted({r["budget"] for r in merged}, key=str) == [40, 48, None] and len(merged) == len(records) + 1
+    assert "| streaming | 48 |" in capsys.readouterr().out  # the tables show both runs
+    assert summarize(merged) == merge(merged)["summary"]
+    with pytest.raises(ValueError, match="overlap"):
+        merge(merged, merged)
     assert chat_cli.main(["recall", "--budget", "10"]) == 2
     assert chat_cli.main(["recall", "--review-after", "5", "--turns", "3"]) == 2
+    (tmp_path / "bad.json").write_text("{}")
+    assert chat_cli.main(["recall", "--merge", str(tmp_path / "bad.json")]) == 2
