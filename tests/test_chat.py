@@ -90,6 +90,20 @@ def test_evict_with_a_large_budget_equals_baseline(tiny):
     assert a.token_ids == b.token_ids
 
 
+def test_positions_counted_in_the_cache_work_across_turns(tiny):
+    """positions='cache' (StreamingLLM's scheme): equal to baseline while nothing is evicted,
+    and bounded after; the session, not the chat, numbers the new tokens."""
+    cfg = tiny.config.replace(positions="cache")
+    a, b = ChatSession(tiny, "baseline"), ChatSession(tiny, "evict", memory_budget=4096, config=cfg)
+    for message in TURNS[:2]:
+        assert a.send(message, 5)["token_ids"] == b.send(message, 5)["token_ids"]
+    small = ChatSession(tiny, "evict", memory_budget=40, sink_tokens=4, recent_window=8, config=cfg)
+    for message in [LONG, LONG]:
+        assert small.send(message, 5)["peak_kv_cache_tokens"] <= 40
+    assert small.cached_positions()[-1] == len(small.token_ids) - 1  # true positions are still tracked
+    assert_clean(tiny.model)
+
+
 # -- the budget ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("policy", ["ebbinghaus", "streaming", "h2o", "tova", "random"])
 def test_the_cache_never_exceeds_the_budget(tiny, policy):
