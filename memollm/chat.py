@@ -19,7 +19,9 @@ Positions. Every token gets its true position in the conversation (0, 1, 2, ...)
 after eviction, as in ``generate(..., generation_mode="evict")``.
 
 This module sits below ``memollm.llm``: it takes the ``EbbinghausLLM`` duck-typed
-(``.model``, ``.tokenizer``, ``.config``, ``.device``, ``.resolve_config``).
+(``.model``, ``.tokenizer``, ``.config``, ``.device``, ``.resolve_config``). It is long because
+one conversation's bookkeeping is one object's state: template checks at turn boundaries,
+chunked reading within the budget, the decode loop with sampling, and snapshots for lessons.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -35,12 +37,8 @@ from transformers import DynamicCache
 from . import attention as _attention
 from .attention import attached
 from .cache import kv_cache_bytes
+from .config import MODES, MemoryConfig
 from .session import MemorySession
-
-try:  # MemoryConfig and MODES are moving from memory.py to config.py
-    from .config import MODES, MemoryConfig
-except ImportError:  # pragma: no cover - older layout
-    from .memory import MODES, MemoryConfig
 
 FORMATS = ("chat", "transcript")
 """``chat``: the tokenizer's chat template. ``transcript``: plain ``User: ...`` /

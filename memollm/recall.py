@@ -26,6 +26,9 @@ each row generates its own answers. An answer is exactly as many tokens as the r
 whether it contains the fact. The small talk is scripted (read, not generated). The cache is
 held to the budget at every forward pass: the conversation is read one message at a time,
 and a message longer than the room left is read in chunks with eviction between them.
+
+It is long because the benchmark writes its own conversations (scripted small talk, three
+kinds of facts, the reviewed and not-reviewed variants) next to the runner and the summary.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from transformers import DynamicCache
 
 from .attention import attached
 from .policies import PolicyRows, make_policy
-from .session import MemorySession, memory_layer_ids
+from .cache import memory_layer_ids
+from .session import MemorySession
 
 POLICIES_COMPARED = ("ebbinghaus", "ebbinghaus_tuned", "streaming", "h2o", "tova", "random")
 """Evicting policies compared by default; ``full`` (no eviction) is always added as the reference.
@@ -422,7 +426,7 @@ def _pct(value: float, ci=None) -> str:
     return text
 
 
-def _summary(result) -> list[dict]:
+def summary_rows(result) -> list[dict]:
     """Summary rows from a ``recall`` result, a list of records (a ``--json`` file) or summary rows."""
     if isinstance(result, dict):
         return result["summary"]
@@ -434,7 +438,7 @@ def table(result, value: str = "accuracy") -> str:
     """A markdown table of ``value`` (``accuracy``, ``fact_cached`` or ``copy_cached``) per policy
     and budget: not reviewed, reviewed (with 95% intervals) and the review effect in points.
     ``result``: what ``recall`` returns, or its records (as written by ``--json``)."""
-    rows = _summary(result)
+    rows = summary_rows(result)
     cells = {(r["policy"], r["budget"], r["variant"]): r for r in rows}
     keys = list(dict.fromkeys((r["policy"], r["budget"]) for r in rows))
     lines = [f"| policy | budget | {value.replace('_', ' ')}, not reviewed | reviewed | review effect |",
@@ -471,75 +475,9 @@ def records_json(records: Sequence[dict]) -> str:
     return "[\n" + ",\n".join(json.dumps(r, allow_nan=False) for r in records) + "\n]\n"
 
 
-def plot(result, budgets: Sequence[int] | None = None):
-    """Bars per policy: answer correct (left) and the fact still cached (right), not reviewed
-    vs reviewed, with 95% intervals; one row per budget (``full``, no limit, in every row).
-    ``result``: what ``recall`` returns, or its records."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rows = [r for r in _summary(result) if r["variant"] != "review effect"]
-    if budgets is None:
-        budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
-    budgets = list(budgets) or [None]
-    fig, axes = plt.subplots(len(budgets), 2, figsize=(11, 3.6 * len(budgets)), sharey=True, squeeze=False)
-    for k, budget in enumerate(budgets):
-        pick = [r for r in rows if r["budget"] in (budget, None)]
-        policies = list(dict.fromkeys(r["policy"] for r in pick))
-        x = np.arange(len(policies))
-        for ax, value, title in ((axes[k, 0], "accuracy", "answer correct"),
-                                 (axes[k, 1], "fact_cached", "fact from turn 1 still cached")):
-            for j, (variant, color) in enumerate((("not reviewed", "#9aa5b1"), ("reviewed", "#2a6fdb"))):
-                got = {r["policy"]: r for r in pick if r["variant"] == variant}
-                mean = np.array([got[p][value] if p in got else np.nan for p in policies])
-                ci = [got[p].get(f"{value}_ci") if p in got else None for p in policies]
-                lo = np.array([c[0] if c else m for c, m in zip(ci, mean)])
-                hi = np.array([c[1] if c else m for c, m in zip(ci, mean)])
-                ax.bar(x + (j - 0.5) * 0.38, mean, 0.38, label=variant, color=color,
-                       yerr=np.vstack([mean - lo, hi - mean]), capsize=3, error_kw={"lw": 1})
-            ax.set_xticks(x, policies, rotation=30, ha="right")
-            ax.set_ylim(0, 1.05)
-            ax.set_title(f"{title} (budget {budget}; full: no limit)", fontsize=10)
-        axes[k, 0].set_ylabel("share of conversations")
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
-def plot_conversation(snapshots: Sequence[dict], boundaries: Sequence[tuple[str, int]] = (), ax=None,
-                      title: str = "What the cache holds after each turn", vmin: float | None = None):
-    """Heat map of a chat's cache over the conversation: one row per ``ChatSession.snapshot()``,
-    one column per token (true position). Colour: the token's retention R while cached (1 for
-    a policy without a forgetting curve); grey: evicted; blank: not read yet. Dashed lines
-    mark where each user turn starts, dotted lines each reply (``ChatSession.boundaries``).
-    ``vmin``: the low end of the colour scale (default: the lowest retention shown, rounded down)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    width = max(s["tokens"] for s in snapshots)
-    grid = np.full((len(snapshots), width), np.nan)
-    for i, s in enumerate(snapshots):
-        grid[i, : s["tokens"]] = -1.0  # read, then evicted unless cached below
-        values = s["retention"] if s["retention"] is not None else [1.0] * len(s["positions"])
-        grid[i, s["positions"]] = values
-    if vmin is None:
-        shown = grid[grid >= 0]
-        vmin = float(np.floor(shown.min() * 10) / 10) if shown.size and shown.min() < 1 else 0.0
-    grid = np.where(grid >= 0, np.maximum(grid, vmin), grid)  # below vmin shows as vmin, not as evicted
-    if ax is None:
-        _, ax = plt.subplots(figsize=(11, 0.45 * len(snapshots) + 1.6))
-    cmap = plt.get_cmap("viridis").with_extremes(under="#d0d0d0", bad="white")
-    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=vmin, vmax=1.0,
-                   interpolation="nearest")
-    for role, pos in boundaries:
-        ax.axvline(pos - 0.5, color="black" if role == "user" else "#c0392b", lw=0.8,
-                   ls="--" if role == "user" else ":")
-    ax.set_yticks(range(len(snapshots)), [f"after turn {s['turn']}" for s in snapshots])
-    ax.set_xlabel("token (true position in the conversation); grey = evicted")
-    ax.set_title(title)
-    ax.figure.colorbar(im, ax=ax, fraction=0.03, label="retention R")
-    return ax.figure
 
 
 __all__ = ["FACT_KINDS", "POLICIES_COMPARED", "SMALL_TALK", "Conversation",
-           "build_conversation", "merge", "plot", "records_json", "plot_conversation", "recall", "run_conversation", "summarize", "table"]
+           "build_conversation", "merge", "records_json", "recall", "run_conversation", "summarize", "table"]

@@ -16,7 +16,9 @@ import torch
 from memollm.attention import is_attached
 from memollm.cache import kv_trace
 from memollm.chat import ChatSession, ChatTemplateError
-from memollm.recall import (FACT_KINDS, build_conversation, merge, plot, recall, run_conversation, summarize,
+from memollm.cli import main as cli_main
+from memollm.viz import plot_recall as plot
+from memollm.recall import (FACT_KINDS, build_conversation, merge, recall, run_conversation, summarize,
                             table)
 from memollm_testutils import assert_clean, one_thread
 
@@ -298,7 +300,7 @@ def test_locate_and_memory_text_show_what_is_still_cached(tiny):
 
 
 def test_snapshots_draw_a_retention_map(tiny):
-    from memollm.recall import plot_conversation
+    from memollm.viz import plot_conversation
 
     chat = ChatSession(tiny, "evict", memory_budget=40, sink_tokens=4, recent_window=8)
     snaps = []
@@ -331,7 +333,7 @@ def test_boundaries_mark_each_message(tiny):
 def test_chat_lines_prints_each_reply_and_what_is_cached(tiny):
     import io
 
-    from memollm.chat_cli import chat_lines
+    from memollm.cli.chat import chat_lines
 
     out, err = io.StringIO(), io.StringIO()
     results = chat_lines(tiny, ["Hello there.\n", "\n", LONG + "\n"], out=out, err=err, show_memory=True,
@@ -344,18 +346,18 @@ def test_chat_lines_prints_each_reply_and_what_is_cached(tiny):
 
 
 def test_chat_command_runs_from_a_file_and_rejects_bad_flags(tiny, tmp_path, monkeypatch, capsys):
-    from memollm import chat_cli
+    from memollm.cli import chat as chat_cli
 
     common = chat_cli._common()
     monkeypatch.setattr(common, "load_llm", lambda args: tiny)
     turns = tmp_path / "turns.txt"
     turns.write_text("Hello there.\nWhat did I say?\n")
     out = tmp_path / "chat.json"
-    assert chat_cli.main(["chat", "--file", str(turns), "--budget", "40", "--window", "8", "--max-tokens", "3",
+    assert cli_main(["chat", "--file", str(turns), "--budget", "40", "--window", "8", "--max-tokens", "3",
                           "--json", str(out)]) == 0
     assert [r["turn"] for r in json.loads(out.read_text())] == [1, 2]
     for bad in (["--budget", "3"], ["--policy", "lru"], ["--temperature", "0"], ["--file", str(tmp_path / "no")]):
-        assert chat_cli.main(["chat", *bad]) == 2
+        assert cli_main(["chat", *bad]) == 2
         assert "error" in capsys.readouterr().err
 
 
@@ -434,17 +436,17 @@ def test_recall_rejects_bad_settings(tiny):
 
 
 def test_recall_command_writes_records_and_merges_a_second_budget(tiny, tmp_path, monkeypatch, capsys):
-    from memollm import chat_cli
+    from memollm.cli import chat as chat_cli
 
     monkeypatch.setattr(chat_cli._common(), "load_llm", lambda args: tiny)
     out = tmp_path / "recall.json"
     common = ["--cases", "1", "--turns", "2", "--window", "8", "--policies", "streaming", "--variants", "reviewed",
               "--no-plot"]
-    assert chat_cli.main(["recall", "--budget", "40", "--json", str(out), *common]) == 0
+    assert cli_main(["eval", "recall", "--budget", "40", "--json", str(out), *common]) == 0
     records = json.loads(out.read_text())
     assert isinstance(records, list) and {r["policy"] for r in records} == {"full", "streaming"}
     assert "answer correct" in capsys.readouterr().out
-    assert chat_cli.main(["recall", "--budget", "48", "--no-full", "--merge", str(out), "--json", str(out),
+    assert cli_main(["eval", "recall", "--budget", "48", "--no-full", "--merge", str(out), "--json", str(out),
                           *common]) == 0
     merged = json.loads(out.read_text())
     assert sorted({r["budget"] for r in merged}, key=str) == [40, 48, None] and len(merged) == len(records) + 1
@@ -452,7 +454,7 @@ def test_recall_command_writes_records_and_merges_a_second_budget(tiny, tmp_path
     assert summarize(merged) == merge(merged)["summary"]
     with pytest.raises(ValueError, match="overlap"):
         merge(merged, merged)
-    assert chat_cli.main(["recall", "--budget", "10"]) == 2
-    assert chat_cli.main(["recall", "--review-after", "5", "--turns", "3"]) == 2
+    assert cli_main(["eval", "recall", "--budget", "10"]) == 2
+    assert cli_main(["eval", "recall", "--review-after", "5", "--turns", "3"]) == 2
     (tmp_path / "bad.json").write_text("{}")
-    assert chat_cli.main(["recall", "--merge", str(tmp_path / "bad.json")]) == 2
+    assert cli_main(["eval", "recall", "--merge", str(tmp_path / "bad.json")]) == 2

@@ -14,6 +14,7 @@ from ..evaluate import EVICTING, agreement, long_stream, passkey, perplexity, ta
 from ..stats import markdown_table, summarize
 from ..texts import TEXT_SOURCES, load_text
 from ..viz import plot_agreement, plot_passkey, plot_passkey_summary, plot_ppl, plot_stream, save_figure
+from .chat import add_recall_parser
 from .common import (UsageError, add_model_args, check_model_args, int_list, load_llm, name_list, positive_int,
                      write_output)
 
@@ -109,6 +110,8 @@ def add_parser(sub) -> None:
     p.add_argument("--every", type=positive_int, default=1000, help="perplexity window in tokens (default: 1000)")
     p.add_argument("--chunk", type=positive_int, default=1, help="tokens per step (default: 1)")
     p.set_defaults(handler=run_stream)
+
+    add_recall_parser(esub)
 
 
 def _check_args(args) -> None:

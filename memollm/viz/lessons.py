@@ -3,6 +3,8 @@ retention per layer (02), masked positions (03), KV bytes, position ids and kept
 
 from __future__ import annotations
 
+from typing import Sequence
+
 def _plt():
     import matplotlib.pyplot as plt
 
@@ -364,4 +366,40 @@ def plot_kept_positions(kept: dict[str, list[int]], total: int, *, marks: dict[s
     if marks:
         ax.legend(loc="upper right", fontsize=8)
     return fig
+
+
+
+def plot_conversation(snapshots: Sequence[dict], boundaries: Sequence[tuple[str, int]] = (), ax=None,
+                      title: str = "What the cache holds after each turn", vmin: float | None = None):
+    """Heat map of a chat's cache over the conversation: one row per ``ChatSession.snapshot()``,
+    one column per token (true position). Colour: the token's retention R while cached (1 for
+    a policy without a forgetting curve); grey: evicted; blank: not read yet. Dashed lines
+    mark where each user turn starts, dotted lines each reply (``ChatSession.boundaries``).
+    ``vmin``: the low end of the colour scale (default: the lowest retention shown, rounded down)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    width = max(s["tokens"] for s in snapshots)
+    grid = np.full((len(snapshots), width), np.nan)
+    for i, s in enumerate(snapshots):
+        grid[i, : s["tokens"]] = -1.0  # read, then evicted unless cached below
+        values = s["retention"] if s["retention"] is not None else [1.0] * len(s["positions"])
+        grid[i, s["positions"]] = values
+    if vmin is None:
+        shown = grid[grid >= 0]
+        vmin = float(np.floor(shown.min() * 10) / 10) if shown.size and shown.min() < 1 else 0.0
+    grid = np.where(grid >= 0, np.maximum(grid, vmin), grid)  # below vmin shows as vmin, not as evicted
+    if ax is None:
+        _, ax = plt.subplots(figsize=(11, 0.45 * len(snapshots) + 1.6))
+    cmap = plt.get_cmap("viridis").with_extremes(under="#d0d0d0", bad="white")
+    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=vmin, vmax=1.0,
+                   interpolation="nearest")
+    for role, pos in boundaries:
+        ax.axvline(pos - 0.5, color="black" if role == "user" else "#c0392b", lw=0.8,
+                   ls="--" if role == "user" else ":")
+    ax.set_yticks(range(len(snapshots)), [f"after turn {s['turn']}" for s in snapshots])
+    ax.set_xlabel("token (true position in the conversation); grey = evicted")
+    ax.set_title(title)
+    ax.figure.colorbar(im, ax=ax, fraction=0.03, label="retention R")
+    return ax.figure
 

@@ -1,9 +1,7 @@
 """``memollm chat`` and ``memollm eval recall``: argument parsing and output only.
 
-``add_parser(sub)`` / ``run(args)`` are the ``chat`` subcommand; ``add_recall_parser(esub)``
-/ ``run_recall(args)`` the ``recall`` evaluation (to hang under ``memollm eval``). Until the
-``memollm`` command wires them, ``python -m memollm.chat_cli chat ...`` and
-``python -m memollm.chat_cli recall ...`` run them.
+``add_parser(sub)`` / ``run(args)`` are the ``chat`` subcommand; ``add_recall_parser(esub)`` /
+``run_recall(args)`` the ``recall`` evaluation, hung under ``memollm eval`` by ``cli.evaluate``.
 """
 
 from __future__ import annotations
@@ -12,27 +10,23 @@ import argparse
 import json
 import math
 import sys
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, Iterable, TextIO
+
+from ..config import MODES, POLICIES, MemoryConfig
 
 
 def _common():
-    """The shared command-line helpers (``memollm.cli.common``; ``memollm.cli`` in older layouts)."""
-    try:
-        from .cli import common
-    except ImportError:  # pragma: no cover - cli.py as one module
-        from . import cli as common
+    """The shared command-line helpers (``memollm.cli.common``)."""
+    from . import common
+
     return common
 
 
 # -- memollm chat ------------------------------------------------------------------------------------
 def add_parser(sub) -> None:
-    from .chat import FORMATS
+    from ..chat import FORMATS
 
     c = _common()
-    try:
-        from .config import MODES
-    except ImportError:  # pragma: no cover - older layout
-        from .memory import MODES
     p = sub.add_parser("chat", help="a conversation with one bounded KV cache, turns read from stdin or a file",
                        description="Chat with the model: one turn per line (stdin or --file); the KV cache is kept "
                                    "across turns and, in evict mode, held to --budget tokens.")
@@ -60,10 +54,6 @@ def add_parser(sub) -> None:
 
 def _check_chat_args(args: argparse.Namespace) -> None:
     c = _common()
-    try:
-        from .config import MemoryConfig
-    except ImportError:  # pragma: no cover - older layout
-        from .memory import MemoryConfig
     changes = {"memory_budget": args.budget, "policy": args.policy, "sink_tokens": args.sinks,
                "recent_window": args.window}
     try:  # validate before the (slow) model load
@@ -152,13 +142,9 @@ def run(args: argparse.Namespace) -> int:
 # -- memollm eval recall --------------------------------------------------------------------------------
 def add_recall_parser(esub) -> None:
     """``recall`` under ``memollm eval``'s subparsers."""
-    from .recall import FACT_KINDS, POLICIES_COMPARED
+    from ..recall import FACT_KINDS, POLICIES_COMPARED
 
     c = _common()
-    try:
-        from .config import POLICIES
-    except ImportError:  # pragma: no cover - older layout
-        from .policies import POLICIES
     choices = [p for p in POLICIES if p != "full"]
     default = ",".join(POLICIES_COMPARED)
     p = esub.add_parser("recall", help="recall of a fact from turn 1 at the end of a conversation, reviewed or not",
@@ -197,17 +183,14 @@ def add_recall_parser(esub) -> None:
 def run_recall(args: argparse.Namespace) -> int:
     import torch
 
-    from .recall import recall, table
+    from ..recall import recall, table
 
     c = _common()
     if args.seed < 0:
         raise c.UsageError(f"--seed must be >= 0, got {args.seed}")
     if not 0 <= args.review_after < args.turns:
         raise c.UsageError(f"--review-after must be in [0, --turns), got {args.review_after}")
-    try:
-        from .config import MemoryConfig
-    except ImportError:  # pragma: no cover - older layout
-        from .memory import MemoryConfig
+    from ..config import MemoryConfig
     try:
         cfg = MemoryConfig().replace(**{k: v for k, v in (("sink_tokens", args.sinks), ("recent_window", args.window))
                                         if v is not None})
@@ -241,7 +224,7 @@ def run_recall(args: argparse.Namespace) -> int:
           f"average; sinks {s['sink_tokens']}, window {s['recent_window']}), model {llm.model_name}; "
           f"{s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU)", file=out)
     if earlier is not None:
-        from .recall import merge
+        from ..recall import merge
 
         result = merge(earlier, result)
         print(f"merged with the {len(earlier)} records of {args.merge}", file=out)
@@ -250,7 +233,7 @@ def run_recall(args: argparse.Namespace) -> int:
     print("\nthe fact from turn 1 still fully cached when the last question has been read:", file=out)
     print(table(result, "fact_cached"), file=out)
     if args.json:
-        from .recall import records_json
+        from ..recall import records_json
 
         text = records_json(result["records"])
         if args.json == "-":
@@ -264,31 +247,9 @@ def run_recall(args: argparse.Namespace) -> int:
         import matplotlib
 
         matplotlib.use("Agg", force=False)
-        from .recall import plot
-        from .viz import save_figure
+        from ..viz import plot_recall as plot
+        from ..viz import save_figure
 
         path = save_figure(plot(result), "eval_recall")
         print(f"figure: {path}", file=sys.stderr)
     return 0
-
-
-# -- standalone entry point (until the memollm command wires these in) --------------------------------------
-def main(argv: Sequence[str] | None = None) -> int:
-    c = _common()
-    parser = c._Parser(prog="python -m memollm.chat_cli")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=c._Parser)
-    add_parser(sub)
-    add_recall_parser(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args) or 0)
-    except (c.UsageError, ValueError) as exc:
-        print(f"memollm: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("memollm: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
