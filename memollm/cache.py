@@ -146,6 +146,9 @@ def gather_units(cache, keep: torch.Tensor, layer_ids: list[int], heads: int) ->
         sel = rows[:, j]  # [batch, heads or 1, kept]
         for name in ("keys", "values"):
             t = getattr(layer, name)
+            if batch == 1 and heads == 1:  # one row, one set per layer: the fast copy shared eviction uses
+                setattr(layer, name, _select_slots(t, sel[0, 0]))
+                continue
             index = sel.expand(-1, t.shape[1], -1)[..., None].expand(-1, -1, -1, t.shape[-1])
             setattr(layer, name, t.gather(2, index))
 
