@@ -214,14 +214,15 @@ def plot_passkey_summary(rows: list[dict], ax=None):
         cells = {(r["granularity"], r["budget_fraction"]): r for r in rows if r["policy"] == policy}
         x = np.arange(len(groups)) + (i - (len(policies) - 1) / 2) * width
         mean = [cells[g]["mean"] if g in cells else np.nan for g in groups]
-        low = [cells[g]["mean"] - cells[g]["low"] if g in cells else 0 for g in groups]
-        high = [cells[g]["high"] - cells[g]["mean"] if g in cells else 0 for g in groups]
+        low = [max(0.0, cells[g]["mean"] - cells[g]["low"]) if g in cells else 0 for g in groups]
+        high = [max(0.0, cells[g]["high"] - cells[g]["mean"]) if g in cells else 0 for g in groups]
         ax.bar(x, mean, width, yerr=[low, high], capsize=2, label=policy)
     ax.set_xticks(range(len(groups)), [f"{g}\n{f:.1%} of doc" if f is not None else g for g, f in groups])
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.2)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("passkey accuracy (95% interval)")
     ax.set_title("Question after the document: who keeps the key?")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=len(policies), loc="upper center")
     return ax.figure
 
 
