@@ -348,8 +348,7 @@ def test_chat_lines_prints_each_reply_and_what_is_cached(tiny):
 def test_chat_command_runs_from_a_file_and_rejects_bad_flags(tiny, tmp_path, monkeypatch, capsys):
     from memollm.cli import chat as chat_cli
 
-    common = chat_cli._common()
-    monkeypatch.setattr(common, "load_llm", lambda args: tiny)
+    monkeypatch.setattr(chat_cli, "load_llm", lambda args: tiny)
     turns = tmp_path / "turns.txt"
     turns.write_text("Hello there.\nWhat did I say?\n")
     out = tmp_path / "chat.json"
@@ -438,7 +437,7 @@ def test_recall_rejects_bad_settings(tiny):
 def test_recall_command_writes_records_and_merges_a_second_budget(tiny, tmp_path, monkeypatch, capsys):
     from memollm.cli import chat as chat_cli
 
-    monkeypatch.setattr(chat_cli._common(), "load_llm", lambda args: tiny)
+    monkeypatch.setattr(chat_cli, "load_llm", lambda args: tiny)
     out = tmp_path / "recall.json"
     common = ["--cases", "1", "--turns", "2", "--window", "8", "--policies", "streaming", "--variants", "reviewed",
               "--no-plot"]

@@ -103,3 +103,56 @@ def test_no_module_is_too_long_without_saying_why():
         doc = ast.get_docstring(ast.parse(text)) or ""
         assert lines <= 420 or "long because" in doc.lower(), (
             f"{path.relative_to(PACKAGE)} has {lines} lines; split it, or say in its docstring why it is long")
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> modules it imports, inside memollm, at module granularity (a subpackage's
+    ``__init__`` is the module ``memollm.x``; ``from . import y`` names ``y`` if it is a module)."""
+    def name_of(path: Path) -> str:
+        parts = ("memollm",) + path.relative_to(PACKAGE).with_suffix("").parts
+        return ".".join(parts[:-1]) if parts[-1] == "__init__" else ".".join(parts)
+
+    def is_module(dotted: str) -> bool:
+        rel = Path(*dotted.split(".")[1:]) if "." in dotted else Path()
+        return (PACKAGE / rel).with_suffix(".py").exists() or (PACKAGE / rel / "__init__.py").exists()
+
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        me = name_of(path)
+        package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
+        found = graph.setdefault(me, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - (node.level - 1)]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                if not target.startswith("memollm"):
+                    continue
+                subs = [f"{target}.{a.name}" for a in node.names if is_module(f"{target}.{a.name}")]
+                found.update(subs or [target])
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("memollm"))
+        found.discard(me)
+    return graph
+
+
+def test_no_import_cycles_between_modules():
+    """Also inside a subpackage: a module must not import its own package (whose ``__init__``
+    imports it back)."""
+    graph = _module_graph()
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph.get(node, ())):
+            assert state.get(dep) != 1, f"import cycle: {' -> '.join(path + [node, dep])}"
+            if dep not in state:
+                visit(dep, path + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state and node != "memollm":  # the root re-exports the public API
+            visit(node, [])

@@ -13,31 +13,25 @@ import sys
 from typing import Any, Iterable, TextIO
 
 from ..config import MODES, POLICIES, MemoryConfig
-
-
-def _common():
-    """The shared command-line helpers (``memollm.cli.common``)."""
-    from . import common
-
-    return common
+from .common import (UsageError, add_model_args, check_model_args, check_output_path, int_list, load_llm, name_list,
+                     positive_int)
 
 
 # -- memollm chat ------------------------------------------------------------------------------------
 def add_parser(sub) -> None:
     from ..chat import FORMATS
 
-    c = _common()
     p = sub.add_parser("chat", help="a conversation with one bounded KV cache, turns read from stdin or a file",
                        description="Chat with the model: one turn per line (stdin or --file); the KV cache is kept "
                                    "across turns and, in evict mode, held to --budget tokens.")
     p.add_argument("--file", default=None, help="read the turns from this UTF-8 file, one per line (default: stdin)")
     p.add_argument("--mode", choices=MODES, default="evict", help="generation mode (default: evict)")
-    p.add_argument("--budget", type=c.positive_int, default=None,
+    p.add_argument("--budget", type=positive_int, default=None,
                    help="KV-cache budget in tokens for evict mode (default: config, 512)")
     p.add_argument("--policy", default=None, help="eviction policy for evict mode (default: ebbinghaus)")
     p.add_argument("--sinks", type=int, default=None, help="attention-sink tokens kept (default: config, 4)")
-    p.add_argument("--window", type=c.positive_int, default=None, help="recent tokens kept (default: config, 32)")
-    p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=c.positive_int, default=64,
+    p.add_argument("--window", type=positive_int, default=None, help="recent tokens kept (default: config, 32)")
+    p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=positive_int, default=64,
                    help="most new tokens per reply (default: 64)")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--format", dest="fmt", choices=FORMATS, default="chat",
@@ -47,33 +41,29 @@ def add_parser(sub) -> None:
     p.add_argument("--show-memory", action="store_true",
                    help="after each reply, print the conversation as cached, evicted spans shown as '…'")
     p.add_argument("--json", metavar="PATH", default=None, help="also write every turn's result as JSON ('-' = stdout)")
-    add_model = c.add_model_args
-    add_model(p)
+    add_model_args(p)
     p.set_defaults(handler=run)
 
 
 def _check_chat_args(args: argparse.Namespace) -> None:
-    c = _common()
     changes = {"memory_budget": args.budget, "policy": args.policy, "sink_tokens": args.sinks,
                "recent_window": args.window}
     try:  # validate before the (slow) model load
         MemoryConfig().replace(**{k: v for k, v in changes.items() if v is not None})
     except (TypeError, ValueError) as exc:
-        raise c.UsageError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise c.UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
+        raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if args.seed < 0:
-        raise c.UsageError(f"--seed must be >= 0, got {args.seed}")
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.file is not None:
         try:
             open(args.file, encoding="utf-8").close()
         except OSError as exc:
-            raise c.UsageError(f"--file: cannot read {args.file!r}: {exc.strerror}") from None
+            raise UsageError(f"--file: cannot read {args.file!r}: {exc.strerror}") from None
     if args.system is not None and not args.system.strip():
-        raise c.UsageError("--system must be a non-empty string")
-    check = getattr(c, "check_model_args", None)
-    if check is not None:
-        check(args)
+        raise UsageError("--system must be a non-empty string")
+    check_model_args(args)
 
 
 def chat_lines(llm, lines: Iterable[str], *, out: TextIO = sys.stdout, err: TextIO = sys.stderr,
@@ -113,9 +103,8 @@ def _turns(lines: Iterable[str], prompt: str | None, err: TextIO):
 
 
 def run(args: argparse.Namespace) -> int:
-    c = _common()
     _check_chat_args(args)
-    llm = c.load_llm(args)
+    llm = load_llm(args)
     options = dict(generation_mode=args.mode, memory_budget=args.budget, policy=args.policy,
                    sink_tokens=args.sinks, recent_window=args.window, system=args.system, seed=args.seed,
                    fmt=args.fmt)
@@ -144,27 +133,26 @@ def add_recall_parser(esub) -> None:
     """``recall`` under ``memollm eval``'s subparsers."""
     from ..recall import FACT_KINDS, POLICIES_COMPARED
 
-    c = _common()
     choices = [p for p in POLICIES if p != "full"]
     default = ",".join(POLICIES_COMPARED)
     p = esub.add_parser("recall", help="recall of a fact from turn 1 at the end of a conversation, reviewed or not",
                         description="Seeded synthetic conversations: a fact in turn 1, small talk, an optional review, "
                                     "and the fact asked for at the end; accuracy and whether the fact is still "
                                     "cached, per policy, budget and variant, with bootstrap 95%% intervals.")
-    p.add_argument("--budget", "--budgets", dest="budgets", type=c.int_list, default=[96],
+    p.add_argument("--budget", "--budgets", dest="budgets", type=int_list, default=[96],
                    help="KV-cache budgets in tokens (default: 96, a quarter of the ~380-token conversation)")
-    p.add_argument("--policies", type=c.name_list(choices), default=c.name_list(choices)(default),
+    p.add_argument("--policies", type=name_list(choices), default=name_list(choices)(default),
                    help=f"evicting policies, comma-separated (default: {default}); 'full' is always added")
-    p.add_argument("--cases", type=c.positive_int, default=30, help="conversations per setting (default: 30)")
+    p.add_argument("--cases", type=positive_int, default=30, help="conversations per setting (default: 30)")
     p.add_argument("--variants", choices=("both", "reviewed", "not-reviewed"), default="both",
                    help="which variants to run (default: both)")
-    p.add_argument("--turns", type=c.positive_int, default=10, help="small-talk exchanges (default: 10)")
+    p.add_argument("--turns", type=positive_int, default=10, help="small-talk exchanges (default: 10)")
     p.add_argument("--review-after", type=int, default=1,
                    help="small-talk exchanges between the fact and the review (default: 1)")
-    p.add_argument("--kinds", type=c.name_list(list(FACT_KINDS)), default=list(FACT_KINDS),
+    p.add_argument("--kinds", type=name_list(list(FACT_KINDS)), default=list(FACT_KINDS),
                    help=f"fact kinds, cycled over the cases (default: {','.join(FACT_KINDS)})")
     p.add_argument("--sinks", type=int, default=None, help="attention-sink tokens kept (default: config, 4)")
-    p.add_argument("--window", type=c.positive_int, default=16, help="recent tokens every policy keeps (default: 16)")
+    p.add_argument("--window", type=positive_int, default=16, help="recent tokens every policy keeps (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="seed for the conversations and the random policy (default: 0)")
     p.add_argument("--no-full", action="store_true",
                    help="skip the full-cache reference (e.g. a second budget for conversations already measured)")
@@ -174,9 +162,9 @@ def add_recall_parser(esub) -> None:
     p.add_argument("--json", metavar="PATH", default=None,
                    help="write the records (one per conversation and policy) as JSON ('-' = stdout)")
     p.add_argument("--no-plot", action="store_true", help="do not write the figure (figures/eval_recall.png)")
-    p.add_argument("--threads", type=c.positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
-    c.add_model_args(p)
+    add_model_args(p)
     p.set_defaults(handler=run_recall)
 
 
@@ -185,11 +173,10 @@ def run_recall(args: argparse.Namespace) -> int:
 
     from ..recall import recall, table
 
-    c = _common()
     if args.seed < 0:
-        raise c.UsageError(f"--seed must be >= 0, got {args.seed}")
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if not 0 <= args.review_after < args.turns:
-        raise c.UsageError(f"--review-after must be in [0, --turns), got {args.review_after}")
+        raise UsageError(f"--review-after must be in [0, --turns), got {args.review_after}")
     from ..config import MemoryConfig
     try:
         cfg = MemoryConfig().replace(**{k: v for k, v in (("sink_tokens", args.sinks), ("recent_window", args.window))
@@ -197,24 +184,21 @@ def run_recall(args: argparse.Namespace) -> int:
         for b in args.budgets:
             cfg.replace(memory_budget=b)
     except (TypeError, ValueError) as exc:
-        raise c.UsageError(str(exc)) from None
-    if args.json and args.json != "-":
-        check = getattr(c, "check_output_path", None)
-        if check is not None:
-            check("--json", args.json)
+        raise UsageError(str(exc)) from None
+    check_output_path("--json", args.json)
     earlier = None
     if args.merge:
         try:
             with open(args.merge, encoding="utf-8") as fh:
                 earlier = json.load(fh)
         except (OSError, ValueError) as exc:
-            raise c.UsageError(f"--merge: cannot read records from {args.merge!r}: {exc}") from None
+            raise UsageError(f"--merge: cannot read records from {args.merge!r}: {exc}") from None
         if not isinstance(earlier, list) or not all(isinstance(r, dict) and "policy" in r for r in earlier):
-            raise c.UsageError(f"--merge: {args.merge!r} is not a list of recall records (a --json file)")
+            raise UsageError(f"--merge: {args.merge!r} is not a list of recall records (a --json file)")
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = {"both": (False, True), "reviewed": (True,), "not-reviewed": (False,)}[args.variants]
-    llm = c.load_llm(args)
+    llm = load_llm(args)
     result = recall(llm, budgets=args.budgets, policies=args.policies, cases=args.cases, reviewed=variants,
                     seed=args.seed, turns=args.turns, review_after=args.review_after, kinds=args.kinds,
                     sink_tokens=args.sinks, recent_window=args.window, reference=not args.no_full)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from .figures import save_figure
+
 def _series(records: Sequence[dict[str, Any]]):
     by_label: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(records, key=lambda r: r["context_tokens"]):
@@ -95,8 +97,6 @@ def save_bench_plots(records: Sequence[dict[str, Any]], prefix: str = "bench") -
     """Write ``<prefix>_tokens_per_second.png``, ``<prefix>_speedup.png`` and ``<prefix>_kv_memory.png``
     into figures/ (through ``memollm.viz.save_figure``)."""
     import matplotlib.pyplot as plt
-
-    from . import save_figure  # the package defines it before importing this module
 
     paths = []
     for name, plot in (("tokens_per_second", plot_speed), ("speedup", plot_speedup), ("kv_memory", plot_kv_memory)):
