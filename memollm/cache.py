@@ -1,7 +1,7 @@
 """Physical KV-cache eviction with true positions.
 
 Dropping slots from a transformers ``DynamicCache`` is a gather along the sequence axis of
-every layer's keys and values. The model must then be told each new token's *true*
+every full-attention layer's keys and values (sliding-window layers keep their own window). The model must then be told each new token's *true*
 position (``model.generate`` tracks ``position_ids`` itself), otherwise rotary embeddings
 shift and the logits go wrong.
 """
@@ -24,14 +24,27 @@ def cache_layers(cache) -> list:
 
 
 def check_evictable(cache) -> None:
-    """Eviction needs one full-attention cache per layer, all holding the same slots."""
-    for i, layer in enumerate(cache_layers(cache)):
-        if getattr(layer, "is_sliding", False) or not hasattr(layer, "keys"):
+    """Eviction and masking act on the full-attention layers, which keep every token; sliding-window
+    layers (Gemma 2/3) bound themselves and are left alone. Linear-attention layers hold no
+    per-token keys at all, and a model needs at least one full-attention layer."""
+    layers = cache_layers(cache)
+    for i, layer in enumerate(layers):
+        if not hasattr(layer, "keys"):
             raise NotImplementedError(
-                f"cache layer {i} is a {type(layer).__name__} (sliding window or linear attention): memollm "
-                "tracks one set of cached tokens shared by all layers, which such layers do not have. "
-                "Use generation_mode='baseline' or 'soft_delete' with this model."
-            )
+                f"cache layer {i} is a {type(layer).__name__} (linear attention): it holds no per-token keys to "
+                "evict or mask. Use generation_mode='baseline' or 'soft_delete' with this model.")
+    if all(getattr(layer, "is_sliding", False) for layer in layers):
+        raise NotImplementedError("every cache layer is a sliding window: there is no full-attention layer whose "
+                                  "tokens memollm could evict or mask. Use generation_mode='baseline'.")
+
+
+def cached_tokens(cache) -> int:
+    """Tokens held by the full-attention layers (a sliding layer's ``get_seq_length`` counts every
+    token it has seen, not what it holds)."""
+    for i, layer in enumerate(cache_layers(cache)):
+        if not getattr(layer, "is_sliding", False):
+            return int(cache.get_seq_length(i))
+    return int(cache.get_seq_length())
 
 
 def full_attention_layers(model: torch.nn.Module) -> list[int]:
@@ -112,10 +125,12 @@ def _select_slots(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def gather_cache(cache, keep: torch.Tensor) -> None:
-    """Keep only slots ``keep`` ``[batch, kept]`` in every layer, in place."""
+    """Keep only slots ``keep`` ``[batch, kept]`` in every full-attention layer, in place
+    (sliding-window layers keep their own window)."""
     batch = keep.shape[0]
     for layer in cache_layers(cache):
-        if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
+        if getattr(layer, "is_sliding", False) or not getattr(layer, "is_initialized", True) \
+                or layer.keys is None or layer.keys.numel() == 0:
             continue
         if batch == 1:
             idx = keep[0]
@@ -225,7 +240,7 @@ def kv_trace(model: torch.nn.Module) -> Iterator[dict[str, list[int]]]:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None:
             trace["kv_cache_bytes"].append(kv_cache_bytes(cache))
-            trace["kv_cache_tokens"].append(int(cache.get_seq_length()))
+            trace["kv_cache_tokens"].append(cached_tokens(cache))
         return output
 
     handle = model.register_forward_hook(record, with_kwargs=True)
@@ -277,7 +292,7 @@ def decode_loop(
         logits.append(last.cpu())
         tokens.append(int(last.argmax()))
         trace["kv_cache_bytes"].append(kv_cache_bytes(cache))
-        trace["kv_cache_tokens"].append(int(cache.get_seq_length()))
+        trace["kv_cache_tokens"].append(cached_tokens(cache))
         if step == max_new_tokens - 1:
             break
         gone = set(drop.get(step + 1, ()))

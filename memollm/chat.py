@@ -36,7 +36,7 @@ from transformers import DynamicCache
 
 from . import attention as _attention
 from .attention import attached
-from .cache import kv_cache_bytes
+from .cache import cached_tokens, kv_cache_bytes
 from .config import MODES, MemoryConfig
 from .session import MemorySession
 
@@ -207,7 +207,7 @@ class ChatSession:
 
     @property
     def num_cached(self) -> int:
-        return int(self.cache.get_seq_length())
+        return cached_tokens(self.cache)
 
     def cached_positions(self) -> list[int]:
         """True positions of the tokens still in the cache, ascending."""

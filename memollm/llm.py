@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from .attention import attached, exclusive
-from .cache import kv_cache_bytes, rotary_embedding
+from .cache import cached_tokens, kv_cache_bytes, rotary_embedding
 from .config import MODES, ConfigError, MemoryConfig, check_bool, check_int, check_number
 from .models import DEFAULT_MODEL, load_model, sync
 from .session import MemorySession
@@ -292,7 +292,7 @@ class EbbinghausLLM:
         new = out.sequences[0, ids.shape[1]:]
         num = int(new.shape[0])
         cache = getattr(out, "cache", None)
-        kv_tokens = int(cache.get_seq_length()) if cache is not None else 0
+        kv_tokens = cached_tokens(cache) if cache is not None else 0
         result: dict[str, Any] = {
             "generated_text": self.tokenizer.decode(new, skip_special_tokens=True),
             "num_tokens": num,

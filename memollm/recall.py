@@ -45,7 +45,7 @@ from transformers import DynamicCache
 
 from .attention import attached
 from .policies import PolicyRows, make_policy
-from .cache import memory_layer_ids
+from .cache import cached_tokens, memory_layer_ids
 from .session import MemorySession
 
 POLICIES_COMPARED = ("ebbinghaus", "ebbinghaus_tuned", "streaming", "h2o", "tova", "random")
@@ -222,7 +222,7 @@ def run_conversation(llm, conv: Conversation, policies: Sequence[str], budget: i
     peak = 0
 
     def cached() -> int:
-        return int(cache.get_seq_length())
+        return cached_tokens(cache)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         nonlocal peak

@@ -27,7 +27,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention import add_logit_bias, combine_mask, pool_neighbours, received_attention
-from .cache import (cache_layers, check_evictable, full_attention_layers, gather_cache, gather_units, kv_heads,
+from .cache import (cached_tokens, check_evictable, full_attention_layers, gather_cache, gather_units, kv_heads,
                     memory_layer_ids, rerotate_cache, rotary_embedding, select_keep)
 from .config import MODES, ConfigError, MemoryConfig
 from .memory import EbbinghausMemory
@@ -49,10 +49,14 @@ class MemorySession:
         device = next(model.parameters()).device
         # who ranks slots: one set for all layers, or (evict only) every full-attention layer or KV head
         self.granularity = config.granularity if mode == "evict" else "shared"
+        # eviction and masks act on the full-attention layers; sliding-window layers keep their window
+        self.full_layers = full_attention_layers(model)
+        self.full_set = set(self.full_layers)
+        self.sliding = len(self.full_layers) < model.config.get_text_config().num_hidden_layers
         if self.granularity == "shared":
             self.layer_ids = memory_layer_ids(model, config)
         else:  # every full-attention layer keeps its own slots, so every one keeps its own state
-            self.layer_ids = full_attention_layers(model)
+            self.layer_ids = self.full_layers
         self.layer_slot = {layer: i for i, layer in enumerate(self.layer_ids)}
         self.heads = kv_heads(model) if self.granularity == "head" else 1
         # slot units: rows of ``positions`` per batch row (batch outer, unit inner)
@@ -63,6 +67,10 @@ class MemorySession:
         # positions counted inside the cache need the model's rotary embedding to re-rotate keys
         self.rotary = None
         if mode == "evict" and config.positions == "cache":
+            if self.sliding:
+                raise ConfigError(f"positions='cache' is not supported on {type(model).__name__}: its sliding-window "
+                                  "layers hold keys at their true positions, which cache ranks would contradict; "
+                                  "use positions='true'")
             self.rotary = rotary_embedding(model)
             if self.rotary is None:
                 raise ConfigError(f"positions='cache' re-rotates cached keys, which needs rotary position embeddings; "
@@ -129,7 +137,7 @@ class MemorySession:
             ranks = torch.arange(kept.shape[-1], device=kept.device).expand_as(kept)
             delta = ranks - kept
             if bool(delta.any()):
-                layers = self.layer_ids if self.units > 1 else list(range(len(cache_layers(self.cache))))
+                layers = self.layer_ids if self.units > 1 else self.full_layers
                 rerotate_cache(self.cache, delta, layers, self.heads, shared=self.units == 1, rotary=self.rotary)
             self.rope_positions = ranks.clone()
         self.policy.keep(keep)
@@ -177,9 +185,9 @@ class MemorySession:
             self.cache = cache
         elif cache is not self.cache:
             raise RuntimeError("memollm: a new cache appeared mid-session; use one session per generation")
-        if cache.get_seq_length() != self.num_cached:
+        if cached_tokens(cache) != self.num_cached:
             raise RuntimeError(
-                f"memollm: cache holds {cache.get_seq_length()} tokens but the session tracked {self.num_cached}"
+                f"memollm: cache holds {cached_tokens(cache)} tokens but the session tracked {self.num_cached}"
             )
         positions = kwargs.get("position_ids")
         if positions is None or self.rotary is not None or self.own_positions:  # it knows the true positions
@@ -216,7 +224,7 @@ class MemorySession:
         batch = query.shape[0]
         slot = self.layer_slot.get(module.layer_idx)
         cached = kv_len - q_len
-        if self._keep is not None and cached == self._keep.shape[-1]:
+        if self._keep is not None and cached == self._keep.shape[-1] and module.layer_idx in self.full_set:
             if self._allowed_full is None or self._allowed_full.shape[-1] != kv_len:  # once per step, not per layer
                 self._allowed_full = torch.cat([self._keep, self._keep.new_ones(batch, q_len)], dim=-1)
             attention_mask = combine_mask(attention_mask, self._allowed_full, q_len, kv_len, query.dtype)
@@ -252,7 +260,7 @@ class MemorySession:
         if self.cache is not None or self.num_cached:
             raise RuntimeError("adopt_prefill starts a session: this one already holds tokens")
         self.cache = cache
-        batch, q_len = cache.layers[0].keys.shape[0], cache.get_seq_length()
+        batch, q_len = cache.layers[self.full_layers[0]].keys.shape[0], cached_tokens(cache)
         self._new_positions = torch.arange(q_len, device=self.positions.device).expand(batch, q_len)
         pool = self.config.observation_pool  # pooled after the mean over heads, as ``attend`` does
         self._received = [pool_neighbours(received[l] if self.heads > 1 else received[l].mean(1), pool)

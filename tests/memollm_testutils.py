@@ -20,9 +20,11 @@ def greedy_reference(model, ids: torch.Tensor, n: int, *, drop: dict[int, list[i
     cannot make both sides of an equivalence agree.
 
     ``drop`` {step: positions}: before decode step ``step`` (the prefill is step 0), those
-    positions are physically removed from every cache layer (``index_select``).
+    positions are physically removed from every full-attention cache layer (``index_select``;
+    sliding-window layers keep their own window).
     ``hide`` {step: positions}: from step ``step`` on, those positions stay in the cache
-    but are hidden with a 2D attention mask (0 = masked).
+    but are hidden with a 2D attention mask (0 = masked); on a model with sliding-window layers
+    the mask goes to the full-attention layers only (Gemma 3 takes a mask per layer type).
     Stops after ``eos`` like ``model.generate`` does for a batch of one.
     """
     drop, hide = drop or {}, hide or {}
@@ -44,6 +46,8 @@ def greedy_reference(model, ids: torch.Tensor, n: int, *, drop: dict[int, list[i
                 assert gone <= set(slots), f"step {step}: dropping positions not in the cache"
                 keep = torch.tensor([i for i, p in enumerate(slots) if p not in gone])
                 for layer in cache.layers:
+                    if getattr(layer, "is_sliding", False):
+                        continue
                     layer.keys = layer.keys.index_select(-2, keep)
                     layer.values = layer.values.index_select(-2, keep)
                 slots = [slots[i] for i in keep.tolist()]
@@ -56,6 +60,10 @@ def greedy_reference(model, ids: torch.Tensor, n: int, *, drop: dict[int, list[i
                     if p in hidden:
                         mask[0, i] = 0
                 kwargs["attention_mask"] = mask
+                if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+                    # one query sees the whole sliding window, so only the full layers need a mask
+                    kwargs["attention_mask"] = {"full_attention": mask.bool()[:, None, None, :],
+                                                "sliding_attention": None}
             out = model(input_ids=torch.tensor([[nxt]]), cache=cache, use_cache=True,
                         position_ids=torch.tensor([[pos]]), **kwargs)
             slots.append(pos)

@@ -1,5 +1,6 @@
 """Every mode on tiny random models of several architectures, with the equivalence tests;
-what cannot be supported (sliding-window caches) fails with an error that says why."""
+models with sliding-window layers (Gemma 3) evict and mask on their full-attention layers, and
+what cannot be supported (a model with only sliding layers) fails with an error that says why."""
 
 from __future__ import annotations
 
@@ -117,10 +118,50 @@ def gemma3(tokenizer):
     return EbbinghausLLM(model=tf.Gemma3ForCausalLM(cfg).eval(), tokenizer=tokenizer)
 
 
-@pytest.mark.parametrize("mode", ["sparse_attention", "evict"])
-def test_gemma3_sliding_window_cannot_evict_or_mask(gemma3, mode):
-    with pytest.raises(NotImplementedError, match="sliding window"):
-        gemma3.generate(PROMPT, 5, mode, chat=False)
+@pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
+def test_gemma3_evict_with_room_equals_baseline(gemma3, granularity):
+    base = gemma3.generate(PROMPT, N, chat=False)["token_ids"]
+    n = gemma3.encode(PROMPT, chat=False).shape[1]
+    r = gemma3.generate(PROMPT, N, "evict", memory_budget=n + N, granularity=granularity, chat=False)
+    assert r["token_ids"] == base and r["evicted_tokens"] == 0
+    chunked = gemma3.generate(PROMPT, N, "evict", memory_budget=n + N, prefill_chunk=8, recent_window=8,
+                              chat=False)
+    assert chunked["token_ids"] == base
+    assert_clean(gemma3.model)
+
+
+def test_gemma3_evict_acts_on_full_attention_layers_only(gemma3):
+    """The full-attention layers (1, 3) are held to the budget; the sliding layers (0, 2) keep their
+    own window; and the tokens equal dropping, or masking, the evicted positions in the full layers."""
+    ids = gemma3.encode(PROMPT, chat=False)
+    budget, window = 16, gemma3.model.config.sliding_window
+    r = gemma3.generate(PROMPT, N, "evict", memory_budget=budget, sink_tokens=2, recent_window=4, chat=False)
+    events = r["evict_events"]
+    assert r["evicted_tokens"] == ids.shape[1] + len(r["token_ids"]) - 1 - budget > 0
+    assert r["kv_cache_tokens"] == budget
+    eos = _eos(gemma3)
+    assert r["token_ids"] == greedy_reference(gemma3.model, ids, N, drop=events, eos=eos)
+    assert r["token_ids"] == greedy_reference(gemma3.model, ids, N, hide=events, eos=eos)
+    cfg = MemoryConfig(memory_budget=budget, sink_tokens=2, recent_window=4)
+    with attached(gemma3.model, MemorySession(gemma3.model, "evict", cfg)):
+        out = gemma3.model.generate(ids, max_new_tokens=N, min_new_tokens=N, do_sample=False,
+                                    return_dict_in_generate=True, pad_token_id=gemma3.tokenizer.pad_token_id)
+    held = [layer.keys.shape[-2] for layer in out.past_key_values.layers]
+    assert held == [window - 1, budget, window - 1, budget]
+    assert_clean(gemma3.model)
+
+
+def test_gemma3_sparse_attention_equals_dropping_in_full_layers(gemma3):
+    ids = gemma3.encode(PROMPT, chat=False)
+    r = gemma3.generate(PROMPT, N, "sparse_attention", config=forced_forgetting(), chat=False)
+    assert r["forget_events"], "forgetting must happen for the test to mean anything"
+    assert r["token_ids"] == greedy_reference(gemma3.model, ids, N, drop=r["forget_events"], eos=_eos(gemma3))
+    assert_clean(gemma3.model)
+
+
+def test_gemma3_cache_positions_get_a_clear_error(gemma3):
+    with pytest.raises(ValueError, match="sliding-window"):
+        gemma3.generate(PROMPT, 3, "evict", memory_budget=64, positions="cache", chat=False)
     assert_clean(gemma3.model)
 
 
