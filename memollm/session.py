@@ -162,9 +162,12 @@ class MemorySession:
             self.evict_events.setdefault(step, []).extend(rows[0][dropped[0]].tolist())
             return
         event = self.evict_events.setdefault(step, {})
-        for name, row, gone in zip(self.unit_names(), rows, dropped):
-            if bool(gone.any()):
-                event.setdefault(name, []).extend(row[gone].tolist())
+        flat, counts = rows[dropped].tolist(), dropped.sum(-1).tolist()  # two host copies, not one per unit
+        start = 0
+        for name, count in zip(self.unit_names(), counts):
+            if count:
+                event.setdefault(name, []).extend(flat[start:start + count])
+            start += count
 
     def kept_positions(self) -> dict[str, list[int]]:
         """True positions each unit holds now (batch row 0)."""
