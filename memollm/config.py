@@ -72,7 +72,11 @@ class MemoryConfig:
 
     Forgetting curve: ``initial_strength`` (S0), ``time_step`` (age added per token read).
     Reinforcement: a token whose attention share is at least ``reinforce_threshold`` times
-    the uniform share gains ``strength_gain * share`` strength and its age resets to 0.
+    the uniform share gains ``strength_gain * share`` strength and its age resets to 0. With
+    a spacing effect (``spacing`` > 0, as in SuperMemo/FSRS) the gain is multiplied by
+    ``(1 - R) ** spacing`` at the time of review, so a review right after the last one adds
+    almost nothing and one after the memory has faded adds the most; ``max_strength`` caps S
+    (None: no cap). ``spacing=0`` and no cap are the seed's rule.
     Soft delete: weights ``floor + (1 - floor) * R`` in [floor, 1], applied to the values
     (the seed's choice) or as a log-bias on the attention logits.
     Sparse attention: a token is masked once ``R < sparse_threshold`` in at least
@@ -99,6 +103,8 @@ class MemoryConfig:
     reinforce: bool = True
     reinforce_threshold: float = 1.0
     strength_gain: float = 1.0
+    spacing: float = 0.0
+    max_strength: float | None = None
     soft_delete_floor: float = 0.8
     soft_delete_target: str = "values"
     sparse_threshold: float = 0.001
@@ -119,6 +125,9 @@ class MemoryConfig:
         check_bool("reinforce", self.reinforce)
         check_number("reinforce_threshold", self.reinforce_threshold, low=0.0, low_open=True)
         check_number("strength_gain", self.strength_gain, low=0.0)
+        check_number("spacing", self.spacing, low=0.0)
+        if self.max_strength is not None:
+            check_number("max_strength", self.max_strength, low=self.initial_strength)
         check_number("soft_delete_floor", self.soft_delete_floor, low=0.0, high=1.0)
         check_choice("soft_delete_target", self.soft_delete_target, SOFT_TARGETS)
         check_number("sparse_threshold", self.sparse_threshold, low=0.0, high=1.0, low_open=True, high_open=True)

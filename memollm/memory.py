@@ -29,7 +29,9 @@ class EbbinghausMemory:
        from the newest query (mean over the query heads of its KV group, then over groups)
        and ``n`` the number of visible keys, so ``a * n == 1`` is a uniform share. Where
        ``a * n >= reinforce_threshold``: ``S += strength_gain * a * n`` and ``t = 0``.
-       Reinforcement only ever raises R; without it R only falls.
+       With a spacing effect the gain is scaled by ``(1 - R) ** spacing`` (R just before the
+       review), and ``max_strength`` caps S. Reinforcement only ever raises R; without it R
+       only falls.
     """
 
     def __init__(self, num_layers: int, config: MemoryConfig, *, device=None) -> None:
@@ -66,7 +68,11 @@ class EbbinghausMemory:
             return
         share = received.float() * visible
         hit = share >= cfg.reinforce_threshold
-        self.strength = torch.where(hit, self.strength + cfg.strength_gain * share, self.strength)
+        gain = cfg.strength_gain * share
+        if cfg.spacing > 0:  # a review pays most when the memory has faded (the spacing effect)
+            gain = gain * (1.0 - self.retention()).clamp(min=0.0) ** cfg.spacing
+        strength = torch.where(hit, self.strength + gain, self.strength)
+        self.strength = strength if cfg.max_strength is None else strength.clamp(max=cfg.max_strength)
         self.age = torch.where(hit, torch.zeros_like(self.age), self.age)
 
     def retention(self) -> torch.Tensor:

@@ -152,6 +152,28 @@ class EbbinghausTunedPolicy(EbbinghausPolicy):
         super().__init__(config.replace(**EBBINGHAUS_TUNED), num_layers, device=device)
 
 
+EBBINGHAUS_SPACED = {"spacing": 1.0}
+"""The spacing effect: a review's gain times ``1 - R``. Set a priori (not tuned)."""
+EBBINGHAUS_SPACED_CAPPED = {"spacing": 1.0, "max_strength": 20.0}
+"""The spacing effect and a cap at four times the seed's S0. Set a priori (not tuned)."""
+
+
+@register_policy("ebbinghaus_spaced")
+class EbbinghausSpacedPolicy(EbbinghausPolicy):
+    """Ablation: Ebbinghaus with the spacing effect (gain times 1 - R at the review)."""
+
+    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
+        super().__init__(config.replace(**EBBINGHAUS_SPACED), num_layers, device=device)
+
+
+@register_policy("ebbinghaus_spaced_capped")
+class EbbinghausSpacedCappedPolicy(EbbinghausPolicy):
+    """Ablation: the spacing effect plus a strength cap (S <= 20)."""
+
+    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
+        super().__init__(config.replace(**EBBINGHAUS_SPACED_CAPPED), num_layers, device=device)
+
+
 @register_policy("streaming")
 class StreamingPolicy(Policy):
     """StreamingLLM: attention sinks plus the most recent tokens, nothing else."""

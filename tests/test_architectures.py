@@ -67,7 +67,7 @@ def test_evict_equals_masking_and_dropping_the_evicted_positions(tiny):
     _check_evict_equivalence(tiny[0], tiny[1], "ebbinghaus")
 
 
-@pytest.mark.parametrize("policy", ["h2o", "tova", "random", "ebbinghaus_fixed"])
+@pytest.mark.parametrize("policy", ["h2o", "tova", "random", "ebbinghaus_fixed", "ebbinghaus_spaced_capped"])
 def test_other_policies_equal_masking_too(make_tiny, policy):
     llm = make_tiny("llama")
     _check_evict_equivalence(llm, llm.encode(PROMPT, chat=False), policy)

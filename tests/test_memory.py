@@ -38,6 +38,7 @@ BAD_CONFIGS = [
     ("strength_gain", -1.0), ("strength_gain", math.inf), ("reinforce_threshold", 0.0),
     ("sink_tokens", -1), ("sink_tokens", 1.5), ("recent_window", 0), ("memory_budget", 0),
     ("memory_budget", True), ("soft_delete_target", "keys"), ("policy", "no-such-policy"),
+    ("spacing", -1.0), ("spacing", math.nan), ("max_strength", 1.0), ("max_strength", "20"),
 ]
 
 
@@ -105,6 +106,34 @@ def test_reinforcement_rule():
     # shares 2.0, 0.8, 0.8, 0.4: only the first reaches the threshold 1.0
     assert mem.strength[0, 0].tolist() == pytest.approx([5.0 + 2.0 * 2.0, 5.0, 5.0, 5.0])
     assert mem.age[0, 0].tolist() == pytest.approx([0.0, 1.0, 0.5, 0.0])
+
+
+def test_spacing_effect_pays_a_faded_memory_more():
+    """With ``spacing=1`` the gain is scaled by 1 - R just before the review: a token reviewed
+    right after it was read (R = 1) gains nothing, a faded one gains almost the full rule."""
+    cfg = MemoryConfig(initial_strength=5.0, strength_gain=2.0, time_step=1.0, spacing=1.0)
+    mem = EbbinghausMemory(1, cfg)
+    mem.append(1, 3)  # ages 2, 1, 0
+    r_before = mem.retention()[0, 0].clone()
+    mem.reinforce(torch.tensor([[[0.5, 0.0, 0.5]]]), 3)  # shares 1.5, 0, 1.5
+    expected = [5.0 + 2.0 * 1.5 * (1 - float(r_before[0])), 5.0, 5.0]  # the newest token has R = 1
+    assert mem.strength[0, 0].tolist() == pytest.approx(expected)
+    assert mem.age[0, 0].tolist() == pytest.approx([0.0, 1.0, 0.0])  # a review still resets the age
+
+
+def test_strength_cap_holds_under_any_number_of_reviews():
+    cfg = MemoryConfig(initial_strength=5.0, strength_gain=10.0, max_strength=12.0)
+    mem = EbbinghausMemory(2, cfg)
+    mem.append(1, 4)
+    for _ in range(20):
+        n = mem.num_tokens
+        mem.reinforce(torch.full((2, 1, n), 1.0 / n), n)
+        mem.append(1, 1)
+    assert float(mem.strength.max()) == pytest.approx(12.0)
+    seed_rule = EbbinghausMemory(2, cfg.replace(max_strength=None))
+    seed_rule.append(1, 4)
+    seed_rule.reinforce(torch.full((2, 1, 4), 0.25), 4)
+    assert float(seed_rule.strength.max()) == pytest.approx(15.0)
 
 
 def test_no_reinforcement_when_disabled():
