@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -24,6 +25,26 @@ from .models import DEFAULT_MODEL, load_model, sync
 from .session import MemorySession
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _quiet_length_reminder(active: bool) -> Iterator[None]:
+    """With ``positions="cache"`` no position ever exceeds the budget, but transformers' length
+    reminder ("exceeded the model's predefined maximum length") counts tokens, not positions:
+    inside the block it is filtered out, so it cannot mislead."""
+    if not active:
+        yield
+        return
+    logger = logging.getLogger("transformers.generation.stopping_criteria")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "predefined maximum length" not in record.getMessage()
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 @dataclass(frozen=True)
@@ -282,7 +303,7 @@ class EbbinghausLLM:
                     out = self.model.generate(ids, **gen_kwargs)
                 else:
                     session.progress = progress
-                    with attached(self.model, session):
+                    with attached(self.model, session), _quiet_length_reminder(session.rotary is not None):
                         if args.prefill_chunk is not None and prompt_len > args.prefill_chunk:
                             cfg.check_budget(cfg.memory_budget, args.prefill_chunk)
                             ids = self._prefill_in_chunks(ids, args.prefill_chunk, session, gen_kwargs)

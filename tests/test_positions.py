@@ -118,3 +118,27 @@ def test_prefill_chunk_needs_evict(llm):
         llm.generate(LONG, 2, "soft_delete", prefill_chunk=16)
     with pytest.raises(ValueError, match="memory_budget"):
         llm.generate(LONG, 2, "evict", memory_budget=40, prefill_chunk=16)  # 4 sinks + 32 recent + 16 > 40
+
+
+def test_cache_positions_silence_the_misleading_length_reminder(make_tiny):
+    """transformers reminds that a generation "exceeded the model's predefined maximum length" by
+    counting tokens; with positions="cache" no position exceeds the budget, so the reminder is
+    filtered out during such a call (and only then)."""
+    import logging
+
+    from memollm.llm import _quiet_length_reminder
+
+    logger = logging.getLogger("transformers.generation.stopping_criteria")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        with _quiet_length_reminder(True):
+            logger.warning("the call has exceeded the model's predefined maximum length (8192)")
+            logger.warning("another warning")
+        logger.warning("exceeded the model's predefined maximum length (8192)")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["another warning", "exceeded the model's predefined maximum length (8192)"]
+    assert not logger.filters
