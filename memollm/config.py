@@ -86,7 +86,10 @@ class MemoryConfig:
     the newest ``recent_window`` tokens are always kept; the rest are ranked by ``policy``.
     ``granularity`` says who ranks: one set of slots for all layers (``shared``), each
     full-attention layer its own (``layer``), or each KV head of each layer (``head``); every
-    layer and head keeps the same number of slots, so the cache keeps one shape.
+    layer and head keeps the same number of slots, so the cache keeps one shape. In
+    ``sparse_attention``, ``layer`` gives every full-attention layer its own mask (what its
+    own retention forgot) instead of the layers' consensus; ``soft_delete`` always weighs each
+    memory layer by its own retention.
     Positions after eviction: each new token gets its ``true`` position (keys stay where
     they were rotated; right while positions stay inside the range the model was trained
     on), or, with ``positions="cache"`` (StreamingLLM), its rank in the cache: cached keys

@@ -96,7 +96,8 @@ class EbbinghausMemory:
 
     def stats(self, layer_ids: list[int], masked: torch.Tensor | None = None, *,
               strength: torch.Tensor | None = None, age: torch.Tensor | None = None) -> dict[str, dict]:
-        """Per-layer summary (batch row 0), keyed ``layer_<i>`` as in the seed. ``strength`` and
+        """Per-layer summary (batch row 0), keyed ``layer_<i>`` as in the seed. ``masked``: one mask
+        ``[batch, n]`` for all layers or one per layer ``[layers, batch, n]``. ``strength`` and
         ``age`` ``[layers, 1, n]`` summarise another view of the state (one row per layer)."""
         out: dict[str, dict] = {}
         if self.num_tokens == 0:
@@ -112,6 +113,6 @@ class EbbinghausMemory:
                 "avg_retention": float(r[i].mean()),
                 "min_retention": float(r[i].min()),
                 "forgotten_tokens": int((r[i] < self.config.sparse_threshold).sum()),
-                "masked_tokens": int(masked[0].sum()) if masked is not None else 0,
+                "masked_tokens": int((masked[i] if masked.dim() == 3 else masked)[0].sum()) if masked is not None else 0,
             }
         return out

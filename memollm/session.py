@@ -48,7 +48,12 @@ class MemorySession:
         self.mode, self.config = mode, config
         device = next(model.parameters()).device
         # who ranks slots: one set for all layers, or (evict only) every full-attention layer or KV head
-        self.granularity = config.granularity if mode == "evict" else "shared"
+        self.granularity = config.granularity if mode in ("evict", "sparse_attention") else "shared"
+        if mode == "sparse_attention" and self.granularity == "head":
+            raise ConfigError("sparse_attention masks per layer at most (granularity 'shared' or 'layer'): a mask per "
+                              "KV head is not built")
+        # sparse attention per layer: every full-attention layer masks the tokens it forgot itself
+        self.layer_masks = mode == "sparse_attention" and self.granularity == "layer"
         # eviction and masks act on the full-attention layers; sliding-window layers keep their window
         self.full_layers = full_attention_layers(model)
         self.full_set = set(self.full_layers)
@@ -59,9 +64,9 @@ class MemorySession:
             self.layer_ids = self.full_layers
         self.layer_slot = {layer: i for i, layer in enumerate(self.layer_ids)}
         self.heads = kv_heads(model) if self.granularity == "head" else 1
-        # slot units: rows of ``positions`` per batch row (batch outer, unit inner)
-        self.units = 1 if self.granularity == "shared" else len(self.layer_ids) * self.heads
-        n = len(self.layer_ids) if self.granularity == "shared" else 1  # state layers; units are rows
+        # slot units: rows of ``positions`` per batch row (batch outer, unit inner); masks never move slots
+        self.units = 1 if self.granularity == "shared" or self.layer_masks else len(self.layer_ids) * self.heads
+        n = len(self.layer_ids) if self.units == 1 else 1  # state layers; units are rows
         if policy is not None and mode != "evict":
             raise ValueError("a policy object only applies to generation_mode='evict'")
         # positions counted inside the cache need the model's rotary embedding to re-rotate keys
@@ -98,7 +103,7 @@ class MemorySession:
         # evict: step -> positions dropped before that step (per layer / head unless shared)
         self.evict_events: dict[int, Any] = {}
         self.warnings: list[str] = []
-        self._masked = None  # [batch, tokens] bool, sparse mode
+        self._masked = None  # [batch, tokens] bool, sparse mode ([layers, batch, tokens] with layer masks)
         self._weights = None  # [layers, batch, tokens], soft_delete mode
         self._keep = None  # [batch, tokens] bool passed to attention (sparse)
         self._allowed_full = None  # _keep plus the step's new tokens, built once per step
@@ -144,6 +149,14 @@ class MemorySession:
         if self.attention_total is not None:
             self.attention_total = self.attention_total.gather(-1, keep.unsqueeze(0).expand(
                 self.attention_total.shape[0], -1, -1))
+
+    def _record_masks(self, new: torch.Tensor) -> None:
+        """Positions newly masked in batch row 0: a list, or a dict by layer with layer masks."""
+        if not self.layer_masks:
+            self.forget_events[self.steps] = self.positions[0][new[0]].tolist()
+            return
+        self.forget_events[self.steps] = {f"layer_{l}": self.positions[0][row[0]].tolist()
+                                          for l, row in zip(self.layer_ids, new) if bool(row[0].any())}
 
     def unit_names(self) -> list[str]:
         """Names of the slot units of one batch row: ``shared``, ``layer_<i>`` or ``layer_<i>.head_<h>``."""
@@ -207,12 +220,14 @@ class MemorySession:
                                                   device=ids.device).expand(batch, q_len)
         self._keep = self._weights = self._allowed_full = self._weights_full = None
         if self.mode == "sparse_attention" and self.num_cached:
-            forgotten = self.memory.forgotten() & (self.positions >= self.config.sink_tokens)
+            below = self.memory.retention() < self.config.sparse_threshold if self.layer_masks else \
+                self.memory.forgotten()  # per layer, or the layers' consensus
+            forgotten = below & (self.positions >= self.config.sink_tokens)
             if self._masked is not None:
                 forgotten |= self._masked  # a masked key gets no attention, so it cannot come back
             new = forgotten & ~self._masked if self._masked is not None else forgotten
             if bool(new.any()):
-                self.forget_events[self.steps] = self.positions[0][new[0]].tolist()
+                self._record_masks(new)
             self._masked = forgotten
             if bool(forgotten.any()):
                 self._keep = ~forgotten
@@ -229,8 +244,9 @@ class MemorySession:
         cached = kv_len - q_len
         if self._keep is not None and cached == self._keep.shape[-1] and module.layer_idx in self.full_set:
             if self._allowed_full is None or self._allowed_full.shape[-1] != kv_len:  # once per step, not per layer
-                self._allowed_full = torch.cat([self._keep, self._keep.new_ones(batch, q_len)], dim=-1)
-            attention_mask = combine_mask(attention_mask, self._allowed_full, q_len, kv_len, query.dtype)
+                self._allowed_full = torch.cat([self._keep, self._keep.new_ones(*self._keep.shape[:-1], q_len)], -1)
+            allowed = self._allowed_full[slot] if self.layer_masks else self._allowed_full
+            attention_mask = combine_mask(attention_mask, allowed, q_len, kv_len, query.dtype)
         if slot is not None and self._weights is not None and cached == self._weights.shape[-1]:
             if self._weights_full is None or self._weights_full.shape[-1] != kv_len:  # once per step, all layers
                 w = torch.cat([self._weights, self._weights.new_ones(*self._weights.shape[:2], q_len)], dim=-1)
@@ -288,8 +304,8 @@ class MemorySession:
             if not bool(torch.isfinite(received).all()):
                 self._warn("non-finite attention (overflow?): no reinforcement from this step")
                 received = torch.nan_to_num(received, nan=0.0, posinf=0.0, neginf=0.0)
-        if self._masked is not None:
-            visible = (self.num_cached - self._masked.sum(-1)).reshape(-1)[None, :, None]
+        if self._masked is not None:  # [1 or layers, batch, 1] keys each query could see
+            visible = (self.num_cached - self._masked.sum(-1)).reshape(-1 if self.layer_masks else 1, batch, 1)
         else:
             visible = self.num_cached
         if self.own_memory is not None:
@@ -305,7 +321,7 @@ class MemorySession:
             self.attention_total = received if self.attention_total is None else \
                 torch.cat([self.attention_total, pad], dim=-1) + received
         if self._masked is not None:
-            self._masked = torch.cat([self._masked, self._masked.new_zeros(batch, q_len)], dim=-1)
+            self._masked = torch.cat([self._masked, self._masked.new_zeros(*self._masked.shape[:-1], q_len)], dim=-1)
         if self.mode == "evict" and self.policy.evicts and self.num_cached > self.config.memory_budget:
             self._evict_to(self.config.memory_budget, self.steps + 1)  # a prompt longer than the budget
         if self.progress is not None and (q_len == 1 or not self.own_positions):  # one per new token
@@ -329,7 +345,12 @@ class MemorySession:
             return self.memory.nbytes
         return sum(t.numel() * t.element_size() for t in vars(self.policy).values() if isinstance(t, torch.Tensor))
 
-    def masked_positions(self) -> list[int]:
+    def masked_positions(self) -> list[int] | dict[str, list[int]]:
+        """Masked positions of batch row 0: a list, or a dict by layer with layer masks."""
+        if self.layer_masks:
+            if self._masked is None:
+                return {f"layer_{l}": [] for l in self.layer_ids}
+            return {f"layer_{l}": self.positions[0][m[0]].tolist() for l, m in zip(self.layer_ids, self._masked)}
         if self._masked is None:
             return []
         return self.positions[0][self._masked[0]].tolist()

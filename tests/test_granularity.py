@@ -141,3 +141,23 @@ def test_granularities_on_every_architecture(make_tiny, arch):
                               granularity=granularity, ignore_eos=True)
         kept = small["kept_positions"]
         assert small["kv_cache_tokens"] == 12 and all(len(p) == 12 and p[:2] == [0, 1] for p in kept.values())
+
+
+def test_layer_masks_in_sparse_attention_equal_masking_each_layer(llm):
+    """sparse_attention with granularity="layer": every full-attention layer masks the tokens whose
+    retention *in that layer* fell under the threshold; the tokens equal an independent run that
+    hides each layer's forget events in that layer only."""
+    from memollm_testutils import forced_forgetting
+
+    cfg = forced_forgetting(granularity="layer", reinforce=True)  # reviews differ by layer, so masks do
+    r = llm.generate(PROMPT, N, "sparse_attention", config=cfg, ignore_eos=True)
+    events = r["forget_events"]
+    assert events and all(isinstance(e, dict) for e in events.values())
+    masked = r["masked_positions"]
+    assert len(masked) == 30 and any(m != masked["layer_0"] for m in masked.values())  # the layers differ
+    assert all(p >= cfg.sink_tokens for m in masked.values() for p in m)  # sinks are never masked
+    assert _per_layer_masked_run(llm, llm.encode(PROMPT), r["token_ids"], events, range(30)) == r["token_ids"]
+    shared = llm.generate(PROMPT, N, "sparse_attention", config=cfg.replace(granularity="shared"), ignore_eos=True)
+    assert isinstance(shared["masked_positions"], list)
+    with pytest.raises(ValueError, match="KV head"):
+        llm.generate(PROMPT, 2, "sparse_attention", config=cfg.replace(granularity="head"))
