@@ -28,7 +28,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention import add_logit_bias, combine_mask, pool_neighbours, received_attention
 from .cache import (cached_tokens, check_evictable, full_attention_layers, gather_cache, gather_units, kv_heads,
-                    memory_layer_ids, rerotate_cache, rotary_embedding, select_keep)
+                    memory_layer_ids, rerotate_cache, rotary_embedding, select_keep, slot_units)
 from .config import MODES, ConfigError, MemoryConfig
 from .memory import EbbinghausMemory
 from .policies import Policy, make_policy
@@ -65,8 +65,7 @@ class MemorySession:
         self.layer_slot = {layer: i for i, layer in enumerate(self.layer_ids)}
         self.heads = kv_heads(model) if self.granularity == "head" else 1
         # slot units: rows of ``positions`` per batch row (batch outer, unit inner); masks never move slots
-        self.units = 1 if self.granularity == "shared" or self.layer_masks else len(self.layer_ids) * self.heads
-        n = len(self.layer_ids) if self.units == 1 else 1  # state layers; units are rows
+        n, self.units = slot_units(model, config) if mode == "evict" else (len(self.layer_ids), 1)
         if policy is not None and mode != "evict":
             raise ValueError("a policy object only applies to generation_mode='evict'")
         # positions counted inside the cache need the model's rotary embedding to re-rotate keys
