@@ -237,7 +237,7 @@ def run_stream(args) -> int:
           f"model {llm.model_name}, context {llm.max_positions}")
     print(table([dict(r, line=f"{r['policy']}/{r['positions']}/{r['budget']}") for r in records], "perplexity",
                 rows="line", cols="window_start", fmt="{:.1f}"))
-    _finish(args, records, "perplexity", "eval_stream", plot_stream)
+    _finish(args, records, "perplexity", "eval_stream", lambda recs: plot_stream(recs, context=llm.max_positions))
     return 0
 
 

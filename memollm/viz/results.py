@@ -177,8 +177,9 @@ def plot_agreement(records: list[dict], ax=None):
     return ax.figure
 
 
-def plot_stream(records: list[dict], ax=None):
-    """Perplexity against position along a long stream: one line per policy, scheme and budget."""
+def plot_stream(records: list[dict], ax=None, *, context: int | None = None):
+    """Perplexity against position along a long stream: one line per policy, scheme and budget
+    (``context``: the model's trained positions, marked with a vertical line)."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -192,11 +193,37 @@ def plot_stream(records: list[dict], ax=None):
         style = dict(color="black", lw=2) if policy == "full" else dict(ls="-" if scheme == "cache" else "--")
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label, **style)
     ax.set_yscale("log")
+    if context:
+        ax.axvline(context, color="grey", lw=1, ls=":")
+        ax.annotate(f"trained context ({context:,})", (context, 1), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize=7, color="grey")
     ax.set_xlabel("position in the stream (window start, tokens)")
     ax.set_ylabel("perplexity of the window")
     ax.set_title("Streaming past the context window")
     ax.legend(fontsize=7)
     return ax.figure
+
+
+def plot_long_generation(result: dict, *, context: int | None = None):
+    """Memory along one long generation (``scripts/long_generation.py``'s JSON): the KV cache and
+    the process's resident memory against generated tokens."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["series"] if r["new_tokens"] > 0]  # the first row is before the prefill
+    x = [r["new_tokens"] + result["prompt_tokens"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, key, label in ((axes[0], "kv_cache_mib", "KV cache (MiB)"), (axes[1], "rss_mib", "resident memory (MiB)")):
+        ax.plot(x, [r[key] for r in rows], marker=".")
+        ax.set_ylim(0, max(r[key] for r in rows) * 1.15)
+        ax.set_xlabel("position (prompt + generated tokens)")
+        ax.set_ylabel(label)
+        if context:
+            ax.axvline(context, color="grey", lw=1, ls=":")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{result['new_tokens']:,} tokens generated with evict, budget {result['budget']}, "
+                 f"positions={result['positions']!r}", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def plot_passkey_summary(rows: list[dict], ax=None):
