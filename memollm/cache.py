@@ -70,9 +70,10 @@ def memory_layer_ids(model: torch.nn.Module, config: MemoryConfig) -> list[int]:
 def slot_units(model: torch.nn.Module, config: MemoryConfig) -> tuple[int, int]:
     """``(state layers, units)`` of an evicting session: a shared ranking keeps state per memory
     layer in one unit; per-layer (per-head) ranking keeps one state row per layer (and head)."""
-    if config.granularity == "shared":
+    granularity = config.granularity_for("evict")
+    if granularity == "shared":
         return len(memory_layer_ids(model, config)), 1
-    heads = kv_heads(model) if config.granularity == "head" else 1
+    heads = kv_heads(model) if granularity == "head" else 1
     return 1, len(full_attention_layers(model)) * heads
 
 

@@ -37,7 +37,7 @@ from transformers import DynamicCache
 from . import attention as _attention
 from .attention import attached
 from .cache import cached_tokens, kv_cache_bytes
-from .config import MODES, MemoryConfig
+from .config import MODES, ConfigError, MemoryConfig
 from .session import MemorySession
 
 FORMATS = ("chat", "transcript")
@@ -156,6 +156,13 @@ class ChatSession:
                 f"{', '.join(given)} only apply to generation_mode='evict'; ignored in {generation_mode!r}")
             overrides = {}
         self.config: MemoryConfig = llm.resolve_config(config, **overrides)
+        # a chat's memory views (cached positions, token memory, recall) describe one set of cached
+        # tokens: it ranks one shared set, whatever ``auto`` means for a single generation
+        if self.config.granularity == "auto":
+            self.config = self.config.replace(granularity="shared")
+        elif self.config.granularity != "shared" and generation_mode in ("evict", "sparse_attention"):
+            raise ConfigError(f"a chat keeps one set of cached tokens for all layers (granularity='shared'); "
+                              f"granularity={self.config.granularity!r} is not built for chats")
         if fmt == "chat" and getattr(self.tokenizer, "chat_template", None) is None:
             raise ValueError("this tokenizer has no chat template; use fmt='transcript'")
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)

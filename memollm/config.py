@@ -14,7 +14,7 @@ from typing import Any
 
 MODES = ("baseline", "soft_delete", "sparse_attention", "evict")
 SOFT_TARGETS = ("values", "logits")
-GRANULARITIES = ("shared", "layer", "head")
+GRANULARITIES = ("auto", "shared", "layer", "head")
 POSITION_SCHEMES = ("true", "cache")
 
 POLICIES: dict[str, type] = {}
@@ -89,7 +89,9 @@ class MemoryConfig:
     layer and head keeps the same number of slots, so the cache keeps one shape. In
     ``sparse_attention``, ``layer`` gives every full-attention layer its own mask (what its
     own retention forgot) instead of the layers' consensus; ``soft_delete`` always weighs each
-    memory layer by its own retention.
+    memory layer by its own retention. ``auto`` (the default) is ``layer`` for ``evict``,
+    where it measured best (README, Quality), and ``shared`` (the consensus) for
+    ``sparse_attention``: see :meth:`granularity_for`.
     Positions after eviction: each new token gets its ``true`` position (keys stay where
     they were rotated; right while positions stay inside the range the model was trained
     on), or, with ``positions="cache"`` (StreamingLLM), its rank in the cache: cached keys
@@ -117,7 +119,7 @@ class MemoryConfig:
     sink_tokens: int = 4
     recent_window: int = 32
     policy: str = "ebbinghaus"
-    granularity: str = "shared"
+    granularity: str = "auto"
     observation_window: int = 1
     observation_pool: int = 1
     positions: str = "true"
@@ -163,6 +165,13 @@ class MemoryConfig:
         if unknown:
             raise TypeError(f"unknown MemoryConfig field(s) {unknown}; valid: {sorted(names)}")
         return MemoryConfig(**{**asdict(self), **changes})
+
+    def granularity_for(self, mode: str) -> str:
+        """The granularity ``mode`` runs at: ``auto`` resolves to ``layer`` for ``evict`` and to
+        ``shared`` for every other mode."""
+        if self.granularity != "auto":
+            return self.granularity
+        return "layer" if mode == "evict" else "shared"
 
     def memory_layers(self, num_layers: int) -> list[int]:
         """Indices of the layers that keep memory state: the first fraction, at least one."""

@@ -204,7 +204,8 @@ def run_conversation(llm, conv: Conversation, policies: Sequence[str], budget: i
             changes["sink_tokens"] = sink_tokens
         if recent_window is not None:
             changes["recent_window"] = recent_window
-        cfg = cfg.replace(**changes)
+        # one shared ranking, as a chat keeps (``memollm.chat``): the rows' policies hold memory-layer state
+        cfg = cfg.replace(granularity="shared", **changes)
         n_layers = len(memory_layer_ids(model, cfg))
         built = []
         for i, spec in enumerate(policies):

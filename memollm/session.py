@@ -48,7 +48,7 @@ class MemorySession:
         self.mode, self.config = mode, config
         device = next(model.parameters()).device
         # who ranks slots: one set for all layers, or (evict only) every full-attention layer or KV head
-        self.granularity = config.granularity if mode in ("evict", "sparse_attention") else "shared"
+        self.granularity = config.granularity_for(mode) if mode in ("evict", "sparse_attention") else "shared"
         if mode == "sparse_attention" and self.granularity == "head":
             raise ConfigError("sparse_attention masks per layer at most (granularity 'shared' or 'layer'): a mask per "
                               "KV head is not built")

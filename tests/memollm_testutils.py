@@ -7,7 +7,9 @@ over the model's forward with an explicit ``DynamicCache`` and true ``position_i
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from memollm.attention import is_attached
 
@@ -108,3 +110,36 @@ def one_thread():
         torch.set_num_threads(before)
 
     return _one_thread
+
+
+def per_layer_masked_reference(model, ids: torch.Tensor, tokens: list[int], events: dict, layer_ids) -> list[int]:
+    """Teacher-forced greedy decoding of ``tokens`` with the full cache, hiding in each layer the
+    positions that layer evicted (or masked), from the step it did so on: ``events`` is
+    ``{step: {"layer_<i>": [positions]}}`` as in a per-layer result. An independent reference:
+    masks through a registered attention function, no gathers. Returns the argmax of every step."""
+    hidden: dict[int, set[int]] = {l: set() for l in layer_ids}
+
+    def masked_attention(module, q, k, v, mask, **kw):
+        gone = hidden.get(module.layer_idx)
+        if gone and q.shape[-2] == 1:
+            allow = torch.ones(k.shape[-2], dtype=torch.bool)
+            allow[sorted(gone)] = False
+            mask = allow[None, None, None, :] if mask is None else mask & allow[None, None, None, :]
+        return sdpa_attention_forward(module, q, k, v, mask, **kw)
+
+    AttentionInterface.register("test_per_layer_mask", masked_attention)
+    AttentionMaskInterface.register("test_per_layer_mask", sdpa_mask)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("test_per_layer_mask")
+    try:
+        cache = DynamicCache(config=model.config)
+        out = model(ids, cache=cache, use_cache=True)
+        argmax = [int(out.logits[0, -1].argmax())]
+        for step in range(1, len(tokens)):
+            for name, gone in events.get(step, {}).items():
+                hidden[int(name.split("_")[1])].update(gone)
+            out = model(torch.tensor([[tokens[step - 1]]]), cache=cache, use_cache=True)
+            argmax.append(int(out.logits[0, -1].argmax()))
+        return argmax
+    finally:
+        model.set_attn_implementation(previous)

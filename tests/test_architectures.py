@@ -12,7 +12,7 @@ from conftest import ARCHS
 from memollm import EbbinghausLLM, MemoryConfig
 from memollm.attention import attached
 from memollm.session import MemorySession
-from memollm_testutils import assert_clean, forced_forgetting, greedy_reference, one_thread
+from memollm_testutils import assert_clean, forced_forgetting, greedy_reference, one_thread, per_layer_masked_reference
 
 _one_thread = one_thread()
 
@@ -75,13 +75,18 @@ def test_other_policies_equal_masking_too(make_tiny, policy):
 
 def _check_evict_equivalence(llm, ids, policy):
     budget = 16  # below the prompt length: the prompt is compressed, then one token per step goes
-    r = llm.generate(PROMPT, N, "evict", memory_budget=budget, sink_tokens=2, recent_window=4, policy=policy,
-                     chat=False)
+    kwargs = dict(memory_budget=budget, sink_tokens=2, recent_window=4, policy=policy, chat=False)
+    r = llm.generate(PROMPT, N, "evict", granularity="shared", **kwargs)
     events = r["evict_events"]
     assert r["evicted_tokens"] == sum(map(len, events.values())) == ids.shape[1] + len(r["token_ids"]) - 1 - budget
     assert r["kv_cache_tokens"] == budget
     assert r["token_ids"] == greedy_reference(llm.model, ids, N, hide=events, eos=_eos(llm))
     assert r["token_ids"] == greedy_reference(llm.model, ids, N, drop=events, eos=_eos(llm))
+    # the default, one ranking per layer: equal to hiding each layer's evicted positions in that layer
+    r = llm.generate(PROMPT, N, "evict", ignore_eos=True, **kwargs)
+    assert r["granularity"] == "layer" and r["kv_cache_tokens"] == budget
+    layers = [int(name.split("_")[1]) for name in r["kept_positions"]]
+    assert per_layer_masked_reference(llm.model, ids, r["token_ids"], r["evict_events"], layers) == r["token_ids"]
     assert_clean(llm.model)
 
 
@@ -135,13 +140,19 @@ def test_gemma3_evict_acts_on_full_attention_layers_only(gemma3):
     own window; and the tokens equal dropping, or masking, the evicted positions in the full layers."""
     ids = gemma3.encode(PROMPT, chat=False)
     budget, window = 16, gemma3.model.config.sliding_window
-    r = gemma3.generate(PROMPT, N, "evict", memory_budget=budget, sink_tokens=2, recent_window=4, chat=False)
+    r = gemma3.generate(PROMPT, N, "evict", memory_budget=budget, sink_tokens=2, recent_window=4, chat=False,
+                        granularity="shared")
     events = r["evict_events"]
     assert r["evicted_tokens"] == ids.shape[1] + len(r["token_ids"]) - 1 - budget > 0
     assert r["kv_cache_tokens"] == budget
     eos = _eos(gemma3)
     assert r["token_ids"] == greedy_reference(gemma3.model, ids, N, drop=events, eos=eos)
     assert r["token_ids"] == greedy_reference(gemma3.model, ids, N, hide=events, eos=eos)
+    per_layer = gemma3.generate(PROMPT, N, "evict", memory_budget=budget, sink_tokens=2, recent_window=4, chat=False,
+                                ignore_eos=True)  # the default: the full layers 1 and 3 rank their own tokens
+    assert set(per_layer["kept_positions"]) == {"layer_1", "layer_3"}
+    assert per_layer_masked_reference(gemma3.model, ids, per_layer["token_ids"], per_layer["evict_events"],
+                                      [1, 3]) == per_layer["token_ids"]
     cfg = MemoryConfig(memory_budget=budget, sink_tokens=2, recent_window=4)
     with attached(gemma3.model, MemorySession(gemma3.model, "evict", cfg)):
         out = gemma3.model.generate(ids, max_new_tokens=N, min_new_tokens=N, do_sample=False,

@@ -62,7 +62,7 @@ def test_sparse_attention_equals_dropping_the_same_positions(llm, base):
 def test_evict_equals_masking_the_evicted_positions(llm, base, budget):
     ids, tokens = base
     r = llm.generate(PROMPT, max_new_tokens=N, generation_mode="evict", memory_budget=budget,
-                     sink_tokens=4, recent_window=8)
+                     sink_tokens=4, recent_window=8, granularity="shared")  # per layer: test_granularity.py
     events = r["evict_events"]
     assert r["evicted_tokens"] == sum(len(v) for v in events.values()) > 0
     # a prompt over the budget is prefilled whole, then compressed: the peak says so

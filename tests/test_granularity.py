@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from memollm_testutils import one_thread
+from memollm_testutils import one_thread, per_layer_masked_reference
 
 _one_thread = one_thread()
 
@@ -68,39 +65,6 @@ def test_the_budget_holds_in_every_layer_and_head_at_every_step(llm, granularity
             assert drops[name].isdisjoint(pos) and drops[name] | set(pos) == set(range(prompt + N - 1))
 
 
-def _per_layer_masked_run(llm, ids, tokens, events, layer_ids):
-    """Teacher-forced decoding with the full cache, hiding in each layer the positions that layer
-    evicted, from the step it evicted them on (an independent reference: masks, no gathers)."""
-    hidden: dict[int, set[int]] = {l: set() for l in layer_ids}
-
-    def masked_attention(module, q, k, v, mask, **kw):
-        gone = hidden.get(module.layer_idx)
-        if gone and q.shape[-2] == 1:
-            allow = torch.ones(k.shape[-2], dtype=torch.bool)
-            allow[sorted(gone)] = False
-            mask = allow[None, None, None, :] if mask is None else mask & allow[None, None, None, :]
-        return sdpa_attention_forward(module, q, k, v, mask, **kw)
-
-    AttentionInterface.register("test_per_layer_mask", masked_attention)
-    AttentionMaskInterface.register("test_per_layer_mask", sdpa_mask)
-    previous = llm.model.config._attn_implementation
-    llm.model.set_attn_implementation("test_per_layer_mask")
-    try:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=llm.model.config)
-        out = llm.model(ids, cache=cache, use_cache=True)
-        argmax = [int(out.logits[0, -1].argmax())]
-        for step in range(1, len(tokens)):
-            for name, gone in events.get(step, {}).items():
-                hidden[int(name.split("_")[1])].update(gone)
-            out = llm.model(torch.tensor([[tokens[step - 1]]]), cache=cache, use_cache=True)
-            argmax.append(int(out.logits[0, -1].argmax()))
-        return argmax
-    finally:
-        llm.model.set_attn_implementation(previous)
-
-
 @pytest.mark.parametrize("budget", [24, 40], ids=["prompt-over-budget", "decode-over-budget"])
 def test_layer_eviction_equals_masking_each_layers_evicted_positions(llm, budget):
     r = llm.generate(PROMPT, N, "evict", memory_budget=budget, sink_tokens=4, recent_window=8,
@@ -108,7 +72,7 @@ def test_layer_eviction_equals_masking_each_layers_evicted_positions(llm, budget
     events = r["evict_events"]
     assert r["evicted_tokens"] > 0 and all(isinstance(e, dict) for e in events.values())
     ids = llm.encode(PROMPT)
-    masked = _per_layer_masked_run(llm, ids, r["token_ids"], events, range(30))
+    masked = per_layer_masked_reference(llm.model, ids, r["token_ids"], events, range(30))
     assert masked == r["token_ids"]
     # and the layers did keep different tokens (else this would only re-test shared eviction)
     kept = list(r["kept_positions"].values())
@@ -156,7 +120,7 @@ def test_layer_masks_in_sparse_attention_equal_masking_each_layer(llm):
     masked = r["masked_positions"]
     assert len(masked) == 30 and any(m != masked["layer_0"] for m in masked.values())  # the layers differ
     assert all(p >= cfg.sink_tokens for m in masked.values() for p in m)  # sinks are never masked
-    assert _per_layer_masked_run(llm, llm.encode(PROMPT), r["token_ids"], events, range(30)) == r["token_ids"]
+    assert per_layer_masked_reference(llm.model, llm.encode(PROMPT), r["token_ids"], events, range(30)) == r["token_ids"]
     shared = llm.generate(PROMPT, N, "sparse_attention", config=cfg.replace(granularity="shared"), ignore_eos=True)
     assert isinstance(shared["masked_positions"], list)
     with pytest.raises(ValueError, match="KV head"):

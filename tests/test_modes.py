@@ -54,7 +54,9 @@ def test_result_has_the_seeds_keys(tiny, prompt_len, mode):
     if mode == "baseline":
         assert r["memory_stats"] == {} and r["warnings"] == []
     else:
-        assert set(r["memory_stats"]) == {"layer_0", "layer_1"}  # first half of 4 layers
+        # evict ranks per layer by default (every layer keeps state); the others: first half of 4 layers
+        expected = {"layer_0", "layer_1", "layer_2", "layer_3"} if mode == "evict" else {"layer_0", "layer_1"}
+        assert set(r["memory_stats"]) == expected
         for stats in r["memory_stats"].values():
             assert 0.0 <= stats["min_retention"] <= stats["avg_retention"] <= 1.0
             assert stats["avg_strength"] >= 5.0 and stats["avg_age"] >= 0.0
@@ -99,14 +101,16 @@ def test_memory_overhead_is_at_most_20_bytes_per_token_per_layer(tiny):
         assert 0 < per <= 20, (mode, per)
     for policy in ("h2o", "tova"):  # one float per token of their own, counted too
         r = tiny.generate(PROMPT, 8, "evict", chat=False, memory_budget=24, recent_window=8, policy=policy)
-        assert r["memory_state_bytes"] == 4 * r["kv_cache_tokens"]
+        units = len(r.get("kept_positions", {"shared": None}))  # per layer by default: one row per layer
+        assert r["memory_state_bytes"] == 4 * r["kv_cache_tokens"] * units
 
 
 # -- eviction budget -----------------------------------------------------------------------
 @pytest.mark.parametrize("budget,sinks,window", [(12, 4, 4), (16, 2, 8), (24, 4, 16), (6, 0, 5)])
 def test_evict_respects_the_budget(tiny, prompt_len, budget, sinks, window):
     r = tiny.generate(PROMPT, 12, "evict", chat=False, memory_budget=budget, sink_tokens=sinks,
-                      recent_window=window, return_attention_weights=True, ignore_eos=True)
+                      recent_window=window, return_attention_weights=True, ignore_eos=True,
+                      granularity="shared")  # one set of positions; per layer: test_granularity.py
     assert r["kv_cache_tokens"] == budget  # a prompt over the budget was compressed to it
     assert r["peak_kv_cache_tokens"] == max(budget, prompt_len)  # ... after it was prefilled whole
     pos = r["token_weights"]["positions"]

@@ -143,24 +143,32 @@ def tiny(make_tiny):
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(budget_extra=st.integers(1, 12), sinks=st.integers(0, 6), window=st.integers(1, 8),
-       policy=st.sampled_from(["ebbinghaus", "h2o", "tova", "random", "streaming"]), n=st.integers(1, 16))
-def test_eviction_invariants_in_generation(tiny, budget_extra, sinks, window, policy, n):
+       policy=st.sampled_from(["ebbinghaus", "h2o", "tova", "random", "streaming"]), n=st.integers(1, 16),
+       granularity=st.sampled_from(["shared", "layer"]))
+def test_eviction_invariants_in_generation(tiny, budget_extra, sinks, window, policy, n, granularity):
     prompt = "The quick brown fox jumps over the lazy dog."
     budget = sinks + window + budget_extra
-    r = tiny.generate(prompt, n, "evict", chat=False, memory_budget=budget, sink_tokens=sinks,
-                      recent_window=window, policy=policy, ignore_eos=True, return_attention_weights=True)
+    r = tiny.generate(prompt, n, "evict", chat=False, memory_budget=budget, sink_tokens=sinks, recent_window=window,
+                      policy=policy, granularity=granularity, ignore_eos=True, return_attention_weights=True)
     total = r["prompt_tokens"] + n - 1  # tokens that went through the model
     assert r["kv_cache_tokens"] == min(budget, total)
     assert r["peak_kv_cache_tokens"] <= max(budget, r["prompt_tokens"])  # a long prompt is prefilled whole
-    pos = r["token_weights"]["positions"] if r["token_weights"] else None
-    if policy in ("ebbinghaus",):
-        assert len(pos) == r["kv_cache_tokens"]
-        assert all(a < b for a, b in zip(pos, pos[1:]))
-        assert pos[:min(sinks, len(pos))] == list(range(min(sinks, len(pos))))
-        assert pos[-1] == total - 1
-    dropped = [p for ps in r["evict_events"].values() for p in ps]
-    assert len(dropped) == len(set(dropped)) == total - r["kv_cache_tokens"]
-    assert not any(p < sinks for p in dropped), "a sink was evicted"
+    if granularity == "shared":  # one set of slots; events list positions
+        kept = {"shared": r["token_weights"]["positions"]} if r["token_weights"] else {}
+        drops = {"shared": [p for ps in r["evict_events"].values() for p in ps]}
+    else:  # every layer its own slots; events list positions per layer
+        kept, drops = r["kept_positions"], {name: [] for name in r["kept_positions"]}
+        for event in r["evict_events"].values():
+            for name, gone in event.items():
+                drops[name].extend(gone)
+    for name, pos in kept.items():
+        assert len(pos) == r["kv_cache_tokens"], name
+        assert all(a < b for a, b in zip(pos, pos[1:])), name
+        assert pos[:min(sinks, len(pos))] == list(range(min(sinks, len(pos)))), name
+        assert pos[-1] == total - 1, name
+    for name, dropped in drops.items():
+        assert len(dropped) == len(set(dropped)) == total - r["kv_cache_tokens"], name
+        assert not any(p < sinks for p in dropped), f"a sink was evicted in {name}"
     assert_clean(tiny.model)
 
 

@@ -120,12 +120,12 @@ def test_an_unsupported_model_is_left_unchanged(tokenizer):
     import transformers as tf
 
     torch.manual_seed(0)
-    cfg = tf.Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
-                              layer_types=["sliding_attention", "full_attention"])
-    llm = EbbinghausLLM(model=tf.Gemma3ForCausalLM(cfg).eval(), tokenizer=tokenizer)
+    # every layer a sliding window: no full-attention layer to keep memory on (Gemma 3 has some, and works)
+    cfg = tf.MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, sliding_window=8)
+    llm = EbbinghausLLM(model=tf.MistralForCausalLM(cfg).eval(), tokenizer=tokenizer)
     before = llm.generate(PROMPT, 5, chat=False)["token_ids"]
-    for mode in ("sparse_attention", "evict"):
+    for mode in ("soft_delete", "sparse_attention", "evict"):
         with pytest.raises(NotImplementedError):
             llm.generate(PROMPT, 5, mode, chat=False)
         assert_clean(llm.model)
@@ -257,10 +257,11 @@ def test_two_wrappers_of_one_model_are_serialised_too(subject):
 
 
 # -- long runs -----------------------------------------------------------------------------
-def test_evict_memory_stays_flat_over_a_long_run(subject):
+@pytest.mark.parametrize("granularity", ["shared", "layer"])
+def test_evict_memory_stays_flat_over_a_long_run(subject, granularity):
     llm = subject[0]
     budget, n = 64, 300
-    cfg = MemoryConfig(memory_budget=budget, sink_tokens=4, recent_window=16)
+    cfg = MemoryConfig(memory_budget=budget, sink_tokens=4, recent_window=16, granularity=granularity)
     seen = []
     rss = []
     attn = attention_modules(llm.model)[0]
@@ -285,8 +286,9 @@ def test_evict_memory_stays_flat_over_a_long_run(subject):
     assert {s[0] for s in steady} == {budget}, "KV tokens constant at the budget once full"
     assert max(s[0] for s in seen) <= budget
     layers = len(r["memory_stats"])
+    units = 1 if granularity == "shared" else layers  # rows of positions: one set, or one per layer
     assert {s[1] for s in steady} == {budget * layers * 8}, "memory state bounded by the budget"
-    assert {s[2] for s in steady} == {budget} and {s[3] for s in steady} == {budget}
+    assert {s[2] for s in steady} == {budget * units} and {s[3] for s in steady} == {budget}
     assert r["memory_state_bytes"] == budget * layers * 8
     assert r["evicted_tokens"] == r["prompt_tokens"] + n - 1 - budget
     assert rss[1] - rss[0] < 32 * 2**20, f"RSS grew {(rss[1] - rss[0]) / 2**20:.1f} MiB over 200 tokens"

@@ -60,10 +60,9 @@ class Case:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "evict":
-            if self.granularity is None:
-                object.__setattr__(self, "granularity", "shared")
-            MemoryConfig(memory_budget=self.budget or DEFAULT_BUDGET, policy=self.policy or "ebbinghaus",
-                         granularity=self.granularity)
+            cfg = MemoryConfig(memory_budget=self.budget or DEFAULT_BUDGET, policy=self.policy or "ebbinghaus",
+                               granularity=self.granularity or "auto")
+            object.__setattr__(self, "granularity", cfg.granularity_for("evict"))  # what runs, by name
         elif self.policy is not None or self.budget is not None or self.granularity is not None:
             raise ValueError(f"policy, budget and granularity apply to evict only, not to {self.mode!r}")
 
@@ -71,7 +70,8 @@ class Case:
     def label(self) -> str:
         if self.mode != "evict":
             return self.mode
-        suffix = "" if self.granularity == "shared" else f"/{self.granularity}"
+        default = MemoryConfig().granularity_for("evict")
+        suffix = "" if self.granularity == default else f"/{self.granularity}"
         return f"evict/{self.policy}/{self.budget}{suffix}"
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -81,9 +81,9 @@ class Case:
 
 
 def make_cases(modes: Sequence[str] = MODES, policies: Sequence[str] = ("ebbinghaus",),
-               budgets: Sequence[int] = (DEFAULT_BUDGET,), granularities: Sequence[str] = ("shared",)) -> list[Case]:
+               budgets: Sequence[int] = (DEFAULT_BUDGET,), granularities: Sequence[str] = ("auto",)) -> list[Case]:
     """Baseline first (every ratio needs it), then the other modes; evict once per policy, budget
-    and granularity (``shared`` first: the granularity ratios need it)."""
+    and granularity (``auto``: the library's default, per layer)."""
     ordered = sorted(dict.fromkeys(modes), key=lambda m: MODES.index(m) if m in MODES else len(MODES))
     cases: list[Case] = []
     for mode in ordered:

@@ -36,8 +36,8 @@ def add_parser(sub) -> None:
                    help="KV budget(s) in tokens for evict (default: %(default)s)")
     p.add_argument("--policies", type=name_list(sorted(POLICIES)), default=list(DEFAULT_POLICIES),
                    help=f"eviction policies for evict (default: {','.join(DEFAULT_POLICIES)})")
-    p.add_argument("--granularity", type=name_list(GRANULARITIES), default=["shared"],
-                   help="evict granularities to time, comma-separated (default: shared)")
+    p.add_argument("--granularity", type=name_list(GRANULARITIES), default=["auto"],
+                   help="evict granularities to time, comma-separated (default: auto = layer)")
     add_model_args(p)
     p.add_argument("--random-init", default=None, choices=sorted(RANDOM_INIT),
                    help="time a randomly initialised model of this architecture (no weights needed)")

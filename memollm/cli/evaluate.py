@@ -54,8 +54,9 @@ def add_parser(sub) -> None:
         add_model_args(p)
 
     def granularity(p) -> None:
-        p.add_argument("--granularity", type=name_list(GRANULARITIES), default=["shared"],
-                       help="who ranks slots, comma-separated to compare: shared, layer, head (default: shared)")
+        p.add_argument("--granularity", type=name_list(GRANULARITIES), default=["auto"],
+                       help="who ranks slots, comma-separated to compare: shared, layer, head "
+                            "(default: auto = layer for evict)")
 
     p = esub.add_parser("ppl", help="perplexity with the cache held to each budget (StreamingLLM protocol)")
     common(p, "64,128,256")

@@ -95,7 +95,7 @@ def passkey_budget(length: int, fraction: float, question_tokens: int) -> int:
 
 def passkey(llm, *, budgets: Sequence[int] = (128,), budget_fractions: Sequence[float] = (),
             lengths: Sequence[int] = (512,), depths: Sequence[float] = (0.1, 0.5, 0.9), trials: int = 3,
-            policies: Sequence = EVICTING, read: str = "chunked", granularities: Sequence[str] = ("shared",),
+            policies: Sequence = EVICTING, read: str = "chunked", granularities: Sequence[str] = ("auto",),
             sink_tokens: int | None = None, recent_window: int | None = None, prefill_chunk: int = 32,
             answer_tokens: int = 7, seed: int = 0, config: MemoryConfig | None = None,
             progress: bool = True) -> list[dict]:
@@ -146,7 +146,7 @@ def passkey(llm, *, budgets: Sequence[int] = (128,), budget_fractions: Sequence[
                 with attached(llm.model, session):
                     answers = _greedy_continue(llm, cache_p, answer_tokens, first)
                 for i, p in enumerate(policies):
-                    records.append(_passkey_record(_spec(p)[0], budget, fraction, granularity, read, length, depth,
+                    records.append(_passkey_record(_spec(p)[0], budget, fraction, base.granularity_for("evict"), read, length, depth,
                                                    ks, answers[i * rows:(i + 1) * rows], llm.tokenizer,
                                                    session.peak_cached))
                 bar.update(1)

@@ -19,7 +19,7 @@ from .core import EVICTING, _spec, full_logprobs, ppl, stream
 
 def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequence = EVICTING,
                max_tokens: int = 512, segments: int = 1, text: str | None = None, split: str = "report",
-               sources: Sequence[str] | None = None, granularities: Sequence[str] = ("shared",),
+               sources: Sequence[str] | None = None, granularities: Sequence[str] = ("auto",),
                sink_tokens: int | None = None, recent_window: int | None = None, chunk: int = 1, seed: int = 0,
                config: MemoryConfig | None = None, progress: bool = True) -> list[dict]:
     """Perplexity per policy, granularity, budget and passage: the StreamingLLM protocol.
@@ -49,7 +49,7 @@ def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequen
             base = (config or llm.config).replace(granularity=granularity)
             res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,
                          chunk=chunk, seed=seed, config=base, progress=progress)
-            entries += [(_spec(p)[0], granularity, res.logprob[i], res.argmax[i], res.peak_kv_tokens, res.seconds)
+            entries += [(_spec(p)[0], base.granularity_for("evict"), res.logprob[i], res.argmax[i], res.peak_kv_tokens, res.seconds)
                         for i, p in enumerate(policies)]
         for label, granularity, lp, arg, peak, secs in entries:
             same = (arg == full_arg).float()
