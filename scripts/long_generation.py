@@ -53,6 +53,10 @@ def main() -> None:
     p.add_argument("--sample-at", type=int, default=8192, help="position where the quoted sample starts")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="HF's penalty over every token seen so far (default: none; over thousands of tokens "
+                        "it penalises nearly the whole vocabulary and pushes sampling to rare tokens)")
     p.add_argument("--json", default="long_generation.json")
     args = p.parse_args()
 
@@ -67,7 +71,8 @@ def main() -> None:
     with kv_trace(llm.model) as trace:
         rec = Recorder(trace, args.every)
         r = llm.generate(prompt, args.tokens, "evict", memory_budget=args.budget, positions="cache",
-                         temperature=0.8, top_p=0.95, repetition_penalty=1.05, seed=args.seed,
+                         temperature=args.temperature, top_p=0.95, repetition_penalty=args.repetition_penalty,
+                         seed=args.seed,
                          ignore_eos=True, streamer=rec)
     ids = r["token_ids"]
     start = max(0, args.sample_at - r["prompt_tokens"])
@@ -78,10 +83,13 @@ def main() -> None:
            "seconds": round(r["generation_time"], 1), "tokens_per_second": round(r["tokens_per_second"], 2),
            "peak_kv_cache_tokens": r["peak_kv_cache_tokens"], "max_kv_tokens_after_prefill": max(trace["kv_cache_tokens"]),
            "warnings": r["warnings"], "series": rec.rows,
-           "sample_after": args.sample_at, "sample": llm.tokenizer.decode(ids[start:start + 200])}
+           "sample_after": args.sample_at, "sample": llm.tokenizer.decode(ids[start:start + 200]),
+           "samples": {str(r["prompt_tokens"] + i): llm.tokenizer.decode(ids[i:i + 120])
+                       for i in range(0, len(ids), 4000)},
+           "token_ids": ids}
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)
-    print(json.dumps({k: v for k, v in out.items() if k != "series"}, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if k not in ("series", "token_ids")}, indent=1))
 
 
 if __name__ == "__main__":
