@@ -100,7 +100,9 @@ class MemoryConfig:
     Reading a prompt: the attention that the last ``observation_window`` queries of a
     prompt (or chunk) give each earlier token counts as its review, max-pooled over
     ``observation_pool`` neighbouring positions so a multi-token fact is kept whole
-    (SnapKV's observation window; 1 = the newest query only, as in decoding).
+    (SnapKV's observation window; 1 = the newest query only, as in decoding). The defaults,
+    16 queries (about a question's length) pooled over 7 neighbours, were chosen on passkey
+    documents kept apart from the reported ones; decoding (one query a step) is unaffected.
     """
 
     initial_strength: float = 5.0
@@ -120,8 +122,8 @@ class MemoryConfig:
     recent_window: int = 32
     policy: str = "ebbinghaus"
     granularity: str = "auto"
-    observation_window: int = 1
-    observation_pool: int = 1
+    observation_window: int = 16
+    observation_pool: int = 7
     positions: str = "true"
 
     def __post_init__(self) -> None:

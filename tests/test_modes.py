@@ -75,7 +75,9 @@ def test_sparse_stats_count_the_masked_tokens(tiny):
 
 
 def test_token_weights_on_request(tiny, prompt_len):
-    r = tiny.generate(PROMPT, 5, "soft_delete", chat=False, return_attention_weights=True)
+    # no pooling: a prompt's scores are then a mean of attention rows (pooling takes a max over neighbours)
+    r = tiny.generate(PROMPT, 5, "soft_delete", chat=False, return_attention_weights=True,
+                      config=tiny.config.replace(observation_pool=1))
     tw = r["token_weights"]
     n = prompt_len + 4  # every token with a KV entry
     assert tw["positions"] == list(range(n))
