@@ -97,7 +97,8 @@ def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 102
             for i, p in enumerate(policies):
                 for a in starts:
                     records.append({"evaluation": "stream", "policy": _spec(p)[0], "positions": scheme,
-                                    "budget": int(budget), "window_start": a,
+                                    "budget": int(budget), "granularity": base.granularity_for("evict"),
+                                    "window_start": a,
                                     "perplexity": round(ppl(res.logprob[i, 0, a:a + window]), 4), "chunk": chunk,
                                     "seconds": round(res.seconds, 1)})
     return records
