@@ -113,22 +113,47 @@ def _budget_axis(ax, budgets) -> None:
     ax.minorticks_off()
 
 
-def plot_ppl(records: list[dict], ax=None, value: str = "perplexity"):
+def plot_ppl(records: list[dict], ax=None, value: str = "perplexity_after_budget", peer: str = "streaming"):
+    """Each policy's paired difference to ``peer`` over the passages, per budget, with its
+    bootstrap 95% interval (below zero: better than ``peer``). Passages differ far more than
+    policies, so the paired difference is what a reader should look at; without ``peer`` in the
+    records, the mean over passages is drawn instead."""
     import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..stats import bootstrap_ci, paired_difference
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.4, 4.2))
-    recs = [r for r in records if r["evaluation"] == "ppl"]
-    for policy in dict.fromkeys(r["policy"] for r in recs):
-        pts = sorted((r["budget"], r[value]) for r in recs if r["policy"] == policy)
-        style = dict(ls="--", color="black") if policy == "full" else dict(marker="o")
-        if policy == "ebbinghaus_fixed":  # ranks exactly like streaming: draw it dotted on top
-            style = dict(marker="x", ls=":", lw=2)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=policy, **style)
-    _budget_axis(ax, [r["budget"] for r in recs])
+        _, ax = plt.subplots(figsize=(6.8, 4.2))
+    recs = [r for r in records if r["evaluation"] == "ppl" and r["policy"] != "full"]
+    table = {(r["policy"], r["budget"], r["passage"]): r[value] for r in recs}
+    budgets = sorted({r["budget"] for r in recs})
+    paired = any(k[0] == peer for k in table)
+    policies = [p for p in dict.fromkeys(r["policy"] for r in recs) if not (paired and p == peer)]
+    width = 0.8 / max(1, len(policies))
+    for i, policy in enumerate(policies):
+        points = []
+        for j, budget in enumerate(budgets):
+            keys = sorted(k[2] for k in table if k[:2] == (policy, budget))
+            if not keys:
+                continue
+            mine = [table[policy, budget, k] for k in keys]
+            if paired:
+                est, lo, hi = paired_difference(mine, [table[peer, budget, k] for k in keys])
+            else:
+                est, lo, hi = bootstrap_ci(mine)
+            points.append((j + (i - (len(policies) - 1) / 2) * width, est, est - lo, hi - est))
+        x, y, low, high = (np.array(v) for v in zip(*points))
+        ax.errorbar(x, y, yerr=[low, high], fmt="o", capsize=3, label=policy)
+    if paired:
+        ax.axhline(0, color="black", lw=1)
+    ax.set_xticks(range(len(budgets)), [str(b) for b in budgets])
     ax.set_xlabel("KV-cache budget (tokens)")
-    ax.set_ylabel(value.replace("_", " "))
-    ax.set_title("Perplexity at equal memory (lower is better)")
+    name = value.replace("_", " ")
+    ax.set_ylabel(f"{name}: policy - {peer}" if paired else name)
+    ax.set_title(f"Perplexity at equal memory, paired against {peer} (below 0: better)" if paired
+                 else "Perplexity at equal memory (lower is better)", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     return ax.figure
 
