@@ -21,6 +21,7 @@ policy never needs to know the granularity.
 from __future__ import annotations
 
 import logging
+from array import array
 from typing import Any
 
 import torch
@@ -34,6 +35,37 @@ from .memory import EbbinghausMemory
 from .policies import Policy, make_policy
 
 log = logging.getLogger(__name__)
+
+
+class DropLog:
+    """Positions each slot unit dropped, step by step, held as int32 arrays until a result asks.
+
+    Per-layer eviction drops a token in every layer at every step: over a 20,000-token run that
+    is 600,000 positions, tens of MB as Python lists of ints (memory that grew with the length
+    of a generation whose cache was flat); here it is 4 bytes a position plus 4 per unit a step.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.steps, self.counts, self.flat = array("i"), array("i"), array("i")
+
+    def add(self, step: int, counts: list[int], flat: list[int]) -> None:
+        """``counts[u]`` positions dropped by unit ``u`` at ``step``, listed unit after unit in ``flat``."""
+        self.steps.append(step)
+        self.counts.extend(counts)
+        self.flat.extend(flat)
+
+    def as_dict(self) -> dict[int, dict[str, list[int]]]:
+        """``{step: {unit name: [positions]}}``, units that dropped nothing left out."""
+        out: dict[int, dict[str, list[int]]] = {}
+        units, start = len(self.names), 0
+        for i, step in enumerate(self.steps):
+            event = out.setdefault(step, {})
+            for name, count in zip(self.names, self.counts[i * units:(i + 1) * units]):
+                if count:
+                    event.setdefault(name, []).extend(self.flat[start:start + count])
+                start += count
+        return out
 
 
 class MemorySession:
@@ -99,8 +131,9 @@ class MemorySession:
         self.evicted = 0
         self.peak_cached = 0
         self.forget_events: dict[int, list[int]] = {}  # sparse: step -> positions newly masked
-        # evict: step -> positions dropped before that step (per layer / head unless shared)
-        self.evict_events: dict[int, Any] = {}
+        # evict: step -> positions dropped before that step (per layer / head unless shared: see ``DropLog``)
+        self.evict_events: dict[int, list[int]] = {}
+        self.drop_log = DropLog(self.unit_names()) if self.units > 1 else None
         self.warnings: list[str] = []
         self._masked = None  # [batch, tokens] bool, sparse mode ([layers, batch, tokens] with layer masks)
         self._weights = None  # [layers, batch, tokens], soft_delete mode
@@ -173,13 +206,7 @@ class MemorySession:
         if self.units == 1:
             self.evict_events.setdefault(step, []).extend(rows[0][dropped[0]].tolist())
             return
-        event = self.evict_events.setdefault(step, {})
-        flat, counts = rows[dropped].tolist(), dropped.sum(-1).tolist()  # two host copies, not one per unit
-        start = 0
-        for name, count in zip(self.unit_names(), counts):
-            if count:
-                event.setdefault(name, []).extend(flat[start:start + count])
-            start += count
+        self.drop_log.add(step, dropped.sum(-1).tolist(), rows[dropped].tolist())  # two host copies a step
 
     def kept_positions(self) -> dict[str, list[int]]:
         """True positions each unit holds now (batch row 0)."""
@@ -380,7 +407,7 @@ class MemorySession:
             "memory_state_bytes": self.state_bytes(),
         }
         if self.mode == "evict":
-            out["evict_events"] = self.evict_events
+            out["evict_events"] = self.drop_log.as_dict() if self.drop_log is not None else self.evict_events
             out["granularity"] = self.granularity
             if self.units > 1:
                 out["kept_positions"] = self.kept_positions()
