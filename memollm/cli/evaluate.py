@@ -110,6 +110,8 @@ def add_parser(sub) -> None:
                    help="position schemes: true, cache (default: both)")
     p.add_argument("--every", type=positive_int, default=1000, help="perplexity window in tokens (default: 1000)")
     p.add_argument("--chunk", type=positive_int, default=1, help="tokens per step (default: 1)")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="auto",
+                   help="who ranks slots (default: auto = layer for evict)")
     p.set_defaults(handler=run_stream)
 
     add_recall_parser(esub)
@@ -233,7 +235,7 @@ def run_stream(args) -> int:
     llm = _load(args)
     records = long_stream(llm, tokens=args.tokens, budgets=args.budgets, schemes=args.positions,
                           policies=args.policies, window=args.every, chunk=args.chunk, seed=args.seed,
-                          config=llm.config.replace(**_overrides(args)))
+                          config=llm.config.replace(granularity=args.granularity, **_overrides(args)))
     print(f"perplexity in windows of {args.every} tokens along a {args.tokens}-token stream (chunk {args.chunk}), "
           f"model {llm.model_name}, context {llm.max_positions}")
     print(table([dict(r, line=f"{r['policy']}/{r['positions']}/{r['budget']}") for r in records], "perplexity",
