@@ -163,6 +163,9 @@ class ChatSession:
         elif self.config.granularity != "shared" and generation_mode in ("evict", "sparse_attention"):
             raise ConfigError(f"a chat keeps one set of cached tokens for all layers (granularity='shared'); "
                               f"granularity={self.config.granularity!r} is not built for chats")
+        # a chat reviews with one query a step, as its recall benchmark measured: the question-aware
+        # window (observation_window / observation_pool) was measured on single documents only
+        self.config = self.config.replace(observation_window=1, observation_pool=1)
         if fmt == "chat" and getattr(self.tokenizer, "chat_template", None) is None:
             raise ValueError("this tokenizer has no chat template; use fmt='transcript'")
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)

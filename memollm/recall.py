@@ -205,7 +205,7 @@ def run_conversation(llm, conv: Conversation, policies: Sequence[str], budget: i
         if recent_window is not None:
             changes["recent_window"] = recent_window
         # one shared ranking, as a chat keeps (``memollm.chat``): the rows' policies hold memory-layer state
-        cfg = cfg.replace(granularity="shared", **changes)
+        cfg = cfg.replace(granularity="shared", observation_window=1, observation_pool=1, **changes)
         n_layers = len(memory_layer_ids(model, cfg))
         built = []
         for i, spec in enumerate(policies):
