@@ -8,6 +8,7 @@ shift and the logits go wrong.
 
 from __future__ import annotations
 
+from array import array
 from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
 
@@ -167,6 +168,37 @@ def gather_units(cache, keep: torch.Tensor, layer_ids: list[int], heads: int) ->
                 continue
             index = sel.expand(-1, t.shape[1], -1)[..., None].expand(-1, -1, -1, t.shape[-1])
             setattr(layer, name, t.gather(2, index))
+
+
+class DropLog:
+    """Positions each slot unit dropped, step by step, held as int32 arrays until a result asks.
+
+    Per-layer eviction drops a token in every layer at every step: over a 20,000-token run that
+    is 600,000 positions, tens of MB as Python lists of ints (memory that grew with the length
+    of a generation whose cache was flat); here it is 4 bytes a position plus 4 per unit a step.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.steps, self.counts, self.flat = array("i"), array("i"), array("i")
+
+    def add(self, step: int, counts: list[int], flat: list[int]) -> None:
+        """``counts[u]`` positions dropped by unit ``u`` at ``step``, listed unit after unit in ``flat``."""
+        self.steps.append(step)
+        self.counts.extend(counts)
+        self.flat.extend(flat)
+
+    def as_dict(self) -> dict[int, dict[str, list[int]]]:
+        """``{step: {unit name: [positions]}}``, units that dropped nothing left out."""
+        out: dict[int, dict[str, list[int]]] = {}
+        units, start = len(self.names), 0
+        for i, step in enumerate(self.steps):
+            event = out.setdefault(step, {})
+            for name, count in zip(self.names, self.counts[i * units:(i + 1) * units]):
+                if count:
+                    event.setdefault(name, []).extend(self.flat[start:start + count])
+                start += count
+        return out
 
 
 def rotary_embedding(model: torch.nn.Module):

@@ -21,51 +21,19 @@ policy never needs to know the granularity.
 from __future__ import annotations
 
 import logging
-from array import array
 from typing import Any
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention import add_logit_bias, combine_mask, pool_neighbours, received_attention
-from .cache import (cached_tokens, check_evictable, full_attention_layers, gather_cache, gather_units, kv_heads,
+from .cache import (DropLog, cached_tokens, check_evictable, full_attention_layers, gather_cache, gather_units, kv_heads,
                     memory_layer_ids, rerotate_cache, rotary_embedding, select_keep, slot_units)
 from .config import MODES, ConfigError, MemoryConfig
 from .memory import EbbinghausMemory
 from .policies import Policy, make_policy
 
 log = logging.getLogger(__name__)
-
-
-class DropLog:
-    """Positions each slot unit dropped, step by step, held as int32 arrays until a result asks.
-
-    Per-layer eviction drops a token in every layer at every step: over a 20,000-token run that
-    is 600,000 positions, tens of MB as Python lists of ints (memory that grew with the length
-    of a generation whose cache was flat); here it is 4 bytes a position plus 4 per unit a step.
-    """
-
-    def __init__(self, names: list[str]) -> None:
-        self.names = names
-        self.steps, self.counts, self.flat = array("i"), array("i"), array("i")
-
-    def add(self, step: int, counts: list[int], flat: list[int]) -> None:
-        """``counts[u]`` positions dropped by unit ``u`` at ``step``, listed unit after unit in ``flat``."""
-        self.steps.append(step)
-        self.counts.extend(counts)
-        self.flat.extend(flat)
-
-    def as_dict(self) -> dict[int, dict[str, list[int]]]:
-        """``{step: {unit name: [positions]}}``, units that dropped nothing left out."""
-        out: dict[int, dict[str, list[int]]] = {}
-        units, start = len(self.names), 0
-        for i, step in enumerate(self.steps):
-            event = out.setdefault(step, {})
-            for name, count in zip(self.names, self.counts[i * units:(i + 1) * units]):
-                if count:
-                    event.setdefault(name, []).extend(self.flat[start:start + count])
-                start += count
-        return out
 
 
 class MemorySession:
