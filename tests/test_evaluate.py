@@ -129,7 +129,12 @@ def test_plots(make_tiny, tmp_path):
     matplotlib.use("Agg")
     recs = [{"evaluation": "ppl", "policy": p, "budget": b, "perplexity": 10.0 + b / 100, "perplexity_after_budget": 9.0}
             for p in ("h2o", "full") for b in (64, 128)]
-    assert viz.plot_ppl(recs) is not None
+    assert viz.plot_ppl(recs) is not None  # one passage, no streaming: means
+    paired = [{"evaluation": "ppl", "policy": p, "budget": b, "passage": f"docs/{i}",
+               "perplexity_after_budget": 9.0 + i + (p == "h2o")} for p in ("h2o", "streaming") for b in (64, 128)
+              for i in range(3)]
+    ax = viz.plot_ppl(paired).axes[0]
+    assert "streaming" in ax.get_ylabel() and [t.get_text() for t in ax.get_legend().get_texts()] == ["h2o"]
     pk = [{"evaluation": "passkey", "policy": "h2o", "budget": 64, "length": 200, "depth": 0.5, "accuracy": 0.5},
           {"evaluation": "passkey", "policy": "full", "budget": None, "length": 200, "depth": 0.5, "accuracy": 1.0}]
     assert viz.plot_passkey(pk) is not None

@@ -126,7 +126,7 @@ def plot_ppl(records: list[dict], ax=None, value: str = "perplexity_after_budget
     if ax is None:
         _, ax = plt.subplots(figsize=(6.8, 4.2))
     recs = [r for r in records if r["evaluation"] == "ppl" and r["policy"] != "full"]
-    table = {(r["policy"], r["budget"], r["passage"]): r[value] for r in recs}
+    table = {(r["policy"], r["budget"], r.get("passage", "")): r[value] for r in recs}
     budgets = sorted({r["budget"] for r in recs})
     paired = any(k[0] == peer for k in table)
     policies = [p for p in dict.fromkeys(r["policy"] for r in recs) if not (paired and p == peer)]
