@@ -121,7 +121,10 @@ class ChatSession:
     (the tokenizer's chat template) or ``"transcript"`` (``User: ...`` / ``Assistant: ...``
     lines, for models that follow a plain transcript better than their template).
     ``prefill_chunk``: at most this many tokens per forward pass when reading a turn (in
-    ``evict`` the chunks are also cut so that the cache never exceeds the budget).
+    ``evict`` the chunks are also cut so that the cache never exceeds the budget). A chat ranks
+    one shared set of tokens (``granularity="auto"`` means ``"shared"`` here; per layer is
+    refused) and reviews with one query a step (its config's ``observation_window`` and
+    ``observation_pool`` are set to 1): that is what its recall benchmark measured.
     """
 
     def __init__(self, llm, generation_mode: str = "evict", memory_budget: int | None = None,

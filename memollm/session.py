@@ -98,7 +98,7 @@ class MemorySession:
         self.steps = 0  # decode steps done (the prefill is step 0)
         self.evicted = 0
         self.peak_cached = 0
-        self.forget_events: dict[int, list[int]] = {}  # sparse: step -> positions newly masked
+        self.forget_events: dict[int, Any] = {}  # sparse: step -> positions newly masked (by layer with layer masks)
         # evict: step -> positions dropped before that step (per layer / head unless shared: see ``DropLog``)
         self.evict_events: dict[int, list[int]] = {}
         self.drop_log = DropLog(self.unit_names()) if self.units > 1 else None
