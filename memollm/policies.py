@@ -105,8 +105,10 @@ class EbbinghausPolicy(Policy):
     """Mean retention R over the memory layers: attended tokens stay, idle ones fade."""
 
     needs_attention = True
+    settings: dict = {}  # a preset's MemoryConfig changes (a subclass sets them; the result reports them)
 
     def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
+        config = config.replace(**self.settings) if self.settings else config
         super().__init__(config, num_layers)
         self.memory = EbbinghausMemory(num_layers, config, device=device)
 
@@ -132,9 +134,7 @@ class EbbinghausFixedPolicy(EbbinghausPolicy):
     """Ablation: strength never grows, so R is pure exponential age decay."""
 
     needs_attention = False
-
-    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
-        super().__init__(config.replace(reinforce=False), num_layers, device=device)
+    settings = {"reinforce": False}
 
 
 EBBINGHAUS_TUNED = {"reinforce_threshold": 0.5, "initial_strength": 20.0}
@@ -148,8 +148,7 @@ seed's defaults, which the other modes and notebooks rely on."""
 class EbbinghausTunedPolicy(EbbinghausPolicy):
     """Ebbinghaus with tuned settings: reinforce at half the uniform share, S0 = 20."""
 
-    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
-        super().__init__(config.replace(**EBBINGHAUS_TUNED), num_layers, device=device)
+    settings = EBBINGHAUS_TUNED
 
 
 EBBINGHAUS_SPACED = {"spacing": 1.0}
@@ -162,16 +161,14 @@ EBBINGHAUS_SPACED_CAPPED = {"spacing": 1.0, "max_strength": 20.0}
 class EbbinghausSpacedPolicy(EbbinghausPolicy):
     """Ablation: Ebbinghaus with the spacing effect (gain times 1 - R at the review)."""
 
-    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
-        super().__init__(config.replace(**EBBINGHAUS_SPACED), num_layers, device=device)
+    settings = EBBINGHAUS_SPACED
 
 
 @register_policy("ebbinghaus_spaced_capped")
 class EbbinghausSpacedCappedPolicy(EbbinghausPolicy):
     """Ablation: the spacing effect plus a strength cap (S <= 20)."""
 
-    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
-        super().__init__(config.replace(**EBBINGHAUS_SPACED_CAPPED), num_layers, device=device)
+    settings = EBBINGHAUS_SPACED_CAPPED
 
 
 @register_policy("streaming")
