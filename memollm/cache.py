@@ -24,6 +24,11 @@ def cache_layers(cache) -> list:
     return list(layers)
 
 
+def is_sliding(layer) -> bool:
+    """A sliding-window cache layer (Gemma 2/3) holds only its window and bounds itself."""
+    return bool(getattr(layer, "is_sliding", False))
+
+
 def check_evictable(cache) -> None:
     """Eviction and masking act on the full-attention layers, which keep every token; sliding-window
     layers (Gemma 2/3) bound themselves and are left alone. Linear-attention layers hold no
@@ -34,7 +39,7 @@ def check_evictable(cache) -> None:
             raise NotImplementedError(
                 f"cache layer {i} is a {type(layer).__name__} (linear attention): it holds no per-token keys to "
                 "evict or mask. Use generation_mode='baseline' or 'soft_delete' with this model.")
-    if all(getattr(layer, "is_sliding", False) for layer in layers):
+    if all(is_sliding(layer) for layer in layers):
         raise NotImplementedError("every cache layer is a sliding window: there is no full-attention layer whose "
                                   "tokens memollm could evict or mask. Use generation_mode='baseline'.")
 
@@ -43,7 +48,7 @@ def cached_tokens(cache) -> int:
     """Tokens held by the full-attention layers (a sliding layer's ``get_seq_length`` counts every
     token it has seen, not what it holds)."""
     for i, layer in enumerate(cache_layers(cache)):
-        if not getattr(layer, "is_sliding", False):
+        if not is_sliding(layer):
             return int(cache.get_seq_length(i))
     return int(cache.get_seq_length())
 
@@ -54,7 +59,7 @@ def full_attention_layers(model: torch.nn.Module) -> list[int]:
     from transformers import DynamicCache
 
     layers = DynamicCache(config=model.config).layers
-    return [i for i, layer in enumerate(layers) if not getattr(layer, "is_sliding", False)]
+    return [i for i, layer in enumerate(layers) if not is_sliding(layer)]
 
 
 def memory_layer_ids(model: torch.nn.Module, config: MemoryConfig) -> list[int]:
@@ -131,7 +136,7 @@ def gather_cache(cache, keep: torch.Tensor) -> None:
     (sliding-window layers keep their own window)."""
     batch = keep.shape[0]
     for layer in cache_layers(cache):
-        if getattr(layer, "is_sliding", False) or not getattr(layer, "is_initialized", True) \
+        if is_sliding(layer) or not getattr(layer, "is_initialized", True) \
                 or layer.keys is None or layer.keys.numel() == 0:
             continue
         if batch == 1:

@@ -140,6 +140,18 @@ def test_plots(make_tiny, tmp_path):
     assert viz.plot_passkey(pk) is not None
     ag = [{"evaluation": "agreement", "policy": "h2o", "budget": 64, "agreement": 0.8}]
     assert viz.plot_agreement(ag) is not None
+    stream = [{"evaluation": "stream", "policy": "full", "positions": "true", "budget": None, "window_start": w,
+               "perplexity": 10.0} for w in (0, 100)]
+    stream += [{"evaluation": "stream", "policy": p, "positions": s, "budget": b, "granularity": g, "window_start": w,
+                "perplexity": 11.0 + w + (p == "ebbinghaus") * (g == "layer")} for p in ("streaming", "ebbinghaus")
+               for s in ("true", "cache")
+               for b, g in ((64, "shared"), (64, "layer"), (128, "shared")) for w in (0, 100)]
+    fig = viz.plot_stream(stream, context=150)
+    assert [ax.get_title() for ax in fig.axes] == ["KV budget 64 tokens", "KV budget 128 tokens"]
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert legends[0][0] == "full cache" and "ebbinghaus, positions=cache, layer" in legends[0]
+    assert "streaming, positions=cache" in legends[0] and len(legends[0]) == 7  # equal lines drawn once, unnamed
+    assert "ebbinghaus, positions=cache" in legends[1] and len(legends[1]) == 5  # one granularity: not named
 
 
 @pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
@@ -168,3 +180,33 @@ def test_one_prefill_for_every_policy_equals_reading_the_prompt_per_policy(make_
         shared = _greedy_continue(llm, copy, 4, logits.repeat(len(policies), 1))
     assert torch.equal(shared, alone)
     assert torch.equal(session.positions, res.session.positions)
+
+
+def test_stream_summary_means_and_pairs_windows():
+    recs = [{"evaluation": "stream", "policy": p, "positions": "cache", "budget": 64, "granularity": "layer",
+             "window_start": w, "perplexity": 10.0 + w / 100 + (p == "ebbinghaus")}
+            for p in ("streaming", "ebbinghaus") for w in range(0, 400, 100)]
+    recs.append({"evaluation": "stream", "policy": "full", "positions": "true", "budget": None, "window_start": 0,
+                 "perplexity": 9.0})
+    rows = {r["policy"]: r for r in E.stream_summary(recs, context=200)}
+    assert set(rows) == {"streaming", "ebbinghaus"}  # the full cache is the reference, not a line
+    assert rows["streaming"]["before"] == 11.0  # the window ending in (100, 200]
+    assert rows["streaming"]["after"] == 12.5 and rows["streaming"]["worst_after"] == 13.0  # starts 200, 300
+    assert rows["streaming"]["vs_baseline"] is None
+    assert rows["ebbinghaus"]["vs_baseline"][0] == pytest.approx(1.0)
+
+
+def test_stream_command_reads_the_chosen_half_and_prints_the_summary(make_tiny, tmp_path, monkeypatch, capsys):
+    from memollm.cli import evaluate as eval_cli
+
+    tiny = make_tiny("llama")  # 1,024 positions: a 1,200-token stream runs past them
+    monkeypatch.setattr(eval_cli, "load_llm", lambda args: tiny)
+    out = tmp_path / "stream.json"
+    assert main(["eval", "stream", "--tokens", "1200", "--every", "400", "--budget", "64", "--chunk", "16",
+                 "--sinks", "4", "--window", "8", "--policies", "streaming,ebbinghaus", "--positions", "cache",
+                 "--source", "prose", "--split", "tune", "--no-plot", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert {(r["source"], r["split"]) for r in records} == {("prose", "tune")}
+    assert {r["policy"] for r in records} == {"full", "streaming", "ebbinghaus"}
+    text = capsys.readouterr().out
+    assert "prose (tune split, chunk 16)" in text and "| ebbinghaus | cache | 64 | layer |" in text

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..config import GRANULARITIES, POLICIES, POSITION_SCHEMES, MemoryConfig
-from ..evaluate import EVICTING, agreement, long_stream, passkey, perplexity, table
+from ..evaluate import EVICTING, agreement, long_stream, passkey, perplexity, stream_summary, table
 from ..stats import markdown_table, summarize
 from ..texts import TEXT_SOURCES, load_text
 from ..viz import plot_agreement, plot_passkey, plot_passkey_summary, plot_ppl, plot_stream, save_figure
@@ -58,6 +58,10 @@ def add_parser(sub) -> None:
                        help="who ranks slots, comma-separated to compare: shared, layer, head "
                             "(default: auto = layer for evict)")
 
+    def split(p) -> None:
+        p.add_argument("--split", choices=("report", "tune"), default="report",
+                       help="first half (report, default) or second half (tune, for choosing settings) of each text")
+
     p = esub.add_parser("ppl", help="perplexity with the cache held to each budget (StreamingLLM protocol)")
     common(p, "64,128,256")
     granularity(p)
@@ -68,8 +72,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sources", type=name_list(sorted(TEXT_SOURCES)), default=["docs", "prose"],
                    help="offline texts: docs (CPython's reference), prose (Austen's Persuasion) (default: both)")
     p.add_argument("--text-file", default=None, help="UTF-8 text to read instead of --sources")
-    p.add_argument("--split", choices=("report", "tune"), default="report",
-                   help="first half (report, default) or second half (tune) of the token stream")
+    split(p)
     p.add_argument("--chunk", type=positive_int, default=1,
                    help="tokens per step (default: 1, the StreamingLLM protocol; >1 is faster and coarser)")
     p.set_defaults(handler=run_ppl)
@@ -112,6 +115,9 @@ def add_parser(sub) -> None:
     p.add_argument("--chunk", type=positive_int, default=1, help="tokens per step (default: 1)")
     p.add_argument("--granularity", choices=GRANULARITIES, default="auto",
                    help="who ranks slots (default: auto = layer for evict)")
+    p.add_argument("--source", choices=sorted(TEXT_SOURCES), default="docs",
+                   help="offline text: docs (CPython's reference), prose (Austen's Persuasion) (default: docs)")
+    split(p)
     p.set_defaults(handler=run_stream)
 
     add_recall_parser(esub)
@@ -234,12 +240,24 @@ def run_stream(args) -> int:
     _check_args(args)
     llm = _load(args)
     records = long_stream(llm, tokens=args.tokens, budgets=args.budgets, schemes=args.positions,
-                          policies=args.policies, window=args.every, chunk=args.chunk, seed=args.seed,
+                          policies=args.policies, window=args.every, chunk=args.chunk, source=args.source,
+                          split=args.split, seed=args.seed,
                           config=llm.config.replace(granularity=args.granularity, **_overrides(args)))
-    print(f"perplexity in windows of {args.every} tokens along a {args.tokens}-token stream (chunk {args.chunk}), "
-          f"model {llm.model_name}, context {llm.max_positions}")
+    print(f"perplexity in windows of {args.every} tokens along a {args.tokens}-token stream of {args.source} "
+          f"({args.split} split, chunk {args.chunk}), model {llm.model_name}, context {llm.max_positions}")
     print(table([dict(r, line=f"{r['policy']}/{r['positions']}/{r['budget']}") for r in records], "perplexity",
                 rows="line", cols="window_start", fmt="{:.1f}"))
+    context = llm.max_positions or args.tokens
+    print(f"\nmean window perplexity before (windows ending in {context // 2:,}-{context:,}) and after the trained "
+          "context, and the paired difference to streaming over all windows [95% bootstrap interval over windows]:")
+    print("| policy | positions | budget | granularity | before | after | worst after | vs streaming |")
+    print("|---|---|---:|---|---:|---:|---:|---:|")
+    for row in stream_summary(records, context):
+        cells = [row["policy"], row["positions"], row["budget"], row["granularity"]]
+        cells += ["" if row[k] is None else f"{row[k]:.1f}" for k in ("before", "after", "worst_after")]
+        d = row["vs_baseline"]
+        cells.append("–" if d is None else f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]")
+        print("| " + " | ".join(str(c) for c in cells) + " |")
     _finish(args, records, "perplexity", "eval_stream", lambda recs: plot_stream(recs, context=llm.max_positions))
     return 0
 

@@ -6,9 +6,9 @@ and the command line in ``memollm.cli.evaluate``."""
 from .agreement import agreement
 from .core import EVICTING, StreamResult, eval_config, full_logprobs, ppl, stream, table
 from .passkey import FILLER, INTRO, QUESTION, passkey, passkey_budget, passkey_ids
-from .perplexity import long_stream, perplexity
+from .perplexity import long_stream, perplexity, stream_summary
 from ..texts import default_text, text_segments  # the text helpers lessons reach through ``E``
 
 __all__ = ["EVICTING", "FILLER", "INTRO", "QUESTION", "StreamResult", "agreement", "default_text", "eval_config",
            "full_logprobs", "long_stream", "passkey", "passkey_budget", "passkey_ids", "perplexity", "ppl", "stream",
-           "table", "text_segments"]
+           "stream_summary", "table", "text_segments"]

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from ..config import MemoryConfig
+from ..stats import paired_difference
 from ..texts import default_text, passages, split_ids, text_segments
 from .core import EVICTING, _spec, full_logprobs, ppl, stream
 
@@ -67,19 +68,21 @@ def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequen
 
 def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 1024),
                 schemes: Sequence[str] = ("true", "cache"), policies: Sequence = ("streaming", "ebbinghaus"),
-                window: int = 1000, chunk: int = 1, source: str = "docs", seed: int = 0,
+                window: int = 1000, chunk: int = 1, source: str = "docs", split: str = "report", seed: int = 0,
                 config: MemoryConfig | None = None, progress: bool = True) -> list[dict]:
     """Perplexity along a stream longer than the model's context, in windows of ``window`` tokens.
 
-    The first ``tokens`` tokens of a source's report split are read ``chunk`` tokens at a
-    time with the cache held to each budget, once per position scheme (``true``: positions
-    grow past the trained range; ``cache``: StreamingLLM's positions inside the cache). The
+    The first ``tokens`` tokens of one split of a source (``report``, or ``tune`` for choosing
+    settings you will not report) are read ``chunk`` tokens at a time with the cache held to
+    each budget, once per position scheme (``true``: positions grow past the trained range;
+    ``cache``: StreamingLLM's positions inside the cache). The
     ``full`` cache is the reference while the stream fits the context. One record per
     (policy, positions, budget, window): ``window_start``, ``perplexity``; plus ``seconds``.
     """
-    ids = split_ids(llm.tokenizer, source, "report")
+    ids = split_ids(llm.tokenizer, source, split)
     if ids.shape[0] < tokens:
-        raise ValueError(f"source {source!r} has {ids.shape[0]} tokens in its report split; {tokens} requested")
+        raise ValueError(f"source {source!r} has {ids.shape[0]} tokens in its {split} split; {tokens} requested")
+    text = {"source": source, "split": split}
     ids = ids[:tokens][None]
     starts = list(range(0, tokens - 1, window))
     records = []
@@ -87,7 +90,7 @@ def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 102
     full_lp, _ = full_logprobs(llm, ids[:, :fits])
     for a in starts:
         if a + window <= fits - 1:
-            records.append({"evaluation": "stream", "policy": "full", "positions": "true", "budget": None,
+            records.append({"evaluation": "stream", **text, "policy": "full", "positions": "true", "budget": None,
                             "window_start": a, "perplexity": round(ppl(full_lp[0, a:a + window]), 4),
                             "chunk": chunk, "seconds": 0.0})
     for budget in budgets:
@@ -96,10 +99,42 @@ def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 102
             res = stream(llm, ids, policies, budget, chunk=chunk, seed=seed, config=base, progress=progress)
             for i, p in enumerate(policies):
                 for a in starts:
-                    records.append({"evaluation": "stream", "policy": _spec(p)[0], "positions": scheme,
+                    records.append({"evaluation": "stream", **text, "policy": _spec(p)[0], "positions": scheme,
                                     "budget": int(budget), "granularity": base.granularity_for("evict"),
                                     "window_start": a,
                                     "perplexity": round(ppl(res.logprob[i, 0, a:a + window]), 4), "chunk": chunk,
                                     "seconds": round(res.seconds, 1)})
     return records
 
+
+def stream_summary(records: Sequence[dict], context: int, *, baseline: str = "streaming") -> list[dict]:
+    """One row per line of a ``long_stream`` run (policy, positions, budget, granularity).
+
+    ``before``: mean perplexity of the windows that end in the second half of the trained
+    context (4,000-8,000 for 8,192 positions and windows of 1,000); ``after``: mean of the
+    windows that start past it, and ``worst_after`` their maximum; ``vs_baseline``: the
+    paired difference to ``baseline`` at the
+    same positions, budget and granularity over all windows, ``(mean, low, high)`` bootstrapped
+    over windows. The windows come from one text and neighbours are not independent, so that
+    interval is narrower than one over independent texts would be.
+    """
+    lines: dict[tuple, dict[int, float]] = {}
+    for r in records:
+        if r["evaluation"] == "stream" and r["policy"] != "full":
+            key = (r["policy"], r["positions"], r["budget"], r.get("granularity"))
+            lines.setdefault(key, {})[r["window_start"]] = r["perplexity"]
+    rows = []
+    for (policy, positions, budget, granularity), windows in lines.items():
+        starts = sorted(windows)
+        size = starts[1] - starts[0] if len(starts) > 1 else context
+        before = [windows[a] for a in starts if context // 2 < a + size <= context]
+        after = [windows[a] for a in starts if a >= context]
+        base = lines.get((baseline, positions, budget, granularity))
+        paired = None
+        if policy != baseline and base is not None and sorted(base) == starts:
+            paired = paired_difference([windows[a] for a in starts], [base[a] for a in starts])
+        rows.append({"policy": policy, "positions": positions, "budget": budget, "granularity": granularity,
+                     "before": sum(before) / len(before) if before else None,
+                     "after": sum(after) / len(after) if after else None,
+                     "worst_after": max(after) if after else None, "vs_baseline": paired})
+    return rows

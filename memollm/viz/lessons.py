@@ -344,24 +344,25 @@ def plot_logit_difference(diff, *, title: str = "evicted cache without true posi
 
 
 def plot_kept_positions(kept: dict[str, list[int]], total: int, *, marks: dict[str, range] | None = None,
-                        title: str = "which tokens each layer keeps"):
-    """A raster of ``kept`` (``result["kept_positions"]`` of a per-layer or per-head ``evict``
-    run): one row per layer (or head), one column per position read, dark where the token is
-    still cached. ``marks`` shades named spans, e.g. ``{"pass key": range(496, 510)}``."""
+                        title: str = "which tokens each layer keeps",
+                        xlabel: str = "position of the token in the prompt"):
+    """``kept`` (``result["kept_positions"]`` of a per-layer or per-head ``evict`` run): one row
+    per layer (or head), one tick per token still cached, at its position (ticks, not pixels,
+    so a lone token stays visible in a long text). ``marks`` shades named spans, e.g.
+    ``{"pass key": range(496, 510)}``."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     names = list(kept)
-    grid = np.zeros((len(names), total))
-    for i, name in enumerate(names):
-        grid[i, [p for p in kept[name] if p < total]] = 1.0
     fig, ax = plt.subplots(figsize=(8.5, max(2.5, 0.12 * len(names) + 1.2)))
-    ax.imshow(grid, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
+    ax.eventplot([[p for p in kept[name] if p < total] for name in names], lineoffsets=range(len(names)),
+                 linelengths=0.9, linewidths=0.6, colors="black")
+    ax.set_xlim(-0.5, total - 0.5)
+    ax.set_ylim(len(names) - 0.5, -0.5)  # the first layer on top
     for label, span in (marks or {}).items():
         ax.axvspan(span.start - 0.5, span.stop - 0.5, color="tab:red", alpha=0.25, label=label)
     step = max(1, len(names) // 10)
     ax.set_yticks(range(0, len(names), step), [names[i].replace("layer_", "L") for i in range(0, len(names), step)])
-    ax.set_xlabel("position of the token in the prompt")
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     if marks:
         ax.legend(loc="upper right", fontsize=8)

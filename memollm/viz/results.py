@@ -202,31 +202,46 @@ def plot_agreement(records: list[dict], ax=None):
     return ax.figure
 
 
-def plot_stream(records: list[dict], ax=None, *, context: int | None = None):
-    """Perplexity against position along a long stream: one line per policy, scheme and budget
-    (``context``: the model's trained positions, marked with a vertical line)."""
+def plot_stream(records: list[dict], *, context: int | None = None):
+    """Perplexity against position along a long stream: one panel per budget, one line per policy,
+    position scheme (dashed: true positions) and, where a panel has several, granularity; the full
+    cache in every panel (``context``: the model's trained positions, a vertical line)."""
     import matplotlib.pyplot as plt
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7.2, 4.2))
     recs = [r for r in records if r["evaluation"] == "stream"]
-    for key in dict.fromkeys((r["policy"], r["positions"], r["budget"]) for r in recs):
-        pts = sorted((r["window_start"], r["perplexity"]) for r in recs
-                     if (r["policy"], r["positions"], r["budget"]) == key)
-        policy, scheme, budget = key
-        label = "full cache" if policy == "full" else f"{policy}, positions={scheme}, budget {budget}"
-        style = dict(color="black", lw=2) if policy == "full" else dict(ls="-" if scheme == "cache" else "--")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=label, **style)
-    ax.set_yscale("log")
-    if context:
-        ax.axvline(context, color="grey", lw=1, ls=":")
-        ax.annotate(f"trained context ({context:,})", (context, 1), xycoords=("data", "axes fraction"),
-                    xytext=(3, -12), textcoords="offset points", fontsize=7, color="grey")
-    ax.set_xlabel("position in the stream (window start, tokens)")
-    ax.set_ylabel("perplexity of the window")
-    ax.set_title("Streaming past the context window")
-    ax.legend(fontsize=7)
-    return ax.figure
+    full = sorted((r["window_start"], r["perplexity"]) for r in recs if r["policy"] == "full")
+    budgets = sorted({r["budget"] for r in recs if r["policy"] != "full"})
+    fig, axes = plt.subplots(1, max(1, len(budgets)), figsize=(5.6 * max(1, len(budgets)), 4.2),
+                             sharey=True, squeeze=False)
+    colors = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(r["policy"] for r in recs if r["policy"] != "full"))}
+    for ax, budget in zip(axes[0], budgets or [None]):
+        mine = [r for r in recs if r["policy"] != "full" and r["budget"] == budget]
+        several = len({r.get("granularity") for r in mine}) > 1
+        if full:
+            ax.plot(*zip(*full), color="black", lw=2, marker=".", label="full cache")
+        lines: dict[tuple, list] = {}
+        for key in dict.fromkeys((r["policy"], r["positions"], r.get("granularity")) for r in mine):
+            lines[key] = sorted((r["window_start"], r["perplexity"]) for r in mine
+                                if (r["policy"], r["positions"], r.get("granularity")) == key)
+        for (policy, scheme, granularity), pts in lines.items():
+            same = [g for (p, s, g), other in lines.items() if (p, s) == (policy, scheme) and other == pts]
+            if same[0] != granularity:
+                continue  # identical to a line drawn already (streaming ignores the granularity)
+            label = f"{policy}, positions={scheme}" + (f", {granularity}" if several and len(same) == 1 else "")
+            ax.plot(*zip(*pts), marker=".", color=colors[policy], label=label, ls="-" if scheme == "cache" else "--",
+                    alpha=0.5 if len(same) == 1 and several and granularity != "layer" else 1.0)
+        ax.set_yscale("log")
+        if context:
+            ax.axvline(context, color="grey", lw=1, ls=":")
+            ax.annotate(f"trained context ({context:,})", (context, 0), xycoords=("data", "axes fraction"),
+                        xytext=(3, 4), textcoords="offset points", fontsize=7, color="grey")
+        ax.set_xlabel("position in the stream (window start, tokens)")
+        ax.set_title(f"KV budget {budget} tokens" if budget else "full cache")
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0][0].set_ylabel("perplexity of the window")
+    fig.suptitle("Streaming past the context window", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def plot_long_generation(result: dict, *, context: int | None = None):
