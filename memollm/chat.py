@@ -41,6 +41,10 @@ from .config import MODES, ConfigError, MemoryConfig
 from .session import MemorySession
 
 FORMATS = ("chat", "transcript")
+# What every chat runs at: one shared ranking (its memory views, cached positions, token memory and
+# recall, describe one set of cached tokens) and one query a review, as its recall benchmark measured
+# (the question-aware window was measured on single documents only).
+CHAT_SETTINGS = {"granularity": "shared", "observation_window": 1, "observation_pool": 1}
 """``chat``: the tokenizer's chat template. ``transcript``: plain ``User: ...`` /
 ``Assistant: ...`` lines (no template), one line per turn, the reply stopping at a newline."""
 
@@ -159,16 +163,10 @@ class ChatSession:
                 f"{', '.join(given)} only apply to generation_mode='evict'; ignored in {generation_mode!r}")
             overrides = {}
         self.config: MemoryConfig = llm.resolve_config(config, **overrides)
-        # a chat's memory views (cached positions, token memory, recall) describe one set of cached
-        # tokens: it ranks one shared set, whatever ``auto`` means for a single generation
-        if self.config.granularity == "auto":
-            self.config = self.config.replace(granularity="shared")
-        elif self.config.granularity != "shared" and generation_mode in ("evict", "sparse_attention"):
+        if self.config.granularity not in ("auto", "shared") and generation_mode in ("evict", "sparse_attention"):
             raise ConfigError(f"a chat keeps one set of cached tokens for all layers (granularity='shared'); "
                               f"granularity={self.config.granularity!r} is not built for chats")
-        # a chat reviews with one query a step, as its recall benchmark measured: the question-aware
-        # window (observation_window / observation_pool) was measured on single documents only
-        self.config = self.config.replace(observation_window=1, observation_pool=1)
+        self.config = self.config.replace(**CHAT_SETTINGS)
         if fmt == "chat" and getattr(self.tokenizer, "chat_template", None) is None:
             raise ValueError("this tokenizer has no chat template; use fmt='transcript'")
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)

@@ -46,6 +46,7 @@ from transformers import DynamicCache
 from .attention import attached
 from .policies import PolicyRows, make_policy
 from .cache import cached_tokens, memory_layer_ids
+from .chat import CHAT_SETTINGS
 from .session import MemorySession
 
 POLICIES_COMPARED = ("ebbinghaus", "ebbinghaus_tuned", "streaming", "h2o", "tova", "random")
@@ -204,8 +205,7 @@ def run_conversation(llm, conv: Conversation, policies: Sequence[str], budget: i
             changes["sink_tokens"] = sink_tokens
         if recent_window is not None:
             changes["recent_window"] = recent_window
-        # one shared ranking, as a chat keeps (``memollm.chat``): the rows' policies hold memory-layer state
-        cfg = cfg.replace(granularity="shared", observation_window=1, observation_pool=1, **changes)
+        cfg = cfg.replace(**CHAT_SETTINGS, **changes)  # as a chat runs: the rows' policies hold memory-layer state
         n_layers = len(memory_layer_ids(model, cfg))
         built = []
         for i, spec in enumerate(policies):

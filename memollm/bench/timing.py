@@ -44,6 +44,7 @@ DEFAULT_NEW_TOKENS = 32
 DEFAULT_REPEATS = 3
 DEFAULT_WARMUP = 1
 DEFAULT_BUDGET = 512
+_DEFAULT_GRANULARITY = MemoryConfig().granularity_for("evict")  # labels name only a non-default one
 DEFAULT_POLICIES = ("ebbinghaus",)  # add streaming (etc.) with --policies
 
 
@@ -70,8 +71,7 @@ class Case:
     def label(self) -> str:
         if self.mode != "evict":
             return self.mode
-        default = MemoryConfig().granularity_for("evict")
-        suffix = "" if self.granularity == default else f"/{self.granularity}"
+        suffix = "" if self.granularity == _DEFAULT_GRANULARITY else f"/{self.granularity}"
         return f"evict/{self.policy}/{self.budget}{suffix}"
 
     def generate_kwargs(self) -> dict[str, Any]:

@@ -146,9 +146,9 @@ def passkey(llm, *, budgets: Sequence[int] = (128,), budget_fractions: Sequence[
                 with attached(llm.model, session):
                     answers = _greedy_continue(llm, cache_p, answer_tokens, first)
                 for i, p in enumerate(policies):
-                    records.append(_passkey_record(_spec(p)[0], budget, fraction, base.granularity_for("evict"), read, length, depth,
-                                                   ks, answers[i * rows:(i + 1) * rows], llm.tokenizer,
-                                                   session.peak_cached))
+                    records.append(_passkey_record(_spec(p)[0], budget, fraction, base.granularity_for("evict"), read,
+                                                   length, depth, ks, answers[i * rows:(i + 1) * rows],
+                                                   llm.tokenizer, session.peak_cached))
                 bar.update(1)
         answers = _greedy_continue(llm, cache, answer_tokens, logits)
         records.append(_passkey_record("full", None, None, None, read, length, depth, ks, answers, llm.tokenizer,
