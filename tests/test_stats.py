@@ -1,4 +1,4 @@
-"""memollm.stats: bootstrap intervals, paired differences, Wilson intervals, summary tables."""
+"""memollm.stats: bootstrap intervals, paired differences (t and BCa), Holm, Wilson intervals, summary tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from memollm.stats import bootstrap_ci, markdown_table, paired_difference, proportion_ci, summarize
+from memollm.stats import (Paired, bootstrap_ci, holm, judge, markdown_table, paired, paired_difference, proportion_ci,
+                           summarize, t_cdf, t_ppf, t_sf2)
 
 
 def test_bootstrap_covers_the_true_mean_of_a_large_sample():
@@ -229,3 +230,100 @@ def test_markdown_table_single_item_has_no_interval():
     assert rows[1]["better_than_streaming"] is None
     line = markdown_table(rows, baselines=("streaming",)).splitlines()[3]
     assert line == "| tova | 64 | 1 | 12 | -0.345 |"
+
+
+@pytest.mark.parametrize("df, value", [(1, 12.706), (2, 4.303), (5, 2.571), (7, 2.365), (30, 2.042),
+                                       (10_000, 1.960), (math.inf, 1.960)])
+def test_t_quantile_matches_the_table(df, value):
+    assert round(t_ppf(0.975, df), 3) == value
+    assert t_ppf(0.025, df) == pytest.approx(-t_ppf(0.975, df))
+    assert t_sf2(t_ppf(0.975, df), df) == pytest.approx(0.05, abs=1e-9)
+
+
+def test_t_cdf_closed_forms():
+    for t in (-30.0, -2.5, -0.3, 0.0, 0.7, 4.0, 100.0):
+        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)  # Cauchy
+        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+    assert t_ppf(0.9995, 1) == pytest.approx(636.619, abs=1e-3)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_ppf(0.975, 0)
+    with pytest.raises(ValueError, match="q must"):
+        t_ppf(1.0, 5)
+
+
+def test_paired_t_interval_and_p_value():
+    a, b = np.array([12.0, 15.5, 9.0, 20.0, 14.0]), np.array([11.0, 14.0, 9.5, 18.0, 12.5])
+    r = paired(a, b)
+    d = a - b
+    half = 2.776 * d.std(ddof=1) / math.sqrt(5)  # t_{0.975, 4} = 2.776
+    assert isinstance(r, Paired) and r.n == 5 and r.method == "t"
+    assert r.mean == pytest.approx(d.mean())
+    assert r.low == pytest.approx(d.mean() - half, abs=1e-3) and r.high == pytest.approx(d.mean() + half, abs=1e-3)
+    tstat = d.mean() / (d.std(ddof=1) / math.sqrt(5))
+    assert r.p == pytest.approx(t_sf2(tstat, 4))
+    assert 0.05 < r.p < 0.1  # the interval just includes zero ...
+    assert r.low < 0 < r.high
+    assert paired(a, b, level=0.80).low > 0  # ... and the narrower 80% one does not
+
+
+def test_paired_t_covers_at_small_n():
+    rng = np.random.default_rng(11)
+    hits = sum(r.low <= 0.3 <= r.high for r in (paired(rng.normal(0.3, 1, 5), np.zeros(5)) for _ in range(400)))
+    assert 0.92 <= hits / 400 <= 0.98  # the percentile bootstrap undercovers at n=5
+
+
+def test_paired_bca_is_asymmetric_on_skewed_data_and_covers():
+    x = np.random.default_rng(12).exponential(1.0, 25)
+    r = paired(x, np.zeros(25), method="bca")
+    assert r.method == "bca" and math.isnan(r.p)
+    assert r.low < r.mean < r.high
+    assert (r.high - r.mean) > 1.15 * (r.mean - r.low)  # the long right tail widens the top
+    rng = np.random.default_rng(13)
+    hits = sum(r.low <= 1.0 <= r.high for r in
+               (paired(rng.exponential(1.0, 30), np.zeros(30), method="bca", n_boot=500, seed=s) for s in range(300)))
+    assert 0.88 <= hits / 300 <= 0.98
+    assert paired(x, np.zeros(25), method="bca", seed=3) == paired(x, np.zeros(25), method="bca", seed=3)
+
+
+def test_paired_edge_cases():
+    one = paired([3.0], [1.0])
+    assert one.mean == 2.0 and one.n == 1 and all(math.isnan(v) for v in (one.low, one.high, one.p))
+    shift = paired([3.0, 5.0, 9.0], [2.0, 4.0, 8.0])
+    assert (shift.mean, shift.low, shift.high, shift.p) == (1.0, 1.0, 1.0, 0.0)
+    same = paired([3.0, 5.0, 9.0], [3.0, 5.0, 9.0])
+    assert (same.mean, same.low, same.high, same.p) == (0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="same items"):
+        paired([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="method"):
+        paired([1.0, 2.0], [1.0, 3.0], method="percentile")
+    with pytest.raises(ValueError, match="level"):
+        paired([1.0, 2.0], [1.0, 3.0], level=95)
+
+
+def test_holm_hand_worked():
+    # sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, 0.04 * 1 = 0.04 -> kept at 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+    assert holm([]) == []
+    out = holm([0.02, math.nan])
+    assert out[0] == pytest.approx(0.04) and math.isnan(out[1])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm([0.5, 1.5])
+
+
+def test_judge_after_holm():
+    base = np.linspace(10, 20, 8)
+    rng = np.random.default_rng(14)
+    clear = paired(base - 1 + rng.normal(0, 0.1, 8), base)   # lower: better for perplexity
+    worse = paired(base + 1 + rng.normal(0, 0.1, 8), base)
+    noise = paired(base + rng.normal(0, 0.5, 8), base)
+    assert judge([clear, worse, noise], lower_is_better=True) == ["better", "worse", "tie"]
+    assert judge([clear, worse], lower_is_better=False) == ["worse", "better"]
+    # p = 0.03 alone is a win; next to two other comparisons Holm makes it 0.09, a tie
+    borderline = Paired(-1.0, -1.9, -0.1, 8, 0.03)
+    assert judge([borderline], lower_is_better=True) == ["better"]
+    assert judge([borderline, Paired(0.1, -1, 1, 8, 0.5), Paired(0.1, -1, 1, 8, 0.6)],
+                 lower_is_better=True)[0] == "tie"
+    assert judge([paired([1.0], [0.0])], lower_is_better=True) == ["tie"]
+    with pytest.raises(ValueError, match="method='t'"):
+        judge([paired(base, base + rng.normal(0, 1, 8), method="bca")], lower_is_better=True)

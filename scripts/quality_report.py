@@ -1,0 +1,336 @@
+"""The results page: one table per task and budget, every policy against its best peer.
+
+    python scripts/quality_report.py [--policy ebbinghaus] [--readme README.md]
+
+Reads the evaluation records in figures/ (``eval_ppl.json``; ``eval_retrieval.json`` and
+``eval_stream_tokens.json`` where they exist), and writes ``figures/quality_report.md`` and
+``figures/quality_forest.png``. With ``--readme`` the text between the README's markers
+``<!-- quality-report:begin -->`` and ``<!-- quality-report:end -->`` is replaced by the tables.
+
+Why this shape: a policy is worth its memory only if it beats the *best* competitor at the same
+budget, not the weakest, and on the same units (passages, documents, windows), so every
+comparison is paired. Runs hold a handful of units, so intervals are Student-t, and a table
+compares with several peers at once, so p-values are Holm-corrected before a verdict. The output
+is byte-identical on a rerun (sorted, fixed rounding, no timestamps), so a diff shows real changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from memollm.stats import Paired, holm, judge, paired  # noqa: E402
+
+BEGIN, END = "<!-- quality-report:begin -->", "<!-- quality-report:end -->"
+PEERS = ("streaming", "h2o", "tova", "snapkv")
+VERDICT = {"better": "wins", "worse": "loses", "tie": "ties"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one evaluation's records become tables: what is measured, on which unit, per what."""
+    name: str
+    evaluation: str
+    file: str
+    value: str
+    metric: str
+    lower_is_better: bool
+    unit: str
+    noun: str
+    task: Callable[[dict], str]
+    budget: str
+    settings: tuple[str, ...]
+
+
+SPECS = (
+    Spec("perplexity", "ppl", "eval_ppl.json", "perplexity_after_budget", "perplexity after the budget", True,
+         "passage", "passage", lambda r: "perplexity", "budget", ("granularity",)),
+    Spec("retrieval", "retrieval", "eval_retrieval.json", "correct", "accuracy", False,
+         "document", "document", lambda r: str(r["task"]), "budget_fraction", ("granularity",)),
+    Spec("stream", "stream", "eval_stream_tokens.json", "perplexity", "stream perplexity", True,
+         "window_start", "window", lambda r: f"stream {r['source']}" if r.get("source") else "stream",
+         "budget", ("granularity", "positions")),
+)
+
+
+@dataclass
+class Row:
+    policy: str
+    mean: float
+    n: int
+    peer: str | None = None
+    diff: Paired | None = None
+    p_holm: float = math.nan
+    verdict: str | None = None
+
+
+@dataclass
+class Table:
+    spec: Spec
+    task: str
+    settings: tuple
+    budget: Any
+    protocol: str
+    rows: list[Row] = field(default_factory=list)
+
+
+def load(path: Path, spec: Spec) -> list[dict]:
+    """The records of ``spec`` in ``path``: a JSON list, or a dict with ``records``; a missing file is none."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    recs = data.get("records", []) if isinstance(data, dict) else data
+    if not isinstance(recs, list):
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(recs).__name__}")
+    return [r for r in recs if r.get("evaluation", spec.evaluation) == spec.evaluation]
+
+
+def _num(x: float, digits: int = 3, sign: bool = False) -> str:
+    if x is None or math.isnan(x):
+        return "–"
+    s = f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+    return s.lstrip("+-") if float(s) == 0 else s  # no "-0.000"
+
+
+def _key(x: Any) -> tuple:
+    """Sort numbers numerically, then everything else by text (None last)."""
+    return (0, float(x), "") if isinstance(x, (int, float)) else (1 if x is not None else 2, 0.0, str(x))
+
+
+def _fmt_budget(spec: Spec, b: Any) -> str:
+    if spec.budget == "budget_fraction":
+        return f"{b:g} of the document" if isinstance(b, (int, float)) else str(b)
+    return f"{b} tokens" if b is not None else "none"
+
+
+def _units(recs: list[dict], spec: Spec) -> dict[str, dict[Any, float]]:
+    """policy -> unit -> value, several records of one unit (cases of a document) averaged:
+    the unit, not the record, is the independent sample."""
+    acc: dict[str, dict[Any, list[float]]] = {}
+    for r in recs:
+        try:
+            v = float(r[spec.value])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{spec.name} record lacks a numeric {spec.value!r}: {r}") from None
+        if spec.unit not in r:
+            raise ValueError(f"{spec.name} record lacks its unit {spec.unit!r}: {r}")
+        acc.setdefault(str(r["policy"]), {}).setdefault(r[spec.unit], []).append(v)
+    return {p: {u: float(np.mean(v)) for u, v in units.items()} for p, units in acc.items()}
+
+
+def _answered(r: dict) -> bool:
+    if "full_correct" not in r:
+        raise ValueError(f"retrieval record lacks 'full_correct' (did the full cache answer?): {r}")
+    return bool(r["full_correct"])
+
+
+def _protocol(spec: Spec, recs: list[dict], budget: Any, budgets: list, n_units: int, extra: str) -> str:
+    parts = []
+    for key in ("split", "chunk", *spec.settings):
+        vals = sorted({r[key] for r in recs if r.get(key) is not None}, key=_key)
+        if vals:
+            parts.append(f"{key} {', '.join(map(str, vals))}")
+    parts.append(f"budget {_fmt_budget(spec, budget)} (measured: {', '.join(f'{b:g}' if isinstance(b, float) else str(b) for b in budgets)})")
+    if spec.budget == "budget_fraction":
+        tokens = sorted({r["budget"] for r in recs if isinstance(r.get("budget"), (int, float))})
+        if tokens:
+            parts.append(f"{tokens[0]}–{tokens[-1]} tokens" if len(tokens) > 1 else f"{tokens[0]} tokens")
+    parts.append(f"{n_units} {spec.noun}s paired by {spec.unit}{extra}")
+    return "Protocol: " + "; ".join(parts) + "."
+
+
+def build_tables(records: dict[str, list[dict]], *, policy: str, peers: Sequence[str] = PEERS,
+                 level: float = 0.95) -> list[Table]:
+    """One :class:`Table` per (evaluation, task, settings, budget) in ``records`` (by spec name)."""
+    tables = []
+    for spec in SPECS:
+        recs = records.get(spec.name, [])
+        full = [r for r in recs if r["policy"] == "full"]
+        rest = [r for r in recs if r["policy"] != "full"]
+        groups: dict[tuple, list[dict]] = {}
+        for r in rest:
+            groups.setdefault((spec.task(r), tuple(r.get(k) for k in spec.settings), r.get(spec.budget)), []).append(r)
+        budgets_of: dict[str, set] = {}
+        for task, _, b in groups:
+            budgets_of.setdefault(task, set()).add(b)
+        for task, settings, budget in sorted(groups, key=lambda k: (k[0], [_key(s) for s in k[1]], _key(k[2]))):
+            grp = groups[task, settings, budget]
+            ceiling = [r for r in full if spec.task(r) == task and r.get(spec.budget) in (None, budget)]
+            extra = ""
+            if spec.name == "retrieval":
+                answered = {r[spec.unit] for r in grp if _answered(r)}
+                total = len({r[spec.unit] for r in grp})
+                extra = (f" (the {len(answered)} of {total} documents the full cache answered"
+                         + ("; the `full` row is its accuracy on all of them)" if ceiling else ")"))
+                grp = [r for r in grp if _answered(r)]
+            values = _units(grp, spec)
+            n_units = len({u for v in values.values() for u in v})
+            table = Table(spec, task, settings, budget,
+                          _protocol(spec, groups[task, settings, budget], budget,
+                                    sorted(budgets_of[task], key=_key), n_units, extra))
+            if ceiling:
+                top = _units(ceiling, spec)["full"]
+                table.rows.append(Row("full", float(np.mean(list(top.values()))), len(top)))
+                units = {u for v in values.values() for u in v}
+                if spec.name != "retrieval" and set(top) != units:
+                    table.protocol += (f" `full` was measured on {len(set(top) & units)} of these {spec.noun}s"
+                                       f"{f' and {len(set(top) - units)} others' if set(top) - units else ''}:"
+                                       " its mean is not on the same units as the rows below it.")
+            means = {p: float(np.mean(list(v.values()))) for p, v in values.items() if v}
+            sign = 1 if spec.lower_is_better else -1
+            ranked = sorted(means, key=lambda p: (sign * means[p], p))
+            for p in sorted(ranked, key=lambda p: (p != policy, ranked.index(p))):
+                row = Row(p, means[p], len(values[p]))
+                others = [q for q in ranked if q in peers and q != p]  # best first
+                comps = []
+                for q in others:
+                    common = sorted(set(values[p]) & set(values[q]), key=_key)
+                    if common:
+                        comps.append((q, paired([values[p][u] for u in common], [values[q][u] for u in common],
+                                                level=level)))
+                if comps:
+                    verdicts = judge([c for _, c in comps], lower_is_better=spec.lower_is_better, alpha=1 - level)
+                    row.peer, row.diff = comps[0]
+                    row.p_holm = holm([c.p for _, c in comps])[0]
+                    row.verdict = VERDICT[verdicts[0]]
+                table.rows.append(row)
+            tables.append(table)
+    return tables
+
+
+def _title(t: Table) -> str:
+    bits = [t.task] + [f"{k} {v}" for k, v in zip(t.spec.settings, t.settings) if v is not None]
+    return " · ".join(bits + [f"budget {_fmt_budget(t.spec, t.budget)}"])
+
+
+def render_table(t: Table, *, policy: str, level: float) -> str:
+    pct = f"{100 * level:g}%"
+    head = ["policy", t.spec.metric, "n", "vs best peer", f"Δ [{pct} t-interval]", "p (Holm)", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---|---:|---:|---|"]
+    for r in t.rows:
+        name = "full (ceiling)" if r.policy == "full" else (f"**{r.policy}**" if r.policy == policy else r.policy)
+        if r.diff is None:
+            cells = [name, _num(r.mean), str(r.n), "–", "–", "–", "–"]
+        else:
+            d = r.diff
+            interval = _num(d.mean, sign=True) + ("" if math.isnan(d.low) else
+                                                  f" [{_num(d.low, sign=True)}, {_num(d.high, sign=True)}]")
+            p = "–" if math.isnan(r.p_holm) else ("<0.001" if r.p_holm < 0.001 else _num(r.p_holm))
+            paired_n = "" if d.n == r.n else f" (n={d.n})"  # the units both were measured on
+            cells = [name, _num(r.mean), str(r.n), str(r.peer), interval + paired_n, p, str(r.verdict)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render(tables: list[Table], *, policy: str, peers: Sequence[str], level: float, sources: list[str],
+           forest: str | None) -> str:
+    """The page's body (no top heading): method, forest plot, then every table with its protocol."""
+    pct = f"{100 * level:g}%"
+    out = [f"Generated by `scripts/quality_report.py` from {', '.join(f'`{s}`' for s in sources) or 'no records'}. "
+           f"One table per task and budget. Each policy is paired, unit by unit, with the best *other* peer at "
+           f"that budget (best mean among {', '.join(peers)}); Δ is policy minus peer with its {pct} paired "
+           f"Student-t interval. p is Holm-adjusted across all the peers that policy was compared with, and "
+           f"the verdict is *wins* or *loses* only where that p is below {1 - level:.2g} in that direction, "
+           f"else *ties*. `full` keeps every token: the ceiling, not a competitor. Perplexity: lower is "
+           f"better; retrieval accuracy: higher is better, scored on the documents the full cache answered."]
+    if forest:
+        out.append(f"![{policy} against its best peer per task and budget]({forest})")
+    if not tables:
+        out.append("No evaluation records were found.")
+    for t in tables:
+        out += [f"### {_title(t)}", t.protocol, render_table(t, policy=policy, level=level)]
+    return "\n\n".join(out) + "\n"
+
+
+def forest_rows(tables: list[Table], policy: str) -> list[dict[str, Any]]:
+    rows = []
+    for t in tables:
+        for r in t.rows:
+            if r.policy == policy and r.diff is not None:
+                better = "lower" if t.spec.lower_is_better else "higher"
+                settings = [str(v) if k == "granularity" else f"{k[:3]} {v}"
+                            for k, v in zip(t.spec.settings, t.settings) if v is not None]
+                budget = f"{t.budget:g}" if isinstance(t.budget, float) else str(t.budget)
+                rows.append({"label": " · ".join([t.task, *settings, f"B={budget}", f"vs {r.peer}"]),
+                             "mean": r.diff.mean, "low": r.diff.low, "high": r.diff.high, "n": r.diff.n,
+                             "marked": r.verdict in ("wins", "loses"), "verdict": r.verdict,
+                             "panel": f"Δ {t.spec.metric}: {policy} − best peer ({better} is better)"})
+    return rows
+
+
+def replace_between_markers(readme: Path, body: str) -> bool:
+    """Put ``body`` between the README's markers; False (README untouched) where they are missing."""
+    text = readme.read_text()
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        print(f"{readme}: markers {BEGIN} ... {END} not found; the README is left as it is")
+        return False
+    new = text[:start + len(BEGIN)] + "\n" + body + text[end:]
+    if new != text:
+        readme.write_text(new)
+    return True
+
+
+def _rel(target: Path, start: Path) -> str:
+    return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--figures", type=Path, default=Path(__file__).resolve().parents[1] / "figures",
+                    help="folder of the eval_*.json records and of the outputs (default: the repository's figures/)")
+    ap.add_argument("--policy", default="ebbinghaus", help="the policy under test (default: ebbinghaus)")
+    ap.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated peers (default: {','.join(PEERS)})")
+    ap.add_argument("--level", type=float, default=0.95, help="interval level; 1 - level is the Holm alpha")
+    ap.add_argument("--readme", type=Path, help="a README whose quality-report markers get the tables")
+    args = ap.parse_args(argv)
+    if not 0 < args.level < 1:
+        ap.error(f"--level must be in (0, 1), got {args.level}")
+    peers = tuple(p for p in args.peers.split(",") if p)
+    if not peers:
+        ap.error("--peers names no policy")
+    records, sources = {}, []
+    for spec in SPECS:
+        path = args.figures / spec.file
+        records[spec.name] = load(path, spec)
+        if path.exists():
+            sources.append(spec.file)
+    tables = build_tables(records, policy=args.policy, peers=peers, level=args.level)
+    md_path, png_path = args.figures / "quality_report.md", args.figures / "quality_forest.png"
+    rows = forest_rows(tables, args.policy)
+    if rows:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from memollm.viz.forest import plot_forest
+
+        fig = plot_forest(rows, title=f"{args.policy} against its best peer, paired (Holm across peers)")
+        args.figures.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png_path, dpi=120, bbox_inches="tight", metadata={"Software": None})
+        plt.close(fig)
+    kw = dict(policy=args.policy, peers=peers, level=args.level, sources=sources)
+    page = (f"## Quality at equal memory: {args.policy} against its peers\n\n"
+            + render(tables, forest=_rel(png_path, md_path.parent) if rows else None, **kw))
+    md_path.write_text(page)
+    print(f"wrote {md_path} ({len(tables)} tables)" + (f" and {png_path}" if rows else ""))
+    if args.readme is not None:
+        readme = args.readme
+        if replace_between_markers(readme, render(tables, forest=_rel(png_path, readme.parent) if rows else None, **kw)):
+            print(f"updated {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
