@@ -16,6 +16,9 @@ MODES = ("baseline", "soft_delete", "sparse_attention", "evict")
 SOFT_TARGETS = ("values", "logits")
 GRANULARITIES = ("auto", "shared", "layer", "head")
 POSITION_SCHEMES = ("true", "cache")
+REVIEWS = ("share", "top_p")
+STABILITY_RULES = ("additive", "fsrs")
+TRACES = ("none", "max", "sum")
 
 POLICIES: dict[str, type] = {}
 """Policy registry, name -> class; filled by ``memollm.policies.register_policy``."""
@@ -77,6 +80,13 @@ class MemoryConfig:
     ``(1 - R) ** spacing`` at the time of review, so a review right after the last one adds
     almost nothing and one after the memory has faded adds the most; ``max_strength`` caps S
     (None: no cap). ``spacing=0`` and no cap are the seed's rule.
+    Rules from memory research (``memollm.memory.EbbinghausMemory`` says how each works; all
+    off by default, i.e. the seed's rule): ``review="top_p"`` counts a review only for the keys
+    holding ``review_top_p`` of a query's attention mass; ``review_surprise`` > 0 only for a
+    share that many times the token's running mean; ``stability="fsrs"`` grows strength by
+    ``strength_gain * S ** -stability_decay * (exp(retrievability_gain * (1 - R)) - 1)`` times
+    S; ``trace="max"`` / ``"sum"`` ranks tokens for eviction by attention traces that fade
+    with time constant ``trace_tau * memory_budget * S / S0`` tokens.
     Soft delete: weights ``floor + (1 - floor) * R`` in [floor, 1], applied to the values
     (the seed's choice) or as a log-bias on the attention logits.
     Sparse attention: a token is masked once ``R < sparse_threshold`` in at least
@@ -112,6 +122,14 @@ class MemoryConfig:
     strength_gain: float = 1.0
     spacing: float = 0.0
     max_strength: float | None = None
+    review: str = "share"
+    review_top_p: float = 0.5
+    review_surprise: float = 0.0
+    stability: str = "additive"
+    stability_decay: float = 0.2
+    retrievability_gain: float = 2.0
+    trace: str = "none"
+    trace_tau: float = 0.25
     soft_delete_floor: float = 0.8
     soft_delete_target: str = "values"
     sparse_threshold: float = 0.001
@@ -135,6 +153,14 @@ class MemoryConfig:
         check_number("spacing", self.spacing, low=0.0)
         if self.max_strength is not None:
             check_number("max_strength", self.max_strength, low=self.initial_strength)
+        check_choice("review", self.review, REVIEWS)
+        check_number("review_top_p", self.review_top_p, low=0.0, high=1.0, low_open=True)
+        check_number("review_surprise", self.review_surprise, low=0.0)
+        check_choice("stability", self.stability, STABILITY_RULES)
+        check_number("stability_decay", self.stability_decay, low=0.0)
+        check_number("retrievability_gain", self.retrievability_gain, low=0.0)
+        check_choice("trace", self.trace, TRACES)
+        check_number("trace_tau", self.trace_tau, low=0.0, low_open=True)
         check_number("soft_delete_floor", self.soft_delete_floor, low=0.0, high=1.0)
         check_choice("soft_delete_target", self.soft_delete_target, SOFT_TARGETS)
         check_number("sparse_threshold", self.sparse_threshold, low=0.0, high=1.0, low_open=True, high_open=True)

@@ -1,8 +1,9 @@
 """The forgetting curve: per-token strength S, age t and retention R = exp(-t/S).
 
 State is two float32 tensors of shape ``[layers, batch, tokens]`` (8 bytes per token per
-memory layer, under the seed's 20-byte promise); every update is a whole-tensor operation,
-never a Python loop over tokens.
+memory layer, under the seed's 20-byte promise), plus 4 bytes per trace time constant and 4
+for the running mean share when those rules are on; every update is a whole-tensor
+operation, never a Python loop over tokens.
 """
 
 from __future__ import annotations
@@ -27,26 +28,63 @@ class EbbinghausMemory:
        it would have had if read one token at a time (the last token 0, the first oldest).
     2. *Reinforcement (spaced repetition).* Let ``a`` be the attention a token received
        from the newest query (mean over the query heads of its KV group, then over groups)
-       and ``n`` the number of visible keys, so ``a * n == 1`` is a uniform share. Where
-       ``a * n >= reinforce_threshold``: ``S += strength_gain * a * n`` and ``t = 0``.
-       With a spacing effect the gain is scaled by ``(1 - R) ** spacing`` (R just before the
-       review), and ``max_strength`` caps S. Reinforcement only ever raises R; without it R
-       only falls.
+       and ``n`` the number of visible keys, so ``a * n == 1`` is a uniform share. Which
+       tokens count as *reviewed* (``review``):
+
+       * ``"share"`` (the seed's rule): ``a * n >= reinforce_threshold``, any glance above
+         a uniform share;
+       * ``"top_p"`` (a review is a retrieval): the fewest keys, sinks excluded, that hold
+         ``review_top_p`` of the query's attention mass, so the bar adapts to how spread a
+         layer's attention is.
+
+       With ``review_surprise`` > 0 a review also needs ``a * n`` at least that many times
+       the token's own running mean share: routine attention (" the", newlines in the broad
+       lower layers) stops counting. A reviewed token's age resets to 0 and its strength
+       grows (``stability``):
+
+       * ``"additive"`` (the seed's rule): ``S += strength_gain * a * n``, times
+         ``(1 - R) ** spacing`` with a spacing effect, capped at ``max_strength``;
+       * ``"fsrs"`` (SuperMemo / FSRS): ``S *= 1 + strength_gain * S ** -stability_decay *
+         (exp(retrievability_gain * (1 - R)) - 1)`` with R just before the review: a massed
+         review (R near 1) adds almost nothing, a spaced one a lot, and the gain saturates.
+
+    3. *Traces* (``trace``, used for ranking by the eviction policy): every use leaves a
+       trace weighted by the attention ``a`` it received, fading as ``exp(-tokens / tau)``
+       with ``tau = trace_tau * memory_budget * S / S0`` tokens (a stronger memory fades
+       slower). ``"max"`` keeps the strongest trace (the last retrieval's attention, fading);
+       ``"sum"`` adds them up over three time constants ``tau / 4, tau, 4 tau`` (a power-law
+       forgetting curve as in ACT-R's base-level activation, kept online). A token whose
+       attention never passes a review bar is then still ranked by how much it received.
+
+    Reinforcement only ever raises R; without it R only falls.
     """
+
+    TRACE_SCALES = {"max": (1.0,), "sum": (0.25, 1.0, 4.0)}
+    """Time constants of the traces, in units of ``tau``."""
+
+    EXPECTED_RATE = 0.1
+    """Weight of the newest share in a token's running mean share (``review_surprise``)."""
 
     def __init__(self, num_layers: int, config: MemoryConfig, *, device=None) -> None:
         self.config = config
         self.num_layers = num_layers
         self.strength = torch.empty(num_layers, 0, 0, device=device)
         self.age = torch.empty(num_layers, 0, 0, device=device)
+        # traces [scales, layers, batch, tokens] and the running mean share, only when used
+        self.trace = torch.empty(len(self.TRACE_SCALES[config.trace]), num_layers, 0, 0, device=device) \
+            if config.trace != "none" else None
+        self.expected = torch.empty(num_layers, 0, 0, device=device) if config.review_surprise > 0 else None
 
     @property
     def num_tokens(self) -> int:
         return self.strength.shape[-1]
 
+    def _state(self) -> list[torch.Tensor]:
+        return [t for t in (self.strength, self.age, self.trace, self.expected) if t is not None]
+
     @property
     def nbytes(self) -> int:
-        return self.strength.numel() * self.strength.element_size() + self.age.numel() * self.age.element_size()
+        return sum(t.numel() * t.element_size() for t in self._state())
 
     def append(self, batch: int, n: int) -> None:
         """Add ``n`` newly read tokens (per batch row) and age the existing ones."""
@@ -55,25 +93,74 @@ class EbbinghausMemory:
         if self.num_tokens == 0:
             self.strength = torch.empty(self.num_layers, batch, 0, device=dev)
             self.age = torch.empty(self.num_layers, batch, 0, device=dev)
+            if self.trace is not None:
+                self.trace = torch.empty(self.trace.shape[0], self.num_layers, batch, 0, device=dev)
+            if self.expected is not None:
+                self.expected = torch.empty(self.num_layers, batch, 0, device=dev)
+        if self.trace is not None and self.num_tokens:  # traces fade while the new tokens are read
+            self.trace = self.trace * torch.exp(-n / self._tau())
         new_age = (torch.arange(n - 1, -1, -1, device=dev, dtype=torch.float32) * cfg.time_step)
         new_age = new_age.expand(self.num_layers, batch, n)
         new_strength = torch.full((self.num_layers, batch, n), float(cfg.initial_strength), device=dev)
         self.age = torch.cat([self.age + n * cfg.time_step, new_age], dim=-1)
         self.strength = torch.cat([self.strength, new_strength], dim=-1)
+        if self.trace is not None:
+            self.trace = torch.cat([self.trace, self.trace.new_zeros(*self.trace.shape[:-1], n)], dim=-1)
+        if self.expected is not None:  # a new token's expected share is the uniform one
+            self.expected = torch.cat([self.expected, self.expected.new_ones(self.num_layers, batch, n)], dim=-1)
+
+    def _tau(self) -> torch.Tensor:
+        """Trace time constants in tokens, ``[scales, layers, batch, tokens]``."""
+        cfg = self.config
+        base = cfg.trace_tau * cfg.memory_budget * self.strength / cfg.initial_strength
+        scales = torch.tensor(self.TRACE_SCALES[cfg.trace], device=base.device)
+        return scales.view(-1, 1, 1, 1) * base
+
+    def reviewed(self, received: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+        """Which tokens this step's attention reviews (bool, like ``received``)."""
+        cfg = self.config
+        if cfg.review == "share":
+            hit = share >= cfg.reinforce_threshold
+        else:  # top_p: the keys holding the top p of the attention mass, sinks excluded
+            a = received.float().clone()
+            a[..., : cfg.sink_tokens] = 0.0
+            ranked, order = a.sort(dim=-1, descending=True)
+            before = ranked.cumsum(-1) - ranked  # mass of the keys ranked above each one
+            top = (before < cfg.review_top_p * ranked.sum(-1, keepdim=True)) & (ranked > 0)
+            hit = torch.zeros_like(top).scatter(-1, order, top)
+        if self.expected is not None:  # only a share well above the token's usual one is a review
+            hit = hit & (share >= cfg.review_surprise * self.expected)
+        return hit
 
     def reinforce(self, received: torch.Tensor, visible: torch.Tensor | int) -> None:
         """Spaced repetition from one step's attention ``received`` ``[layers, batch, tokens]``."""
         cfg = self.config
+        if self.trace is not None:  # every use leaves a trace, weighted by its attention
+            a = received.float().unsqueeze(0)
+            self.trace = torch.maximum(self.trace, a) if cfg.trace == "max" else self.trace + a
         if not cfg.reinforce:
             return
         share = received.float() * visible
-        hit = share >= cfg.reinforce_threshold
-        gain = cfg.strength_gain * share
-        if cfg.spacing > 0:  # a review pays most when the memory has faded (the spacing effect)
-            gain = gain * (1.0 - self.retention()).clamp(min=0.0) ** cfg.spacing
-        strength = torch.where(hit, self.strength + gain, self.strength)
+        hit = self.reviewed(received, share)
+        if self.expected is not None:
+            self.expected = self.expected + self.EXPECTED_RATE * (share - self.expected)
+        if cfg.stability == "additive":
+            gain = cfg.strength_gain * share
+            if cfg.spacing > 0:  # a review pays most when the memory has faded (the spacing effect)
+                gain = gain * (1.0 - self.retention()).clamp(min=0.0) ** cfg.spacing
+            strength = self.strength + gain
+        else:  # FSRS: growth vanishes for massed reviews (R near 1) and falls as S grows
+            r = self.retention()
+            growth = cfg.strength_gain * self.strength.pow(-cfg.stability_decay) * torch.expm1(
+                cfg.retrievability_gain * (1.0 - r))
+            strength = self.strength * (1.0 + growth)
+        strength = torch.where(hit, strength, self.strength)
         self.strength = strength if cfg.max_strength is None else strength.clamp(max=cfg.max_strength)
         self.age = torch.where(hit, torch.zeros_like(self.age), self.age)
+
+    def trace_score(self) -> torch.Tensor:
+        """``[layers, batch, tokens]``: the traces summed over their time constants."""
+        return self.trace.sum(0)
 
     def retention(self) -> torch.Tensor:
         return retention(self.age, self.strength)
@@ -83,6 +170,10 @@ class EbbinghausMemory:
         idx = index.unsqueeze(0).expand(self.num_layers, -1, -1)
         self.strength = self.strength.gather(-1, idx)
         self.age = self.age.gather(-1, idx)
+        if self.expected is not None:
+            self.expected = self.expected.gather(-1, idx)
+        if self.trace is not None:
+            self.trace = self.trace.gather(-1, idx.unsqueeze(0).expand(self.trace.shape[0], -1, -1, -1))
 
     def soft_weights(self) -> torch.Tensor:
         """Soft-delete weights in [floor, 1] from the current R; recomputed, never compounded."""

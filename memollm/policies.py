@@ -6,15 +6,19 @@ policy tracks its own per-token state through four calls made at every forward s
 ``append`` (new tokens read), ``observe`` (attention they received), ``keep`` (slots that
 survived eviction) and ``scores``. Add one with ``@register_policy("name")``.
 
-References, and how each is adapted to one shared set of cached slots for all layers:
+References, and how each is adapted here (with ``granularity="layer"``, the default for
+eviction, every full-attention layer ranks its own slots; with ``"shared"`` the attention is
+averaged over the memory layers and one set of slots serves all layers):
 
 * StreamingLLM (Xiao et al., 2023): attention sinks + the most recent tokens, nothing else.
 * H2O (Zhang et al., 2023): "heavy hitters", the tokens with the largest attention summed
-  over all decoding steps so far, plus a recent window. The paper evicts per layer and head
-  with a recent share of half the budget; here the attention is averaged over heads and the
-  memory layers, and the recent window is the shared ``recent_window``.
+  over all steps so far, with the newest half of the budget kept as recent tokens (the
+  paper's split; ``h2o_window32`` keeps only the shared 32-token ``recent_window``). The
+  paper ranks per head; here the heads of a layer are averaged.
 * TOVA (Oren et al., 2024): keeps the tokens the *newest* query attends to most (attention
-  averaged over heads), with no accumulation; here also averaged over the memory layers.
+  averaged over heads), with no accumulation.
+* SnapKV (Li et al., 2024): the pooled attention of an observation window of queries (the
+  prompt's last ones), no accumulation, no decay; while decoding, the last window's mean.
 * ``random``: a control (fresh seeded scores at every eviction).
 
 Attention is the softmax row of the newest query at each forward step. When a prompt is
@@ -124,7 +128,10 @@ class EbbinghausPolicy(Policy):
     def scores(self, positions):
         """Retention a little ahead: R at age + ``memory_budget * time_step``, the time a full
         cache takes to turn over. A token reviewed just now has R = 1 whatever its strength;
-        looking ahead, the stronger memory (the larger review) ranks higher."""
+        looking ahead, the stronger memory (the larger review) ranks higher. With ``trace``
+        on, the fading attention traces rank instead (mean over the memory layers)."""
+        if self.memory.trace is not None:
+            return self.memory.trace_score().mean(0)
         horizon = self.config.memory_budget * self.config.time_step
         return retention(self.memory.age + horizon, self.memory.strength).mean(0)
 
@@ -171,6 +178,31 @@ class EbbinghausSpacedCappedPolicy(EbbinghausPolicy):
     settings = EBBINGHAUS_SPACED_CAPPED
 
 
+SEED_RULE = {"review": "share", "stability": "additive", "trace": "none", "review_surprise": 0.0,
+             "spacing": 0.0, "max_strength": None}
+"""The seed's review rule, pinned: any above-uniform glance is a review, strength adds up."""
+RULE_PRESETS = {
+    "ebbinghaus_seed": SEED_RULE,
+    "ebbinghaus_retrieval": {"review": "top_p"},
+    "ebbinghaus_surprise": {"review_surprise": 2.0},
+    "ebbinghaus_fsrs": {"stability": "fsrs"},
+    "ebbinghaus_trace": {"trace": "max"},
+    "ebbinghaus_actr": {"trace": "sum"},
+}
+"""Named presets of the memory-research rules (``MemoryConfig``'s ``review``, ``review_surprise``,
+``stability``, ``trace``), one rule each, for ablations; set a priori, not tuned."""
+
+
+def _preset(name: str, settings: dict) -> None:
+    doc = ", ".join(f"{k}={v!r}" for k, v in settings.items())
+    register_policy(name)(type(f"_{name.title().replace('_', '')}Policy", (EbbinghausPolicy,),
+                               {"settings": settings, "__doc__": f"Ebbinghaus preset: {doc}."}))
+
+
+for _name, _settings in RULE_PRESETS.items():
+    _preset(_name, _settings)
+
+
 @register_policy("streaming")
 class StreamingPolicy(Policy):
     """StreamingLLM: attention sinks plus the most recent tokens, nothing else."""
@@ -179,14 +211,58 @@ class StreamingPolicy(Policy):
         return positions.float()
 
 
-@register_policy("h2o")
-class H2OPolicy(_PerTokenState):
-    """H2O: attention accumulated over all steps so far (mean over memory layers)."""
+@register_policy("h2o_window32")
+class H2OWindowPolicy(_PerTokenState):
+    """H2O's heavy hitters with only the shared recent window (32 tokens) as recent tokens."""
 
     needs_attention = True
 
     def observe(self, received, visible):
         self.state = self.state + received.float().mean(0)
+
+
+@register_policy("h2o")
+class H2OPolicy(H2OWindowPolicy):
+    """H2O as in its paper: the newest half of the budget is kept as recent tokens, the other
+    half goes to the heavy hitters (attention accumulated over all steps)."""
+
+    def scores(self, positions):
+        recent = max(1, self.config.memory_budget // 2)
+        if positions.shape[-1] <= recent:
+            return self.state
+        cutoff = positions.topk(recent, dim=-1).values[..., -1:]  # the oldest of the newest half
+        bonus = self.state.amax(-1, keepdim=True).clamp(min=0) + 1.0
+        return torch.where(positions >= cutoff, self.state + bonus, self.state)
+
+
+@register_policy("snapkv")
+class SnapKVPolicy(_PerTokenState):
+    """SnapKV: the attention of an observation window of queries (a prompt's last
+    ``observation_window`` queries, pooled over neighbours, as the session measures them);
+    while decoding, the mean over the last ``observation_window`` steps. No accumulation
+    beyond the window, no forgetting curve: ``ebbinghaus`` minus ``snapkv`` is what the
+    curve adds on top of the window."""
+
+    needs_attention = True
+
+    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
+        super().__init__(config, num_layers, seed=seed, device=device)
+        self.window = torch.zeros(0, 1, 0, device=device)  # [steps kept, batch, tokens]
+
+    def append(self, batch, n):
+        super().append(batch, n)
+        if self.window.shape[-1] == 0:
+            self.window = self.window.new_zeros(0, batch, 0)
+        self.window = torch.cat([self.window, self.window.new_zeros(self.window.shape[0], batch, n)], dim=-1)
+
+    def observe(self, received, visible):
+        row = received.float().mean(0)[None]
+        self.window = torch.cat([self.window, row])[-self.config.observation_window:]
+        self.state = self.window.mean(0)
+
+    def keep(self, index):
+        super().keep(index)
+        self.window = self.window.gather(-1, index[None].expand(self.window.shape[0], -1, -1))
 
 
 @register_policy("tova")

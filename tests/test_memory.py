@@ -39,6 +39,9 @@ BAD_CONFIGS = [
     ("sink_tokens", -1), ("sink_tokens", 1.5), ("recent_window", 0), ("memory_budget", 0),
     ("memory_budget", True), ("soft_delete_target", "keys"), ("policy", "no-such-policy"),
     ("spacing", -1.0), ("spacing", math.nan), ("max_strength", 1.0), ("max_strength", "20"),
+    ("review", "glance"), ("review_top_p", 0.0), ("review_top_p", 1.5), ("review_surprise", -1.0),
+    ("stability", "multiplicative"), ("stability_decay", -0.1), ("retrievability_gain", math.inf),
+    ("trace", "min"), ("trace_tau", 0.0),
 ]
 
 
@@ -267,3 +270,89 @@ def test_received_attention_matches_eager_softmax_with_gqa():
     hide = torch.tensor([True, False, True, True, True])[None, None, None, :].expand(1, 1, 3, 5)
     masked = received_attention(q, k, hide, 0.3)
     assert masked[0, 1] == 0 and masked.sum().item() == pytest.approx(1.0)
+
+
+# -- rules from memory research ---------------------------------------------------------------
+def _mem(**changes) -> EbbinghausMemory:
+    mem = EbbinghausMemory(1, MemoryConfig(sink_tokens=1, **changes))
+    return mem
+
+
+def _att(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)[None, None, :]  # [layers=1, batch=1, tokens]
+
+
+def test_top_p_review_is_the_keys_holding_the_mass_sinks_excluded():
+    mem = _mem(review="top_p", review_top_p=0.5)
+    received = _att([0.5, 0.3, 0.1, 0.06, 0.04])  # token 0 is a sink: the rest hold 0.5
+    hit = mem.reviewed(received, received * 5)
+    assert hit[0, 0].tolist() == [False, True, False, False, False]  # 0.3 of 0.5 is past half the mass
+    mem = _mem(review="top_p", review_top_p=0.9)
+    hit = mem.reviewed(received, received * 5)
+    assert hit[0, 0].tolist() == [False, True, True, True, False]
+    # the seed's rule: any share above uniform (0.2 here), the sink included
+    assert _mem().reviewed(received, received * 5)[0, 0].tolist() == [True, True, False, False, False]
+
+
+def test_surprise_drops_routine_attention():
+    mem = _mem(review_surprise=2.0)
+    mem.append(1, 4)
+    routine = _att([0.1, 0.6, 0.2, 0.1])
+    assert mem.reviewed(routine, routine * 4)[0, 0, 1]  # the first time it is a surprise (2.4 >= 2 x 1)
+    for _ in range(30):  # the same share again and again becomes the token's expected share
+        mem.reinforce(routine, 4)
+    assert not mem.reviewed(routine, routine * 4)[0, 0, 1]
+    assert mem.reviewed(_att([0.1, 0.1, 0.7, 0.1]), _att([0.1, 0.1, 0.7, 0.1]) * 4)[0, 0, 2]
+
+
+def test_fsrs_massed_reviews_add_almost_nothing_spaced_ones_a_lot():
+    massed, spaced = _mem(stability="fsrs"), _mem(stability="fsrs")
+    for mem, gap in ((massed, 1), (spaced, 400)):
+        mem.append(1, 2)
+        for _ in range(3):
+            mem.append(1, gap)
+            received = torch.zeros(1, 1, mem.num_tokens)
+            received[..., 1] = 1.0  # token 1 takes all the attention: a review under any rule
+            mem.reinforce(received, mem.num_tokens)
+    s0 = MemoryConfig().initial_strength
+    assert massed.strength[0, 0, 1] < s0 * 1.01  # R was ~1 at every review: no growth
+    assert spaced.strength[0, 0, 1] > s0 * 1.5  # R had fallen: each review paid
+    assert float(massed.age[0, 0, 1]) == 0.0 and float(spaced.age[0, 0, 1]) == 0.0  # a review resets the age
+
+
+def test_fsrs_growth_saturates_with_strength():
+    weak, strong = _mem(stability="fsrs"), _mem(stability="fsrs")
+    for mem, s in ((weak, 5.0), (strong, 50.0)):
+        mem.append(1, 2)
+        mem.strength[..., 1] = s
+        mem.age[..., 1] = s  # R = exp(-1) for both
+        mem.reinforce(_att([0.0, 1.0]), 2)
+    assert weak.strength[0, 0, 1] / 5.0 > strong.strength[0, 0, 1] / 50.0
+
+
+def test_max_trace_keeps_the_strongest_retrieval_fading_with_age():
+    mem = _mem(trace="max", trace_tau=0.25, memory_budget=64, reinforce=False)  # tau = 16 tokens (S stays S0)
+    mem.append(1, 3)
+    mem.reinforce(_att([0.1, 0.8, 0.1]), 3)
+    mem.reinforce(_att([0.1, 0.2, 0.7]), 3)  # a weaker glance at token 1 keeps its stronger trace
+    assert torch.allclose(mem.trace_score()[0, 0], torch.tensor([0.1, 0.8, 0.7]))
+    mem.append(1, 16)  # one time constant later
+    assert torch.allclose(mem.trace_score()[0, 0, :3], torch.tensor([0.1, 0.8, 0.7]) * math.exp(-1), atol=1e-6)
+    assert torch.equal(mem.trace_score()[0, 0, 3:], torch.zeros(16))
+    mem.keep(torch.tensor([[0, 2]]))
+    assert mem.trace.shape[-1] == 2 and torch.allclose(mem.trace_score()[0, 0], torch.tensor([0.1, 0.7]) * math.exp(-1))
+
+
+def test_sum_trace_adds_uses_over_three_time_constants():
+    mem = _mem(trace="sum")
+    mem.append(1, 2)
+    mem.reinforce(_att([0.5, 0.5]), 2)
+    mem.reinforce(_att([0.5, 0.5]), 2)
+    assert mem.trace.shape[0] == 3
+    assert torch.allclose(mem.trace_score()[0, 0], torch.tensor([3.0, 3.0]))  # 2 uses x 0.5 x 3 scales
+    assert mem.nbytes == 2 * 4 * 5  # strength, age and three traces, 4 bytes each per token
+
+
+def test_seed_rule_is_the_default():
+    cfg = MemoryConfig()
+    assert (cfg.review, cfg.stability, cfg.trace, cfg.review_surprise) == ("share", "additive", "none", 0.0)

@@ -15,8 +15,9 @@ EVICTING = [p for p in POLICIES if POLICIES[p].evicts and not p.startswith("_")]
 PROMPT = "Spaced repetition keeps what is used and lets the rest fade away. " * 3
 
 
-def test_registry_has_the_issue_policies():
-    for name in ("ebbinghaus", "ebbinghaus_fixed", "streaming", "h2o", "tova", "random", "full"):
+def test_registry_has_the_peers_and_presets():
+    for name in ("ebbinghaus", "ebbinghaus_fixed", "ebbinghaus_seed", "streaming", "h2o", "h2o_window32", "tova",
+                 "snapkv", "random", "full"):
         assert name in POLICIES
     assert not POLICIES["full"].evicts
 
@@ -148,3 +149,42 @@ def test_policy_rows_reject_full_and_wrong_batch():
     rows = PolicyRows([make_policy("h2o", cfg, 1), make_policy("tova", cfg, 1)], rows_each=2)
     with pytest.raises(ValueError):
         rows.append(3, 5)
+
+
+def test_h2o_keeps_the_newest_half_of_the_budget_as_recent_tokens():
+    cfg = MemoryConfig(memory_budget=40, recent_window=8)
+    h2o, window32 = make_policy("h2o", cfg, 1), make_policy("h2o_window32", cfg, 1)
+    pos = torch.arange(60)[None]
+    heavy = torch.zeros(60)
+    heavy[5] = 0.9  # an old heavy hitter
+    for p in (h2o, window32):
+        p.append(1, 60)
+        p.observe(heavy[None, None], 60)
+    s = h2o.scores(pos)[0]
+    assert bool((s[40:] > s[5]).all())  # the newest 20 (half of 40) outrank any heavy hitter
+    assert s[5] > s[39] and s[5] > s[6]  # the heavy hitter outranks the other old tokens
+    assert torch.equal(window32.scores(pos)[0], heavy)  # accumulated attention only
+
+
+def test_snapkv_scores_are_the_mean_of_the_last_window():
+    cfg = MemoryConfig(observation_window=2)
+    snap = make_policy("snapkv", cfg, 1)
+    snap.append(1, 3)
+    for row in ([0.6, 0.3, 0.1], [0.2, 0.2, 0.6], [0.0, 0.4, 0.6]):
+        snap.observe(_received(row), 3)
+    assert torch.allclose(snap.scores(torch.arange(3)[None]), torch.tensor([[0.1, 0.3, 0.6]]))
+    snap.keep(torch.tensor([[1, 2]]))
+    snap.append(1, 1)
+    snap.observe(_received([0.5, 0.5, 0.0]), 3)
+    assert torch.allclose(snap.scores(torch.arange(3)[None]), torch.tensor([[0.45, 0.55, 0.0]]))
+
+
+def test_presets_apply_their_rule_and_the_seed_preset_pins_the_seeds():
+    cfg = MemoryConfig(review="top_p", trace="max")
+    assert make_policy("ebbinghaus_seed", cfg, 1).config.review == "share"
+    assert make_policy("ebbinghaus_seed", cfg, 1).config.trace == "none"
+    assert make_policy("ebbinghaus_fsrs", MemoryConfig(), 1).config.stability == "fsrs"
+    trace = make_policy("ebbinghaus_trace", MemoryConfig(), 1)
+    trace.append(1, 3)
+    trace.observe(_received([0.2, 0.7, 0.1]), 3)
+    assert torch.allclose(trace.scores(torch.arange(3)[None]), torch.tensor([[0.2, 0.7, 0.1]]))
