@@ -18,53 +18,45 @@ tokenization of the reply (true of greedy replies in practice, checked in the te
 Positions. Every token gets its true position in the conversation (0, 1, 2, ...), also
 after eviction, as in ``generate(..., generation_mode="evict")``.
 
+Settings. A chat resolves its config as ``generate`` does: ``granularity="auto"`` ranks per
+layer in ``evict``, so each full-attention layer keeps its own tokens, and the views
+(``cached_positions``, ``retention``, ``token_memory``, ``memory_text``, ``snapshot``) show the
+union over the layers unless asked for one ``layer``. A user turn read in one pass is
+reviewed by its last ``observation_window`` queries (the question), as a prompt is. A knob
+that the chosen mode cannot use is refused with a ``ConfigError``, never dropped.
+
 This module sits below ``memollm.llm``: it takes the ``EbbinghausLLM`` duck-typed
 (``.model``, ``.tokenizer``, ``.config``, ``.device``, ``.resolve_config``). It is long because
 one conversation's bookkeeping is one object's state: template checks at turn boundaries,
-chunked reading within the budget, the decode loop with sampling, and snapshots for lessons.
+chunked reading within the budget, the decode loop with sampling, and views for lessons.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache
 
-from . import attention as _attention
-from .attention import attached
+from .attention import attached, exclusive
 from .cache import cached_tokens, kv_cache_bytes
-from .config import MODES, ConfigError, MemoryConfig
+from .config import MODES, ConfigError, MemoryConfig, check_bool, check_int, check_number
+from .models import sync
 from .session import MemorySession
 
 FORMATS = ("chat", "transcript")
-# What every chat runs at: one shared ranking (its memory views, cached positions, token memory and
-# recall, describe one set of cached tokens) and one query a review, as its recall benchmark measured
-# (the question-aware window was measured on single documents only).
-CHAT_SETTINGS = {"granularity": "shared", "observation_window": 1, "observation_pool": 1}
 """``chat``: the tokenizer's chat template. ``transcript``: plain ``User: ...`` /
 ``Assistant: ...`` lines (no template), one line per turn, the reply stopping at a newline."""
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "do_sample", "repetition_penalty")
+EVICT_KNOBS = ("memory_budget", "policy", "sink_tokens", "recent_window", "positions")
+"""Knobs only eviction reads: the other modes keep every token in the cache."""
 
 
 class ChatTemplateError(ValueError):
     """The chat template renders the earlier conversation differently from what the cache holds."""
-
-
-def _exclusive(model):
-    """The model's lock (``memollm.attention.exclusive``) where the library has one."""
-    lock = getattr(_attention, "exclusive", None)
-    return lock(model) if lock is not None else contextlib.nullcontext()
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
 
 
 def _check_text(name: str, value: Any, *, empty: bool = False) -> str:
@@ -84,20 +76,15 @@ def sampling_processors(temperature=None, top_p=None, top_k=None, do_sample=None
     from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
                               TopKLogitsWarper, TopPLogitsWarper)
 
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    if temperature is not None and (not number(temperature) or temperature <= 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if top_p is not None and (not number(top_p) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    for name, value, high in (("temperature", temperature, None), ("top_p", top_p, 1.0),
+                              ("repetition_penalty", repetition_penalty, None)):
+        if value is not None:
+            check_number(name, value, low=0.0, low_open=True, high=high)
     if top_k is not None:
-        _check_int("top_k", top_k, 1)
-    if repetition_penalty is not None and (not number(repetition_penalty) or repetition_penalty <= 0):
-        raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty!r}")
-    if do_sample is not None and not isinstance(do_sample, bool):
-        raise ValueError(f"do_sample must be True, False or None, got {do_sample!r}")
-    if do_sample is None:
+        check_int("top_k", top_k, 1)
+    if do_sample is not None:
+        check_bool("do_sample", do_sample)
+    else:
         do_sample = any(v is not None for v in (temperature, top_p, top_k))
     procs = LogitsProcessorList()
     if repetition_penalty is not None and repetition_penalty != 1.0:
@@ -110,6 +97,22 @@ def sampling_processors(temperature=None, top_p=None, top_k=None, do_sample=None
         if top_p is not None and top_p < 1.0:
             procs.append(TopPLogitsWarper(top_p))
     return do_sample, procs
+
+
+def chat_config(llm, mode: str, config: MemoryConfig | None, knobs: dict[str, Any]) -> MemoryConfig:
+    """The config a chat in ``mode`` runs at: ``llm.resolve_config`` as in ``generate``; a knob the
+    mode never reads is a ``ConfigError`` naming it, so no setting is silently dropped."""
+    given = sorted(k for k, v in knobs.items() if v is not None)
+    cfg = llm.resolve_config(config, **{k: knobs[k] for k in given})  # unknown names and bad values first
+    unused = {k: "it keeps every token and no memory state" for k in given} if mode == "baseline" else {}
+    if mode in ("soft_delete", "sparse_attention"):
+        unused = {k: "only eviction reads it; this mode keeps every token" for k in given if k in EVICT_KNOBS}
+    if mode == "soft_delete" and "granularity" in given:
+        unused["granularity"] = "soft_delete weighs every memory layer by its own retention"
+    if unused:
+        k = next(iter(unused))
+        raise ConfigError(f"{k} does nothing in generation_mode={mode!r}: {unused[k]}")
+    return cfg
 
 
 class ChatSession:
@@ -125,16 +128,15 @@ class ChatSession:
     (the tokenizer's chat template) or ``"transcript"`` (``User: ...`` / ``Assistant: ...``
     lines, for models that follow a plain transcript better than their template).
     ``prefill_chunk``: at most this many tokens per forward pass when reading a turn (in
-    ``evict`` the chunks are also cut so that the cache never exceeds the budget). A chat ranks
-    one shared set of tokens (``granularity="auto"`` means ``"shared"`` here; per layer is
-    refused) and reviews with one query a step (its config's ``observation_window`` and
-    ``observation_pool`` are set to 1): that is what its recall benchmark measured.
+    ``evict`` the chunks are also cut so that the cache never exceeds the budget). Any other
+    ``MemoryConfig`` field (``granularity``, ``observation_window``, ...) may be passed by
+    name; ``config`` is the base, else the llm's config, as in ``generate``.
     """
 
     def __init__(self, llm, generation_mode: str = "evict", memory_budget: int | None = None,
                  policy: str | None = None, system: str | None = None, config: MemoryConfig | None = None,
                  sink_tokens: int | None = None, recent_window: int | None = None, seed: int = 0, *,
-                 fmt: str = "chat", prefill_chunk: int | None = None) -> None:
+                 fmt: str = "chat", prefill_chunk: int | None = None, **knobs: Any) -> None:
         for attr in ("model", "tokenizer", "resolve_config"):
             if not hasattr(llm, attr):
                 raise TypeError(
@@ -145,28 +147,18 @@ class ChatSession:
             raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
         if system is not None:
             _check_text("system", system)
-        _check_int("seed", seed, 0)
+        check_int("seed", seed, 0)
         if prefill_chunk is not None:
-            _check_int("prefill_chunk", prefill_chunk, 1)
+            check_int("prefill_chunk", prefill_chunk, 1)
         if config is not None and not isinstance(config, MemoryConfig):
             raise TypeError(f"config must be a MemoryConfig, got {type(config).__name__}")
         self.llm = llm
         self.model, self.tokenizer = llm.model, llm.tokenizer
         self.mode, self.fmt, self.system, self.seed = generation_mode, fmt, system, seed
         self.prefill_chunk = prefill_chunk
-        overrides = dict(memory_budget=memory_budget, policy=policy, sink_tokens=sink_tokens,
-                         recent_window=recent_window)
-        given = sorted(k for k, v in overrides.items() if v is not None)
-        self._config_warnings: list[str] = []
-        if generation_mode != "evict" and given:
-            self._config_warnings.append(
-                f"{', '.join(given)} only apply to generation_mode='evict'; ignored in {generation_mode!r}")
-            overrides = {}
-        self.config: MemoryConfig = llm.resolve_config(config, **overrides)
-        if self.config.granularity not in ("auto", "shared") and generation_mode in ("evict", "sparse_attention"):
-            raise ConfigError(f"a chat keeps one set of cached tokens for all layers (granularity='shared'); "
-                              f"granularity={self.config.granularity!r} is not built for chats")
-        self.config = self.config.replace(**CHAT_SETTINGS)
+        knobs.update(memory_budget=memory_budget, policy=policy, sink_tokens=sink_tokens,
+                     recent_window=recent_window)
+        self.config: MemoryConfig = chat_config(llm, generation_mode, config, knobs)
         if fmt == "chat" and getattr(self.tokenizer, "chat_template", None) is None:
             raise ValueError("this tokenizer has no chat template; use fmt='transcript'")
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
@@ -174,11 +166,7 @@ class ChatSession:
         if self.tokenizer.eos_token_id is not None:
             eos.append(self.tokenizer.eos_token_id)
         self.stop_ids = frozenset(int(e) for e in eos)
-        cfg = self.model.config
-        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        self.max_positions = next((v for v in (getattr(cfg, n, None) for n in
-                                               ("max_position_embeddings", "n_positions", "max_sequence_length"))
-                                   if isinstance(v, int)), None)
+        self.max_positions: int | None = getattr(llm, "max_positions", None)
         self.reset()
 
     # -- state -----------------------------------------------------------------------------
@@ -195,7 +183,7 @@ class ChatSession:
         self.peak_cached = 0  # the most tokens the cache held in the current turn
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self._broken: str | None = None
-        self.warnings = list(self._config_warnings)
+        self.warnings: list[str] = []
 
     @property
     def device(self) -> torch.device:
@@ -220,42 +208,63 @@ class ChatSession:
     def num_cached(self) -> int:
         return cached_tokens(self.cache)
 
-    def cached_positions(self) -> list[int]:
-        """True positions of the tokens still in the cache, ascending."""
+    def cached_positions(self, layer: int | None = None) -> list[int]:
+        """True positions of the tokens still in the cache, ascending: by default the union over
+        the layers (each layer ranks its own tokens unless ``granularity="shared"``, where all
+        layers hold the same), or what full-attention layer ``layer`` holds."""
         if self.session is None:
             return list(range(self.num_cached))
-        return self.session.positions[0].tolist()
+        if layer is None:
+            return self.session.union_positions()
+        held = self.session.layer_positions()
+        if layer not in held:
+            raise ValueError(f"layer must be one of the full-attention layers {sorted(held)}, got {layer!r}")
+        return held[layer]
 
-    def retention(self) -> list[float] | None:
-        """Retention R of every cached token (mean over the memory layers), where the policy has one."""
-        memory = getattr(self.session, "memory", None) if self.session is not None else None
-        if memory is None or memory.num_tokens == 0:
+    def _state(self, quantity: str, layer: int | None) -> dict[int, float] | None:
+        """``quantity`` by true position: one layer's, or the mean over the layers that hold the token."""
+        per = self.session.layer_memory(quantity) if self.session is not None else None
+        if per is None:
             return None
-        return memory.retention().mean(0)[0].tolist()
+        if layer is not None:  # one shared ranking keeps state in the memory layers only
+            return per.get(layer)
+        acc: dict[int, list[float]] = {}
+        for values in per.values():
+            for p, v in values.items():
+                acc.setdefault(p, []).append(v)
+        return {p: sum(v) / len(v) for p, v in acc.items()}
+
+    def retention(self, layer: int | None = None) -> list[float] | None:
+        """Retention R of every token of ``cached_positions(layer)``: the mean over the layers that
+        hold it, or layer ``layer``'s; None where the policy (or that layer) keeps no forgetting curve."""
+        state = self._state("retention", layer)
+        return None if state is None else [state[p] for p in self.cached_positions(layer)]
 
     def kv_cache_bytes(self) -> int:
         return kv_cache_bytes(self.cache)
 
-    def token_memory(self, positions: Sequence[int]) -> list[dict[str, Any]]:
-        """For each true position: ``cached`` and, while cached under a forgetting curve, its
-        ``strength`` S, ``age`` t and ``retention`` R (means over the memory layers)."""
-        slot = {p: i for i, p in enumerate(self.cached_positions())}
-        memory = getattr(self.session, "memory", None) if self.session is not None else None
+    def token_memory(self, positions: Sequence[int], layer: int | None = None) -> list[dict[str, Any]]:
+        """For each true position: ``cached`` (by any layer, or by ``layer``), ``layers`` (how many
+        full-attention layers hold it, except in baseline) and, while cached under a forgetting
+        curve, its ``strength`` S, ``age`` t and ``retention`` R (means over the layers holding it)."""
+        held = set(self.cached_positions(layer))
+        layers = {} if self.session is None else {l: set(p) for l, p in self.session.layer_positions().items()}
+        state = {q: self._state(q, layer) for q in ("strength", "age", "retention")}
         out = []
         for p in positions:
-            row: dict[str, Any] = {"position": int(p), "cached": p in slot}
-            if p in slot and memory is not None and memory.num_tokens:
-                i = slot[p]
-                row.update(strength=float(memory.strength[:, 0, i].mean()), age=float(memory.age[:, 0, i].mean()),
-                           retention=float(memory.retention()[:, 0, i].mean()))
+            row: dict[str, Any] = {"position": int(p), "cached": p in held}
+            if layers:
+                row["layers"] = sum(p in h for h in layers.values())
+            if p in held and state["retention"] is not None:
+                row.update({q: float(values[p]) for q, values in state.items()})
             out.append(row)
         return out
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, layer: int | None = None) -> dict[str, Any]:
         """What the cache holds now: ``turn``, ``tokens`` read so far, the cached ``positions``
-        and their ``retention`` (None for a policy without a forgetting curve)."""
-        return {"turn": self.turn, "tokens": len(self._ids), "positions": self.cached_positions(),
-                "retention": self.retention()}
+        (union over the layers, or ``layer``'s) and their ``retention`` (None without a forgetting curve)."""
+        return {"turn": self.turn, "tokens": len(self._ids), "layer": layer,
+                "positions": self.cached_positions(layer), "retention": self.retention(layer)}
 
     # -- rendering -------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, str]] | None = None, add_generation_prompt: bool = False) -> str:
@@ -315,7 +324,7 @@ class ChatSession:
     # -- forward passes -----------------------------------------------------------------------
     def _chunk_size(self, remaining: int) -> int:
         size = remaining if self.prefill_chunk is None else min(remaining, self.prefill_chunk)
-        if self.session is not None and self.mode == "evict" and getattr(self.session.policy, "evicts", True):
+        if self.session is not None and self.mode == "evict" and self.session.policy.evicts:
             cfg = self.config
             room = max(cfg.memory_budget - self.num_cached, cfg.memory_budget - cfg.sink_tokens - cfg.recent_window)
             size = min(size, max(1, room))
@@ -347,7 +356,7 @@ class ChatSession:
                    f"{self.max_positions} positions")
         if self.mode != "evict":
             raise ValueError(message + f" in mode {self.mode!r}; reset() or use generation_mode='evict'")
-        if getattr(self.config, "positions", "true") == "cache":  # positions counted inside the cache stay small
+        if self.config.positions == "cache":  # positions counted inside the cache stay small
             return
         if message not in self.warnings:  # true positions past the trained range: quality falls
             self.warnings.append(message + ": positions beyond the trained range")
@@ -361,7 +370,7 @@ class ChatSession:
         """Hold the model (and attach the session) for one turn; a failure leaves the session unusable."""
         self._check_usable()
         try:
-            with torch.no_grad(), _exclusive(self.model):
+            with torch.no_grad(), exclusive(self.model):
                 if self.session is None:
                     yield
                 else:
@@ -415,7 +424,7 @@ class ChatSession:
         """
         self._check_usable()
         _check_text("message", message)
-        _check_int("max_new_tokens", max_new_tokens, 1)
+        check_int("max_new_tokens", max_new_tokens, 1)
         if reply_prefix is not None:
             _check_text("reply_prefix", reply_prefix)
         unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
@@ -436,15 +445,13 @@ class ChatSession:
         turn_step, evicted_before, first = self.steps, self._evicted(), len(self._ids)
         self.peak_cached = self.num_cached
         with self._turn():
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            sync(self.device)
             start = time.perf_counter()
             logits = self._read(new)
             self._pending = []
             reply_start = len(self._ids)
             tokens, text = self._decode_reply(logits, max_new_tokens, processors, do_sample, stops, ignore_eos)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            sync(self.device)
             elapsed = time.perf_counter() - start
         self.boundaries += [("user", first), ("assistant", reply_start)]
         self.history.append({"role": "user", "content": message})
@@ -487,39 +494,30 @@ class ChatSession:
 
     def _result(self, tokens, stops, elapsed, prompt_tokens, turn_step, evicted_before) -> dict[str, Any]:
         session = self.session
-        effective = getattr(session, "effective_config", self.config) if session is not None else self.config
+        effective = session.effective_config if session is not None else self.config
         body = tokens[:-1] if tokens and tokens[-1] in self.stop_ids else tokens
         generated = self.tokenizer.decode(body, skip_special_tokens=True)
         for s in stops:
             generated = generated.split(s, 1)[0]
         result: dict[str, Any] = {
             "generated_text": generated.strip() if self.fmt == "transcript" else generated,
-            "num_tokens": len(tokens),
-            "generation_time": elapsed,
+            "num_tokens": len(tokens), "generation_time": elapsed,
             "tokens_per_second": len(tokens) / elapsed if elapsed > 0 else float("inf"),
-            "prompt_tokens": prompt_tokens,
-            "token_ids": list(tokens),
-            "kv_cache_tokens": self.num_cached,
-            "kv_cache_bytes": self.kv_cache_bytes(),
-            "mode": self.mode,
-            "policy": self.config.policy if self.mode == "evict" else None,
-            "config": effective.to_dict(),
-            "memory_stats": {},
-            "warnings": list(self.warnings),
-            "turn": self.turn,
-            "conversation_tokens": len(self._ids) + len(self._pending),
+            "prompt_tokens": prompt_tokens, "token_ids": list(tokens),
+            "kv_cache_tokens": self.num_cached, "kv_cache_bytes": self.kv_cache_bytes(),
+            "mode": self.mode, "policy": self.config.policy if self.mode == "evict" else None,
+            "config": effective.to_dict(), "memory_stats": {}, "warnings": list(self.warnings),
+            "turn": self.turn, "conversation_tokens": len(self._ids) + len(self._pending),
         }
         if session is not None:
-            stats = getattr(session, "memory_stats", None)
-            result["memory_stats"] = stats() if callable(stats) else {}
+            result["memory_stats"] = session.memory_stats()
             result["warnings"] = list(self.warnings) + [w for w in session.warnings if w not in self.warnings]
             result["evicted_tokens"] = self._evicted() - evicted_before
             result["peak_kv_cache_tokens"] = self.peak_cached
-            state = getattr(session, "state_bytes", None)
-            if callable(state):
-                result["memory_state_bytes"] = state()
+            result["memory_state_bytes"] = session.state_bytes()
             if self.mode == "evict":
-                result["evict_events"] = {k: list(v) for k, v in session.evict_events.items() if k >= turn_step}
+                result["evict_events"] = session.drops_since(turn_step)
+                result["granularity"] = session.granularity
         return result
 
     # -- inspection -------------------------------------------------------------------------
@@ -527,7 +525,7 @@ class ChatSession:
         """True positions of the tokens that cover the ``occurrence``-th appearance of ``text``
         in the conversation read so far (an empty list when it does not appear)."""
         _check_text("text", text)
-        _check_int("occurrence", occurrence, 0)
+        check_int("occurrence", occurrence, 0)
         pieces = [self._decode([t]) for t in self._ids]  # one token at a time, so offsets map back to tokens
         ends, total = [], 0
         for piece in pieces:
@@ -541,9 +539,10 @@ class ChatSession:
         lo, hi = at, at + len(text)
         return [i for i, e in enumerate(ends) if e > lo and e - len(pieces[i]) < hi]
 
-    def memory_text(self, elide: str = "…") -> str:
-        """The conversation read so far, with the spans no longer in the cache replaced by ``elide``."""
-        kept = set(self.cached_positions())
+    def memory_text(self, elide: str = "…", layer: int | None = None) -> str:
+        """The conversation read so far, with the spans no longer cached (by any layer, or by
+        ``layer``) replaced by ``elide``."""
+        kept = set(self.cached_positions(layer))
         out, run, run_kept = [], [], None
         for pos, tok in enumerate(self._ids):
             k = pos in kept

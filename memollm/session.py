@@ -15,7 +15,8 @@ attached with ``memollm.attention.attached``. Around every forward step it:
 Eviction granularity: with ``granularity="layer"`` (``"head"``) every full-attention layer
 (KV head) keeps its own slots. The session then tracks one row of positions per batch row
 and unit (batch outer), and hands the policies those rows as if they were batch rows, so a
-policy never needs to know the granularity.
+policy never needs to know the granularity. It is long because it also answers, at every
+granularity, what each layer holds (``layer_positions``, ``layer_memory``), for chats and lessons.
 """
 
 from __future__ import annotations
@@ -179,6 +180,57 @@ class MemorySession:
     def kept_positions(self) -> dict[str, list[int]]:
         """True positions each unit holds now (batch row 0)."""
         return {name: row.tolist() for name, row in zip(self.unit_names(), self.positions[: self.units])}
+
+    # -- views of what is held, at any granularity ----------------------------------------------
+    def layer_positions(self, row: int = 0) -> dict[int, list[int]]:
+        """True positions each full-attention layer holds, ascending (batch row ``row``). A layer
+        ranked per KV head holds what any of its heads holds; one shared ranking gives every
+        layer the same positions."""
+        units = self.positions[row * self.units:(row + 1) * self.units]
+        if self.units == 1:
+            held = sorted(units[0].tolist()) if units.shape[0] else []
+            return {layer: list(held) for layer in self.full_layers}
+        per_layer = units.reshape(len(self.layer_ids), self.heads, -1)
+        return {layer: sorted(set(p.flatten().tolist())) for layer, p in zip(self.layer_ids, per_layer)}
+
+    def union_positions(self, row: int = 0) -> list[int]:
+        """True positions that at least one layer holds: what the model can still attend to somewhere."""
+        return sorted(set().union(*self.layer_positions(row).values()))
+
+    def intersection_positions(self, row: int = 0) -> list[int]:
+        """True positions that every layer holds."""
+        held = list(self.layer_positions(row).values())
+        return sorted(set(held[0]).intersection(*held[1:])) if held else []
+
+    def layer_memory(self, quantity: str = "retention", row: int = 0) -> dict[int, dict[int, float]] | None:
+        """``retention``, ``strength`` or ``age`` of every token each layer keeps state for,
+        ``{layer: {true position: value}}`` (batch row ``row``); per KV head, the mean over the
+        layer's heads that hold the token. None where the policy has no forgetting curve."""
+        if quantity not in ("retention", "strength", "age"):
+            raise ValueError(f"quantity must be 'retention', 'strength' or 'age', got {quantity!r}")
+        if self.memory is None or self.memory.num_tokens == 0:
+            return None
+        values = self.memory.retention() if quantity == "retention" else getattr(self.memory, quantity)
+        if self.units == 1:
+            held = self.positions[row].tolist()
+            return {layer: dict(zip(held, values[i, row].tolist())) for i, layer in enumerate(self.layer_ids)}
+        shape = (len(self.layer_ids), self.heads, -1)
+        vals = values[0, row * self.units:(row + 1) * self.units].reshape(shape)
+        held = self.positions[row * self.units:(row + 1) * self.units].reshape(shape)
+        out = {}
+        for layer, v, p in zip(self.layer_ids, vals.tolist(), held.tolist()):
+            acc: dict[int, list[float]] = {}
+            for vh, ph in zip(v, p):
+                for pos, x in zip(ph, vh):
+                    acc.setdefault(pos, []).append(x)
+            out[layer] = {pos: sum(xs) / len(xs) for pos, xs in sorted(acc.items())}
+        return out
+
+    def drops_since(self, step: int = 0) -> dict[int, Any]:
+        """Evict events from forward step ``step`` on (batch row 0): positions dropped before each
+        step, a list (shared ranking) or a dict by layer (and head) from the per-unit drop log."""
+        events = self.drop_log.as_dict() if self.drop_log is not None else self.evict_events
+        return {k: v if isinstance(v, dict) else list(v) for k, v in events.items() if k >= step}
 
     # -- forward hooks -------------------------------------------------------------------
     def pre_forward(self, module, args, kwargs):

@@ -1,5 +1,5 @@
-"""Conversation memory: one bounded KV cache across turns (``memollm.chat.ChatSession``),
-its command (``memollm.chat_cli``) and the recall benchmark (``memollm.recall``).
+"""Conversation memory: one bounded KV cache across turns (``memollm.chat.ChatSession``) and
+its command (``memollm.cli.chat``); the recall benchmark is tested in ``test_recall.py``.
 
 Most tests run on a tiny random Llama (fast); one runs the bundled model, where greedy
 replies are the tokenizer's own tokenization, so the cache must hold exactly the chat
@@ -17,9 +17,7 @@ from memollm.attention import is_attached
 from memollm.cache import kv_trace
 from memollm.chat import ChatSession, ChatTemplateError
 from memollm.cli import main as cli_main
-from memollm.viz import plot_recall as plot
-from memollm.recall import (FACT_KINDS, build_conversation, merge, recall, run_conversation, summarize,
-                            table)
+from memollm.config import ConfigError
 from memollm_testutils import assert_clean, one_thread
 
 _one_thread = one_thread()
@@ -67,11 +65,13 @@ def test_bundled_model_replies_equal_regenerating_from_the_full_history(llm):
     assert_clean(llm.model)
 
 
-@pytest.mark.parametrize("mode", ["baseline", "evict", "soft_delete"])
-def test_tiny_model_replies_equal_regenerating_from_the_tokens_held(tiny, mode):
+@pytest.mark.parametrize("mode, granularity", [("baseline", None), ("evict", "shared"), ("evict", "layer"),
+                                               ("evict", "head"), ("soft_delete", None)])
+def test_tiny_model_replies_equal_regenerating_from_the_tokens_held(tiny, mode, granularity):
     """On a random model the replies are arbitrary tokens (not the tokenizer's own), so the
-    reference re-reads the exact tokens the session holds, from scratch, with model.generate."""
-    options = dict(memory_budget=2048) if mode == "evict" else {}
+    reference re-reads the exact tokens the session holds, from scratch, with model.generate;
+    with room for everything, every granularity gives the same replies."""
+    options = dict(memory_budget=2048, granularity=granularity) if mode == "evict" else {}
     cfg = tiny.config.replace(soft_delete_floor=1.0) if mode == "soft_delete" else None
     chat = ChatSession(tiny, mode, config=cfg, **options)
     for i, message in enumerate(TURNS[:3]):
@@ -122,15 +122,44 @@ def test_the_cache_never_exceeds_the_budget(tiny, policy):
     assert_clean(tiny.model)
 
 
-def test_chunked_turns_equal_the_session_evicting_the_same_positions(tiny):
-    """The evict events of a chat are exactly the positions missing from the cache."""
-    chat = ChatSession(tiny, "evict", memory_budget=32, sink_tokens=2, recent_window=8)
-    events: dict[int, list[int]] = {}
+@pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
+def test_evict_events_are_exactly_the_positions_missing_from_the_cache(tiny, granularity):
+    """Per unit (the shared set, a layer or a KV head): dropped + kept = every token read."""
+    chat = ChatSession(tiny, "evict", memory_budget=32, sink_tokens=2, recent_window=8, granularity=granularity)
+    dropped: dict[str, list[int]] = {}
     for message in [LONG, "And then?"]:
-        events.update(chat.send(message, 6)["evict_events"])
-    dropped = sorted(p for ps in events.values() for p in ps)
-    kept = chat.cached_positions()
-    assert sorted(dropped + kept) == list(range(len(chat.token_ids)))
+        for event in chat.send(message, 6)["evict_events"].values():
+            for unit, ps in (event.items() if isinstance(event, dict) else [("shared", event)]):
+                dropped.setdefault(unit, []).extend(ps)
+    kept = chat.session.kept_positions()
+    assert set(dropped) == set(kept) == set(chat.session.unit_names())
+    for unit in kept:
+        assert sorted(dropped[unit] + kept[unit]) == list(range(len(chat.token_ids)))
+
+
+@pytest.mark.parametrize("granularity", ["layer", "head"])
+def test_per_layer_chats_hold_the_budget_in_every_layer_at_every_step(tiny, granularity):
+    budget = 40
+    chat = ChatSession(tiny, "evict", memory_budget=budget, sink_tokens=4, recent_window=8, granularity=granularity)
+    assert chat.config.granularity == granularity and chat.session.units > 1
+    sizes: list[list[int]] = []
+
+    def after(module, args, kwargs, output):  # the cache after each forward, every layer (and head)
+        sizes.append([layer.keys.shape[-2] for layer in chat.cache.layers])
+        sizes.append([len(p) for p in chat.session.kept_positions().values()])
+        return output
+
+    handle = tiny.model.register_forward_hook(after, with_kwargs=True)
+    try:
+        for message in [LONG, "Short one.", LONG]:
+            chat.send(message, max_new_tokens=6)
+    finally:
+        handle.remove()
+    assert len(sizes) > 2 * 3 * 6 and max(max(s) for s in sizes) == budget
+    held = chat.session.layer_positions()
+    assert len({tuple(p) for p in held.values()}) > 1  # the layers really keep different tokens
+    assert all(p[:4] == [0, 1, 2, 3] for p in held.values())  # every layer keeps the sinks
+    assert_clean(tiny.model)
 
 
 def test_memory_state_carries_over_between_turns(tiny):
@@ -143,10 +172,69 @@ def test_memory_state_carries_over_between_turns(tiny):
     assert session.memory.num_tokens == chat.num_cached
     assert float(strength_after_one.max()) > tiny.config.initial_strength  # reinforced in turn 1 ...
     assert float(session.memory.strength.max()) >= float(strength_after_one.max())  # ... and not reset
-    assert len(chat.retention()) == chat.num_cached
+    assert len(chat.retention()) == len(chat.cached_positions()) >= chat.num_cached  # the union over layers
     first = chat.token_memory([0, chat.cached_positions()[-1], len(chat.token_ids) + 5])
     assert first[0]["cached"] and first[0]["strength"] >= tiny.config.initial_strength and 0 < first[0]["retention"] <= 1
     assert first[1]["age"] >= 0 and not first[2]["cached"] and "strength" not in first[2]
+    assert first[0]["layers"] == len(chat.session.full_layers) and first[2]["layers"] == 0
+
+
+@pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
+def test_views_agree_with_the_units_the_session_keeps(tiny, granularity):
+    chat = ChatSession(tiny, "evict", memory_budget=40, sink_tokens=4, recent_window=8, granularity=granularity)
+    for message in [LONG, "Short one."]:
+        chat.send(message, 5)
+    session = chat.session
+    units = {name: set(p) for name, p in session.kept_positions().items()}
+    by_layer = {l: set().union(*(p for name, p in units.items() if name == "shared" or
+                                 name.split(".")[0] == f"layer_{l}")) for l in session.full_layers}
+    assert {l: set(p) for l, p in session.layer_positions().items()} == by_layer
+    assert chat.cached_positions() == sorted(set().union(*by_layer.values()))
+    assert session.intersection_positions() == sorted(set.intersection(*by_layer.values()))
+    for layer in session.full_layers:
+        assert chat.cached_positions(layer=layer) == sorted(by_layer[layer])
+        retention = chat.retention(layer=layer)
+        if retention is None:  # a shared ranking keeps state in the first memory layers only
+            assert granularity == "shared" and layer not in session.layer_ids
+        else:
+            assert len(retention) == len(by_layer[layer]) and all(0 < r <= 1 for r in retention)
+        gone = [p for p in range(len(chat.token_ids)) if p not in by_layer[layer]]
+        assert chat.memory_text(layer=layer).count("…") >= (1 if gone else 0)
+        assert chat.snapshot(layer=layer)["positions"] == chat.cached_positions(layer=layer)
+    if granularity == "shared":  # one set of tokens: every view is the same
+        assert chat.cached_positions() == session.intersection_positions() == session.positions[0].tolist()
+    else:
+        assert len(chat.cached_positions()) > chat.num_cached > len(session.intersection_positions())
+    mixed = [p for p in chat.cached_positions() if p not in session.intersection_positions()]
+    for row in chat.token_memory(mixed):
+        assert row["cached"] and 0 < row["layers"] < len(session.full_layers)
+    with pytest.raises(ValueError, match="layer"):
+        chat.cached_positions(layer=99)
+
+
+@pytest.mark.parametrize("mode, kwargs, knob", [
+    ("baseline", dict(memory_budget=64), "memory_budget"),
+    ("soft_delete", dict(policy="h2o"), "policy"),
+    ("sparse_attention", dict(recent_window=8), "recent_window"),
+    ("soft_delete", dict(granularity="layer"), "granularity"),
+    ("sparse_attention", dict(granularity="head"), "granularity"),
+])
+def test_a_knob_the_chat_cannot_honour_is_refused_by_name(tiny, mode, kwargs, knob):
+    with pytest.raises(ConfigError, match=knob):
+        ChatSession(tiny, mode, **kwargs)
+
+
+def test_chats_resolve_the_config_like_generate(tiny):
+    """No chat-only settings: granularity auto is per layer in evict, the observation window
+    and pool are the config's, and every knob passed is the one that runs."""
+    chat = ChatSession(tiny, "evict", memory_budget=64)
+    assert chat.config == tiny.config.replace(memory_budget=64) and chat.session.granularity == "layer"
+    chat = ChatSession(tiny, "evict", memory_budget=64, granularity="shared", observation_window=4,
+                       observation_pool=3)
+    assert (chat.session.granularity, chat.config.observation_window, chat.config.observation_pool) == ("shared", 4, 3)
+    assert chat.send("hi", 3)["config"]["observation_window"] == 4
+    with pytest.raises(TypeError, match="unknown"):
+        ChatSession(tiny, "evict", budget=64)
 
 
 # -- isolation and clean-up ---------------------------------------------------------------------------
@@ -220,6 +308,7 @@ def test_a_changed_history_is_refused_and_the_session_stays_usable(tiny):
     (dict(system=""), "system"),
     (dict(seed=-1), "seed"),
     (dict(prefill_chunk=0), "prefill_chunk"),
+    (dict(granularity="row"), "granularity"),
 ])
 def test_bad_session_options_raise_value_errors(tiny, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -308,7 +397,7 @@ def test_snapshots_draw_a_retention_map(tiny):
         chat.send(m, 4)
         snaps.append(chat.snapshot())
     assert [s["turn"] for s in snaps] == [1, 2, 3]
-    assert snaps[-1]["positions"] == chat.cached_positions() and len(snaps[-1]["retention"]) == chat.num_cached
+    assert snaps[-1]["positions"] == chat.cached_positions() and len(snaps[-1]["retention"]) == len(snaps[-1]["positions"])
     fig = plot_conversation(snaps, chat.boundaries)
     image = fig.axes[0].get_images()[0].get_array()
     assert image.shape == (3, snaps[-1]["tokens"])
@@ -355,105 +444,7 @@ def test_chat_command_runs_from_a_file_and_rejects_bad_flags(tiny, tmp_path, mon
     assert cli_main(["chat", "--file", str(turns), "--budget", "40", "--window", "8", "--max-tokens", "3",
                           "--json", str(out)]) == 0
     assert [r["turn"] for r in json.loads(out.read_text())] == [1, 2]
-    for bad in (["--budget", "3"], ["--policy", "lru"], ["--temperature", "0"], ["--file", str(tmp_path / "no")]):
+    for bad in (["--budget", "3"], ["--policy", "lru"], ["--temperature", "0"], ["--file", str(tmp_path / "no")],
+                ["--file", str(turns), "--mode", "baseline", "--budget", "40"]):
         assert cli_main(["chat", *bad]) == 2
         assert "error" in capsys.readouterr().err
-
-
-# -- the recall benchmark ------------------------------------------------------------------------------------
-def _text(conv):
-    return "".join(arg if what == "read" else "[answer]" for what, arg in conv.steps)
-
-
-def test_conversations_are_seeded_and_the_variants_share_the_fact(tokenizer):
-    a, b = build_conversation(tokenizer, 3, True), build_conversation(tokenizer, 3, False)
-    assert (a.value, a.kind) == (b.value, b.kind) and a.value in _text(a).split("\n")[2]
-    assert _text(a) == _text(build_conversation(tokenizer, 3, True))
-    assert _text(a) != _text(build_conversation(tokenizer, 3, True, seed=1))
-    assert [s[0] for s in a.steps].count("answer") == 2 and [s[0] for s in b.steps].count("answer") == 1
-    question = FACT_KINDS[a.kind].question
-    assert _text(a).endswith(f"User: {question}\nAssistant: {FACT_KINDS[a.kind].answer_prefix}[answer]")
-    assert "Quick check" in _text(a) and "Quick check" not in _text(b)
-    lengths = [len(tokenizer(_text(c)).input_ids) for c in (a, b)]
-    assert abs(lengths[0] - lengths[1]) < 20  # the review replaces one small-talk exchange
-    assert {build_conversation(tokenizer, c, True).kind for c in range(3)} == set(FACT_KINDS)
-    with pytest.raises(ValueError, match="turns"):
-        build_conversation(tokenizer, 0, True, turns=1)
-
-
-def test_run_conversation_keeps_the_budget_and_reports_what_is_cached(tiny):
-    conv = build_conversation(tiny.tokenizer, 0, True, turns=4)
-    full = run_conversation(tiny, conv, ["full"], None)
-    assert full[0]["fact_cached"] and full[0]["copy_cached"] and full[0]["budget"] is None
-    rows = run_conversation(tiny, conv, ["streaming", "h2o", "ebbinghaus"], 40, sink_tokens=4, recent_window=8)
-    assert [r["policy"] for r in rows] == ["streaming", "h2o", "ebbinghaus"]
-    assert all(r["peak_kv_tokens"] == 40 for r in rows)
-    assert all(r["conversation_tokens"] == full[0]["conversation_tokens"] for r in rows)
-    streaming = rows[0]
-    assert not streaming["fact_cached"] and streaming["fact_share"] == 0.0  # the oldest tokens went first
-    assert all(r["review_answer"] is not None and isinstance(r["correct"], bool) for r in rows)
-    assert_clean(tiny.model)
-    with pytest.raises(ValueError, match="full"):
-        run_conversation(tiny, conv, ["full", "h2o"], 40)
-
-
-def test_recall_summary_table_and_figure(tiny):
-    result = recall(tiny, budgets=[40], policies=["streaming", "tova"], cases=2, turns=3, sink_tokens=4,
-                    recent_window=8, progress=False)
-    s = result["summary"]
-    variants = {(r["policy"], r["variant"]) for r in s}
-    for policy in ("full", "streaming", "tova"):
-        assert {(policy, "not reviewed"), (policy, "reviewed"), (policy, "review effect")} <= variants
-    for r in s:
-        assert r["cases"] == 2 and -1 <= r["accuracy"] <= 1
-        lo, hi = r["accuracy_ci"]
-        assert lo <= r["accuracy"] <= hi
-    assert len(result["records"]) == 2 * 2 * 3 and result["settings"]["policies"] == ["full", "streaming", "tova"]
-    text = table(result)
-    assert len(text.splitlines()) == 2 + 3 and "| full | no limit |" in text
-    assert "fact cached" in table(result, "fact_cached")
-    fig = plot(result)
-    assert len(fig.axes) == 2
-    json.dumps(result, allow_nan=False)  # strict JSON
-    assert summarize(result["records"]) == s
-    second = recall(tiny, budgets=[48], policies=["streaming"], cases=2, turns=3, sink_tokens=4, recent_window=8,
-                    reference=False, progress=False)
-    assert {r["policy"] for r in second["records"]} == {"streaming"}
-    both = merge(result, second)
-    assert len(both["records"]) == len(result["records"]) + len(second["records"])
-    assert {r["budget"] for r in both["summary"]} == {None, 40, 48}
-    assert len(plot(both).axes) == 4  # a row per budget
-
-
-def test_recall_rejects_bad_settings(tiny):
-    with pytest.raises(ValueError, match="cases"):
-        recall(tiny, cases=0, progress=False)
-    with pytest.raises(ValueError, match="kind"):
-        recall(tiny, cases=1, kinds=["colour"], progress=False)
-    with pytest.raises(ValueError, match="memory_budget"):
-        recall(tiny, budgets=[10], cases=1, progress=False)
-
-
-def test_recall_command_writes_records_and_merges_a_second_budget(tiny, tmp_path, monkeypatch, capsys):
-    from memollm.cli import chat as chat_cli
-
-    monkeypatch.setattr(chat_cli, "load_llm", lambda args: tiny)
-    out = tmp_path / "recall.json"
-    common = ["--cases", "1", "--turns", "2", "--window", "8", "--policies", "streaming", "--variants", "reviewed",
-              "--no-plot"]
-    assert cli_main(["eval", "recall", "--budget", "40", "--json", str(out), *common]) == 0
-    records = json.loads(out.read_text())
-    assert isinstance(records, list) and {r["policy"] for r in records} == {"full", "streaming"}
-    assert "answer correct" in capsys.readouterr().out
-    assert cli_main(["eval", "recall", "--budget", "48", "--no-full", "--merge", str(out), "--json", str(out),
-                          *common]) == 0
-    merged = json.loads(out.read_text())
-    assert sorted({r["budget"] for r in merged}, key=str) == [40, 48, None] and len(merged) == len(records) + 1
-    assert "| streaming | 48 |" in capsys.readouterr().out  # the tables show both runs
-    assert summarize(merged) == merge(merged)["summary"]
-    with pytest.raises(ValueError, match="overlap"):
-        merge(merged, merged)
-    assert cli_main(["eval", "recall", "--budget", "10"]) == 2
-    assert cli_main(["eval", "recall", "--review-after", "5", "--turns", "3"]) == 2
-    (tmp_path / "bad.json").write_text("{}")
-    assert cli_main(["eval", "recall", "--merge", str(tmp_path / "bad.json")]) == 2

@@ -19,7 +19,7 @@ LAYERS = [
     {"session"},                                  # one generation's bookkeeping
     {"chat"},                                     # a conversation over one session
     {"llm"},                                      # the seed's API
-    {"bench", "evaluate", "recall"},              # measurement only
+    {"bench", "evaluate"},                        # measurement only
     {"viz"},                                      # every plot
     {"cli", "__main__"},                          # the command line
 ]

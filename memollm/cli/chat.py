@@ -12,9 +12,9 @@ import math
 import sys
 from typing import Any, Iterable, TextIO
 
-from ..config import MODES, POLICIES, MemoryConfig
-from .common import (UsageError, add_model_args, check_model_args, check_output_path, int_list, load_llm, name_list,
-                     positive_int)
+from ..config import GRANULARITIES, MODES, POLICIES, MemoryConfig
+from .common import (UsageError, add_model_args, check_model_args, check_output_path, load_llm, name_list,
+                     positive_int, write_output)
 
 
 # -- memollm chat ------------------------------------------------------------------------------------
@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
     p.add_argument("--policy", default=None, help="eviction policy for evict mode (default: ebbinghaus)")
     p.add_argument("--sinks", type=int, default=None, help="attention-sink tokens kept (default: config, 4)")
     p.add_argument("--window", type=positive_int, default=None, help="recent tokens kept (default: config, 32)")
+    p.add_argument("--granularity", choices=GRANULARITIES, default=None,
+                   help="who ranks cached tokens: shared, layer, head (default: config, auto = layer for evict)")
     p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=positive_int, default=64,
                    help="most new tokens per reply (default: 64)")
     p.add_argument("--system", default=None, help="a system message")
@@ -47,7 +49,7 @@ def add_parser(sub) -> None:
 
 def _check_chat_args(args: argparse.Namespace) -> None:
     changes = {"memory_budget": args.budget, "policy": args.policy, "sink_tokens": args.sinks,
-               "recent_window": args.window}
+               "recent_window": args.window, "granularity": args.granularity}
     try:  # validate before the (slow) model load
         MemoryConfig().replace(**{k: v for k, v in changes.items() if v is not None})
     except (TypeError, ValueError) as exc:
@@ -106,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     _check_chat_args(args)
     llm = load_llm(args)
     options = dict(generation_mode=args.mode, memory_budget=args.budget, policy=args.policy,
-                   sink_tokens=args.sinks, recent_window=args.window, system=args.system, seed=args.seed,
-                   fmt=args.fmt)
+                   sink_tokens=args.sinks, recent_window=args.window, granularity=args.granularity,
+                   system=args.system, seed=args.seed, fmt=args.fmt)
     sampling = {"temperature": args.temperature} if args.temperature is not None else {}
     out = sys.stderr if args.json == "-" else sys.stdout
     if args.file is not None:
@@ -129,39 +131,42 @@ def run(args: argparse.Namespace) -> int:
 
 
 # -- memollm eval recall --------------------------------------------------------------------------------
+def _fractions(text: str) -> list[float]:
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(not 0.0 < v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected fractions in (0, 1), got {text!r}")
+    return values
+
+
 def add_recall_parser(esub) -> None:
     """``recall`` under ``memollm eval``'s subparsers."""
-    from ..recall import FACT_KINDS, POLICIES_COMPARED
+    from ..evaluate.recall import POLICIES_COMPARED, SPLITS
 
     choices = [p for p in POLICIES if p != "full"]
     default = ",".join(POLICIES_COMPARED)
-    p = esub.add_parser("recall", help="recall of a fact from turn 1 at the end of a conversation, reviewed or not",
-                        description="Seeded synthetic conversations: a fact in turn 1, small talk, an optional review, "
-                                    "and the fact asked for at the end; accuracy and whether the fact is still "
-                                    "cached, per policy, budget and variant, with bootstrap 95%% intervals.")
-    p.add_argument("--budget", "--budgets", dest="budgets", type=int_list, default=[96],
-                   help="KV-cache budgets in tokens (default: 96, a quarter of the ~380-token conversation)")
+    p = esub.add_parser("recall", help="recall of 2-4 facts, reviewed 0, 1 or 2 times, at the end of a conversation",
+                        description="Seeded synthetic conversations: 2-4 facts stated at different turns, some asked "
+                                    "about again once or twice, small talk, and every fact asked for at the end; "
+                                    "answers and the share of each fact still cached, per policy, budget fraction "
+                                    "and number of reviews, with 95%% intervals over conversations.")
+    p.add_argument("--budget-fractions", type=_fractions, default=[0.25, 0.5],
+                   help="KV-cache budgets as fractions of each conversation's length (default: 0.25,0.5)")
     p.add_argument("--policies", type=name_list(choices), default=name_list(choices)(default),
                    help=f"evicting policies, comma-separated (default: {default}); 'full' is always added")
-    p.add_argument("--cases", type=positive_int, default=30, help="conversations per setting (default: 30)")
-    p.add_argument("--variants", choices=("both", "reviewed", "not-reviewed"), default="both",
-                   help="which variants to run (default: both)")
-    p.add_argument("--turns", type=positive_int, default=10, help="small-talk exchanges (default: 10)")
-    p.add_argument("--review-after", type=int, default=1,
-                   help="small-talk exchanges between the fact and the review (default: 1)")
-    p.add_argument("--kinds", type=name_list(list(FACT_KINDS)), default=list(FACT_KINDS),
-                   help=f"fact kinds, cycled over the cases (default: {','.join(FACT_KINDS)})")
+    p.add_argument("--cases", type=positive_int, default=30, help="conversations (default: 30)")
+    p.add_argument("--split", choices=sorted(SPLITS), default="report",
+                   help=f"conversations from id {SPLITS['report']} (report, default) or from id 0 (tune, for "
+                        "choosing wording and settings): the two never overlap")
+    p.add_argument("--turns", type=positive_int, default=12, help="user turns before the final questions (default: 12)")
     p.add_argument("--sinks", type=int, default=None, help="attention-sink tokens kept (default: config, 4)")
     p.add_argument("--window", type=positive_int, default=16, help="recent tokens every policy keeps (default: 16)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the conversations and the random policy (default: 0)")
-    p.add_argument("--no-full", action="store_true",
-                   help="skip the full-cache reference (e.g. a second budget for conversations already measured)")
-    p.add_argument("--merge", metavar="PATH", default=None,
-                   help="add this run to the records of an earlier --json file (e.g. a second budget); the tables "
-                        "and figure then show both")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random policy and the bootstrap (default: 0)")
     p.add_argument("--json", metavar="PATH", default=None,
-                   help="write the records (one per conversation and policy) as JSON ('-' = stdout)")
-    p.add_argument("--no-plot", action="store_true", help="do not write the figure (figures/eval_recall.png)")
+                   help="write the records (one per policy, budget fraction, conversation and fact) as JSON "
+                        "('-' = stdout)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
     add_model_args(p)
@@ -171,69 +176,32 @@ def add_recall_parser(esub) -> None:
 def run_recall(args: argparse.Namespace) -> int:
     import torch
 
-    from ..recall import recall, table
+    from ..evaluate.recall import VALUES, recall, records_json, table
 
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    if not 0 <= args.review_after < args.turns:
-        raise UsageError(f"--review-after must be in [0, --turns), got {args.review_after}")
-    from ..config import MemoryConfig
+    if args.turns < 8:
+        raise UsageError(f"--turns must be >= 8 (room for 4 facts and their reviews), got {args.turns}")
     try:
-        cfg = MemoryConfig().replace(**{k: v for k, v in (("sink_tokens", args.sinks), ("recent_window", args.window))
-                                        if v is not None})
-        for b in args.budgets:
-            cfg.replace(memory_budget=b)
+        MemoryConfig().replace(**{k: v for k, v in (("sink_tokens", args.sinks), ("recent_window", args.window))
+                                  if v is not None})
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     check_output_path("--json", args.json)
-    earlier = None
-    if args.merge:
-        try:
-            with open(args.merge, encoding="utf-8") as fh:
-                earlier = json.load(fh)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--merge: cannot read records from {args.merge!r}: {exc}") from None
-        if not isinstance(earlier, list) or not all(isinstance(r, dict) and "policy" in r for r in earlier):
-            raise UsageError(f"--merge: {args.merge!r} is not a list of recall records (a --json file)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    variants = {"both": (False, True), "reviewed": (True,), "not-reviewed": (False,)}[args.variants]
     llm = load_llm(args)
-    result = recall(llm, budgets=args.budgets, policies=args.policies, cases=args.cases, reviewed=variants,
-                    seed=args.seed, turns=args.turns, review_after=args.review_after, kinds=args.kinds,
-                    sink_tokens=args.sinks, recent_window=args.window, reference=not args.no_full)
+    result = recall(llm, budget_fractions=args.budget_fractions, policies=args.policies, cases=args.cases,
+                    split=args.split, seed=args.seed, turns=args.turns, sink_tokens=args.sinks,
+                    recent_window=args.window)
     s = result["settings"]
     out = sys.stderr if args.json == "-" else sys.stdout
-    print(f"recall over {s['cases']} conversations per setting ({s['mean_conversation_tokens']:.0f} tokens on "
-          f"average; sinks {s['sink_tokens']}, window {s['recent_window']}), model {llm.model_name}; "
-          f"{s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU)", file=out)
-    if earlier is not None:
-        from ..recall import merge
-
-        result = merge(earlier, result)
-        print(f"merged with the {len(earlier)} records of {args.merge}", file=out)
-    print("\nanswer correct (95% bootstrap interval):", file=out)
-    print(table(result, "accuracy"), file=out)
-    print("\nthe fact from turn 1 still fully cached when the last question has been read:", file=out)
-    print(table(result, "fact_cached"), file=out)
+    print(f"recall over {s['cases']} {s['split']} conversations ({s['mean_conversation_tokens']:.0f} tokens on "
+          f"average; granularity {s['granularity']}, sinks {s['sink_tokens']}, window {s['recent_window']}), "
+          f"model {llm.model_name}; {s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU)", file=out)
+    for value, title in VALUES.items():
+        print(f"\n{title}, by number of reviews (95% bootstrap interval over conversations):", file=out)
+        print(table(result, value), file=out)
     if args.json:
-        from ..recall import records_json
-
-        text = records_json(result["records"])
-        if args.json == "-":
-            print(text, end="")
-        else:
-            from pathlib import Path
-
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(text)
-    if not args.no_plot:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        from ..viz import plot_recall as plot
-        from ..viz import save_figure
-
-        path = save_figure(plot(result), "eval_recall")
-        print(f"figure: {path}", file=sys.stderr)
+        write_output(args.json, records_json(result["records"]))
     return 0

@@ -1,40 +1,38 @@
-"""Conversation recall: does a fact stated early survive a long chat in a bounded cache?
+"""Conversation recall: which facts survive a long chat in a bounded cache, and do reviews help?
 
 ``recall`` builds seeded synthetic conversations as a plain transcript (``User: ...`` /
-``Assistant: ...`` lines: the bundled SmolLM2-135M answers from a transcript, while with
-its chat template it fails the task even with the full cache). Turn 1 states a fact (a pass
-key, a code word or a name); ``turns`` scripted small-talk exchanges follow; in the
-*reviewed* variant the exchange after the first ``review_after`` small-talk turns is
-replaced by a review: the user asks for the fact and the model answers (generating, so its
-attention goes back to the fact; a review can only help while the fact is still cached,
-hence early by default); in the *not-reviewed* variant one more small-talk exchange stands
-there, so both have about the same length. The last turn asks for the fact again with the
-answer started for the model (``Assistant: The pass key is``) and the model's next tokens
-are checked for the fact.
+``Assistant: ...`` lines: the bundled SmolLM2-135M answers from a transcript, while with its
+chat template it fails the task even with the full cache). Two to four facts (a pass key, a
+code word, names, a birthplace, a room number) are stated at different turns; each is
+reviewed never, once or twice by a later user turn that asks for it (the model answers, so
+its attention goes back to the fact), at turns drawn at random, so the intervals vary.
+Small talk from a pool of 48 scripted exchanges fills the other turns. At the end every fact
+is asked for in turn, with the answer started for the model (``Assistant: The code word is``),
+and the model's next tokens are checked for the fact.
 
-Two things are reported apart, for each policy and budget, when the last question has been read:
+The cache is held to a fraction of each conversation's length (``budget_fractions``: a
+quarter and a half by default) at every forward pass: the conversation is read one message
+at a time, a message longer than the room left in chunks with eviction between them. The
+settings are the library's (per-layer ranking, the question-aware observation window), only
+the recent window is 16 tokens here, so that most of a small budget is the policy's choice.
+Evicting policies run side by side as blocks of rows of one batch on the same text
+(``memollm.policies.PolicyRows``); each row generates its own answers, each exactly as many
+tokens as the right answer, so the rows stay one batch. ``full`` (no eviction) runs alone.
 
-* ``fact_cached``: every token of the fact as stated in turn 1 is still in the cache (what
-  the policy controls, whatever the model can do); ``fact_share``: the share of them;
-  ``copy_cached``: some copy of the fact (the review's answer too) is fully cached;
-* ``accuracy``: the model's answer contains the fact (what it can do with that cache).
-
-``full`` (no eviction) shows how far the model can solve the task at all. Evicting policies
-run side by side as rows of one batch (``memollm.policies.PolicyRows``) on the same text;
-each row generates its own answers. An answer is exactly as many tokens as the right answer
-(so every row reads the same number of tokens and the rows stay one batch) and is judged on
-whether it contains the fact. The small talk is scripted (read, not generated). The cache is
-held to the budget at every forward pass: the conversation is read one message at a time,
-and a message longer than the room left is read in chunks with eviction between them.
-
-It is long because the benchmark writes its own conversations (scripted small talk, three
-kinds of facts, the reviewed and not-reviewed variants) next to the runner and the summary.
+Records: one per (policy, budget fraction, conversation, fact), with ``reviews`` (0, 1, 2),
+``kept_share`` (the share of the fact's tokens, as stated, still cached in at least one layer
+when its last question has been read), ``kept_share_by_layer`` (per full-attention layer),
+``correct`` and ``full_correct`` (the full cache answered the same fact). The conversation
+is the statistical unit: summaries average a conversation's facts, then bootstrap over
+conversations. Conversations are numbered by ``split``: ``tune`` (ids from 0, for choosing
+wording and settings) and ``report`` (ids from 100000, for the numbers reported), so the
+two never share a conversation. It is long because it writes its own conversations (48
+small-talk exchanges, six kinds of facts) next to the runner and the summary.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -43,17 +41,18 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-from .attention import attached
-from .policies import PolicyRows, make_policy
-from .cache import cached_tokens, memory_layer_ids
-from .chat import CHAT_SETTINGS
-from .session import MemorySession
+from ..attention import attached
+from ..cache import cached_tokens, slot_units
+from ..policies import PolicyRows, make_policy
+from ..session import MemorySession
 
-POLICIES_COMPARED = ("ebbinghaus", "ebbinghaus_tuned", "streaming", "h2o", "tova", "random")
-"""Evicting policies compared by default; ``full`` (no eviction) is always added as the reference.
-``ebbinghaus_fixed`` (no reinforcement) ranks tokens by age alone, exactly as ``streaming``
-does, so it is left out by default."""
+POLICIES_COMPARED = ("ebbinghaus", "streaming", "h2o", "tova", "random")
+"""Evicting policies compared by default; ``full`` (no eviction) always runs as the reference."""
 
+SPLITS = {"tune": 0, "report": 100_000}
+"""First conversation id of each split: ``tune`` for choosing settings, ``report`` for the numbers."""
+
+BUDGET_FRACTIONS = (0.25, 0.5)
 SYSTEM = "A conversation between a user and a helpful assistant."
 
 SMALL_TALK = [
@@ -81,6 +80,30 @@ SMALL_TALK = [
     ("What game can I play with kids?", "Hide and seek or a simple card game like snap is always fun."),
     ("How do I make tea taste better?", "Use fresh water, do not steep it too long, and try a slice of lemon."),
     ("What is a good habit to start?", "Writing down three things you are grateful for each evening."),
+    ("How do I fix a squeaky door?", "A drop of oil on the hinges usually stops the squeak."),
+    ("What should I do on a rainy afternoon?", "Bake something simple, read a book or call an old friend."),
+    ("How can I drink more water?", "Keep a bottle on your desk and refill it every time it is empty."),
+    ("What is an easy bread to bake?", "A no-knead loaf needs only flour, water, salt and a little yeast."),
+    ("How do I stop procrastinating?", "Start with the smallest step and work on it for five minutes."),
+    ("What is a nice hobby for the evening?", "Drawing, knitting or a jigsaw puzzle are calm evening hobbies."),
+    ("How should I prepare for a job interview?", "Read about the company and practice answers to common questions."),
+    ("How do I keep my laptop fast?", "Close programs you do not use and keep some free space on the disk."),
+    ("What is a good way to meet new people?", "Join a club or a class about something you enjoy."),
+    ("How do I keep bread fresh?", "Store it in a paper bag at room temperature, or freeze slices."),
+    ("What can I plant on a balcony?", "Herbs like basil and mint grow well in small pots on a balcony."),
+    ("How do I calm down before a talk?", "Breathe slowly, practice the opening lines and arrive early."),
+    ("What is a good breakfast on a busy day?", "Oats with fruit or yogurt are quick and keep you full."),
+    ("How long should a nap be?", "Twenty minutes is enough to feel rested without feeling groggy."),
+    ("How do I keep my desk organised?", "Keep only what you use every day on it and clear it each evening."),
+    ("What is a good way to learn to cook?", "Start with a few simple recipes and cook each one several times."),
+    ("How can I make my walk more interesting?", "Try a new route or listen to a podcast while you walk."),
+    ("What should I do when I feel tired at work?", "Stand up, stretch, drink some water and get a little fresh air."),
+    ("How do I choose a good melon?", "Pick one that feels heavy for its size and smells sweet."),
+    ("How can I keep in touch with old friends?", "Send a short message now and then and plan a call each month."),
+    ("What is a simple way to save energy at home?", "Turn off lights you do not need and wash clothes in cold water."),
+    ("How do I take better photos with my phone?", "Use natural light, keep the lens clean and hold the phone steady."),
+    ("What should I read to learn about history?", "A short general history is a good start before any details."),
+    ("How do I make a room feel cosy?", "Warm lamps, a soft blanket and a few plants make a room feel cosy."),
 ]
 """Scripted small talk: (user, assistant) pairs, each about 25-35 tokens as a transcript exchange."""
 
@@ -94,74 +117,123 @@ class FactKind:
     answer_prefix: str
 
 
-FACT_KINDS = {
-    "number": FactKind("number", None, "The pass key is {}.", "What is the pass key?", "The pass key is"),
-    "word": FactKind("word", ("tangerine", "violet", "harbor", "falcon", "marble", "orchid", "copper", "lantern",
-                              "meadow", "glacier", "pepper", "canyon", "willow", "saffron", "comet", "juniper"),
-                     "The code word is {}.", "What is the code word?", "The code word is"),
-    "name": FactKind("name", ("Clara", "Oliver", "Amelia", "Hugo", "Nadia", "Felix", "Greta", "Tobias", "Ingrid",
-                              "Mateo", "Elena", "Rafael", "Sofia", "Victor", "Leona", "Bruno"),
-                     "My sister's name is {}.", "What is my sister's name?", "Your sister's name is"),
-}
+FACT_KINDS = {k.name: k for k in (
+    FactKind("number", None, "The pass key is {}.", "What is the pass key?", "The pass key is"),
+    FactKind("word", ("tangerine", "violet", "harbor", "falcon", "marble", "orchid", "copper", "lantern", "meadow",
+                      "glacier", "pepper", "canyon", "willow", "saffron", "comet", "juniper"),
+             "The code word is {}.", "What is the code word?", "The code word is"),
+    FactKind("sister", ("Clara", "Oliver", "Amelia", "Hugo", "Nadia", "Felix", "Greta", "Tobias", "Ingrid", "Mateo",
+                        "Elena", "Rafael", "Sofia", "Victor", "Leona", "Bruno"),
+             "My sister's name is {}.", "What is my sister's name?", "Your sister's name is"),
+    FactKind("dog", ("Biscuit", "Pepper", "Rocket", "Waffle", "Maple", "Ziggy", "Nugget", "Pickles", "Barnaby",
+                     "Muffin", "Sprout", "Domino"),
+             "My dog is called {}.", "What is my dog called?", "Your dog is called"),
+    FactKind("city", ("Lisbon", "Oslo", "Krakow", "Valencia", "Porto", "Dublin", "Zurich", "Bergen", "Seville",
+                      "Tallinn", "Ghent", "Lyon"),
+             "I was born in {}.", "Where was I born?", "You were born in"),
+    FactKind("room", None, "My hotel room number is {}.", "What is my hotel room number?",
+             "Your hotel room number is"),
+)}
+STATE = ("Please remember this: {}", "One more thing to remember: {}", "Also, note this: {}")
+REVIEW = ("Quick check: {}", "Remind me: {}")
+
+
+@dataclass(frozen=True)
+class Fact:
+    kind: str
+    value: str
+    turn: int  # the user turn that states it
+    review_turns: tuple[int, ...]  # the user turns that ask for it again
+    answer_tokens: int  # tokens generated for its answers (``_answer_tokens``)
+
+    @property
+    def reviews(self) -> int:
+        return len(self.review_turns)
 
 
 @dataclass
 class Conversation:
-    """One synthetic conversation: text to read and answers to generate, in order."""
+    """One seeded conversation: ``steps`` are ``(turn, "read", text)`` or ``(turn, "answer", (fact,
+    "review" | "final"))`` in order; turn -1 is the system line, turns ``>= turns`` ask the final questions."""
 
-    case: int
-    kind: str
-    value: str
-    reviewed: bool
-    steps: list[tuple[str, Any]] = field(default_factory=list)  # ("read", text) or ("answer", n_tokens)
-    turns: int = 0
-    review_after: int = 0
-    seed: int = 0
+    conversation: int
+    facts: list[Fact]
+    turns: int
+    steps: list[tuple[int, str, Any]] = field(default_factory=list)
+
+    def user_text(self, turn: int) -> str:
+        """What was read at ``turn`` (user message and scripted reply; answers are generated)."""
+        return "".join(arg for t, what, arg in self.steps if t == turn and what == "read")
+
+    def length(self, tokenizer) -> int:
+        """Tokens the conversation reads and generates (each message is tokenized on its own)."""
+        return sum(len(tokenizer(arg, add_special_tokens=False).input_ids) if what == "read"
+                   else self.facts[arg[0]].answer_tokens for _, what, arg in self.steps)
 
 
 def _answer_tokens(tokenizer, kind: FactKind, value: str) -> int:
-    """Tokens of the right answer after the answer prefix (`` 48213.``)."""
+    """Tokens generated for an answer: the right answer's after the prefix (`` 48213.``) and two
+    more, as the model may first open a quote."""
     with_value = tokenizer(f"{kind.answer_prefix} {value}.", add_special_tokens=False).input_ids
-    without = tokenizer(kind.answer_prefix, add_special_tokens=False).input_ids
-    return max(1, len(with_value) - len(without))
+    return max(1, len(with_value) - len(tokenizer(kind.answer_prefix, add_special_tokens=False).input_ids)) + 2
 
 
-def build_conversation(tokenizer, case: int, reviewed: bool, *, turns: int = 10, review_after: int = 1,
-                       seed: int = 0, kinds: Sequence[str] = tuple(FACT_KINDS)) -> Conversation:
-    """The seeded conversation ``case``: the same fact and small talk for both variants.
+def _lower_first(text: str) -> str:
+    return text[0].lower() + text[1:]
 
-    ``turns`` small-talk exchanges follow the fact; after the first ``review_after`` of them
-    comes the review (reviewed) or one more small-talk exchange (not reviewed). The last
-    turn asks for the fact.
+
+def build_conversation(tokenizer, conversation: int, *, turns: int = 12) -> Conversation:
+    """The seeded conversation number ``conversation`` (``SPLITS`` gives each split its range).
+
+    2-4 facts of distinct kinds are stated at distinct turns in the first half; their review
+    counts run through 0, 1, 2 from a random start (so every count occurs at every statement
+    rank across conversations); each review sits at a random free turn after the statement.
     """
-    if turns < 2:
-        raise ValueError(f"turns must be >= 2, got {turns}")
-    if not 0 <= review_after < turns:
-        raise ValueError(f"review_after must be in [0, turns), got {review_after}")
-    if turns + 1 > len(SMALL_TALK):
-        raise ValueError(f"turns must be <= {len(SMALL_TALK) - 1}, got {turns}")
-    rng = random.Random(f"{seed}:{case}")
-    kind = FACT_KINDS[kinds[case % len(kinds)]]
-    value = str(rng.randint(10000, 99999)) if kind.values is None else rng.choice(kind.values)
-    talk = rng.sample(SMALL_TALK, turns + 1)
-    k = _answer_tokens(tokenizer, kind, value)
-    conv = Conversation(case, kind.name, value, reviewed, turns=turns, review_after=review_after, seed=seed)
-    conv.steps.append(("read", f"{SYSTEM}\n\nUser: Hi! Please remember this. {kind.statement.format(value)}\n"))
-    conv.steps.append(("read", "Assistant: Sure, I will remember it.\n"))
-    for i, (user, reply) in enumerate(talk[:turns]):
-        if i == review_after:
-            if reviewed:
-                conv.steps.append(("read", f"User: Quick check: {kind.question[0].lower()}{kind.question[1:]}\n"
-                                           f"Assistant: {kind.answer_prefix}"))
-                conv.steps.append(("answer", k))
-                conv.steps.append(("read", "\n"))
-            else:
-                conv.steps.append(("read", f"User: {talk[turns][0]}\n"))
-                conv.steps.append(("read", f"Assistant: {talk[turns][1]}\n"))
-        conv.steps.append(("read", f"User: {user}\n"))
-        conv.steps.append(("read", f"Assistant: {reply}\n"))
-    conv.steps.append(("read", f"User: {kind.question}\nAssistant: {kind.answer_prefix}"))
-    conv.steps.append(("answer", k))
+    if turns < 8:
+        raise ValueError(f"turns must be >= 8 (room for 4 facts and their reviews), got {turns}")
+    rng = random.Random(f"recall:{conversation}")
+    n = rng.choice((2, 3, 4))
+    kinds = rng.sample(list(FACT_KINDS), n)
+    stated = sorted(rng.sample(range(turns // 2), n))
+    start = rng.randrange(3)
+    free = set(range(turns)) - set(stated)
+    facts = []
+    for j, (name, turn) in enumerate(zip(kinds, stated)):
+        kind = FACT_KINDS[name]
+        if kind.values is not None:
+            value = rng.choice(kind.values)
+        else:
+            value = str(rng.randint(10000, 99999) if name == "number" else rng.randint(100, 999))
+        later = sorted(t for t in free if t > turn)
+        review_turns = tuple(sorted(rng.sample(later, min((start + j) % 3, len(later)))))
+        free -= set(review_turns)
+        facts.append(Fact(name, value, turn, review_turns, _answer_tokens(tokenizer, kind, value)))
+    talk = iter(rng.sample(SMALL_TALK, len(free)))
+    conv = Conversation(conversation, facts, turns)
+    conv.steps.append((-1, "read", f"{SYSTEM}\n\n"))
+    by_turn = {f.turn: i for i, f in enumerate(facts)}
+    reviews = {t: i for i, f in enumerate(facts) for t in f.review_turns}
+    for t in range(turns):
+        if t in by_turn:
+            fact = facts[by_turn[t]]
+            said = rng.choice(STATE).format(FACT_KINDS[fact.kind].statement.format(fact.value))
+            conv.steps += [(t, "read", f"User: {said}\n"), (t, "read", "Assistant: Sure, I will remember it.\n")]
+        elif t in reviews:
+            i = reviews[t]
+            kind = FACT_KINDS[facts[i].kind]
+            ask = rng.choice(REVIEW).format(_lower_first(kind.question))
+            conv.steps += [(t, "read", f"User: {ask}\nAssistant: {kind.answer_prefix}"), (t, "answer", (i, "review")),
+                           (t, "read", "\n")]
+        else:
+            user, reply = next(talk)
+            conv.steps += [(t, "read", f"User: {user}\n"), (t, "read", f"Assistant: {reply}\n")]
+    order = rng.sample(range(n), n)
+    for k, i in enumerate(order):
+        kind = FACT_KINDS[facts[i].kind]
+        conv.steps.append((turns + k, "read", f"User: {kind.question}\nAssistant: {kind.answer_prefix}"))
+        conv.steps.append((turns + k, "answer", (i, "final")))
+        if k < n - 1:
+            conv.steps.append((turns + k, "read", "\n"))
     return conv
 
 
@@ -175,310 +247,220 @@ def _token_spans(tokenizer, ids: Sequence[int], text: str) -> list[list[int]]:
     whole = "".join(pieces)
     spans, at = [], whole.find(text)
     while at >= 0:
-        lo, hi = at, at + len(text)
-        spans.append([i for i, e in enumerate(ends) if e > lo and e - len(pieces[i]) < hi])
+        spans.append([i for i, e in enumerate(ends) if e > at and e - len(pieces[i]) < at + len(text)])
         at = whole.find(text, at + 1)
     return spans
 
 
-@torch.no_grad()
-def run_conversation(llm, conv: Conversation, policies: Sequence[str], budget: int | None, *,
-                     sink_tokens: int | None = None, recent_window: int | None = None,
-                     seed: int = 0) -> list[dict[str, Any]]:
-    """Play ``conv`` once with each policy (one batch row each; ``["full"]`` alone: no eviction).
+def _spec(spec) -> tuple[str, str, Any]:
+    """A policy name, or a ``(label, name, MemoryConfig)`` tuple (a variant with its own settings)."""
+    return (spec, spec, None) if isinstance(spec, str) else tuple(spec)
 
-    Returns one record per policy: the answers, ``correct``, ``fact_cached``, ``copy_cached``.
-    """
+
+@torch.no_grad()
+def run_conversation(llm, conv: Conversation, policies: Sequence, budget: int | None, *,
+                     config=None, seed: int = 0) -> list[dict[str, Any]]:
+    """Play ``conv`` once with each policy (one block of batch rows each; ``["full"]`` alone: no
+    eviction) at ``budget`` tokens. ``config``: the base settings (default: the llm's).
+    Returns one record per policy and fact, in the order of ``facts``."""
     model, tok, device = llm.model, llm.tokenizer, llm.device
-    policies = list(policies)
-    full = [_spec(p)[1] for p in policies] == ["full"]
-    if "full" in [_spec(p)[1] for p in policies] and not full:
+    specs = [_spec(p) for p in policies]
+    full = [s[1] for s in specs] == ["full"]
+    if "full" in [s[1] for s in specs] and not full:
         raise ValueError("'full' runs alone: pass policies=['full']")
-    rows = len(policies)
-    session = None
-    cfg = llm.config
+    rows, session = len(specs), None
+    cfg = config or llm.config
     if not full:
         if budget is None:
             raise ValueError("evicting policies need a budget")
-        changes: dict[str, Any] = {"memory_budget": budget}
-        if sink_tokens is not None:
-            changes["sink_tokens"] = sink_tokens
-        if recent_window is not None:
-            changes["recent_window"] = recent_window
-        cfg = cfg.replace(**CHAT_SETTINGS, **changes)  # as a chat runs: the rows' policies hold memory-layer state
-        n_layers = len(memory_layer_ids(model, cfg))
-        built = []
-        for i, spec in enumerate(policies):
-            _, name, pcfg = _spec(spec)
-            pcfg = (pcfg or cfg).replace(memory_budget=cfg.memory_budget, sink_tokens=cfg.sink_tokens,
-                                         recent_window=cfg.recent_window, policy=name)
-            built.append(make_policy(name, pcfg, n_layers, seed=seed + i, device=device))
+        cfg = cfg.replace(memory_budget=budget)
+        state_layers, units = slot_units(model, cfg)
+        built = [make_policy(name, (pcfg or cfg).replace(
+            **{k: getattr(cfg, k) for k in ("memory_budget", "sink_tokens", "recent_window", "granularity",
+                                            "observation_window", "observation_pool")}, policy=name),
+            state_layers, seed=seed + i, device=device) for i, (_, name, pcfg) in enumerate(specs)]
         session = MemorySession(model, "evict", cfg.replace(policy="streaming"), seed=seed,
-                                policy=PolicyRows(built, 1))
+                                policy=PolicyRows(built, units))
     cache = DynamicCache(config=model.config)
-    seqs: list[list[int]] = [[] for _ in range(rows)]  # every token read, per row (true position = index)
+    seqs: list[int] = []  # every token of row 0 read so far (true position = index); reads are shared by rows
+    starts: dict[int, int] = {}  # turn -> first position read at that turn
     pending = torch.zeros(rows, 0, dtype=torch.long, device=device)
-    answers: list[list[list[int]]] = []
-    fact_share = copy_cached = None
-    peak = 0
-
-    def cached() -> int:
-        return cached_tokens(cache)
+    answers: dict[tuple[int, str], list[str]] = {}
+    kept: dict[int, list[tuple[float, list[float] | None]]] = {}
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        nonlocal peak
-        start = len(seqs[0])
-        pos = torch.arange(start, start + x.shape[1], device=device)[None].expand(rows, -1)
+        pos = torch.arange(len(seqs), len(seqs) + x.shape[1], device=device)[None].expand(rows, -1)
         out = model(input_ids=x, cache=cache, use_cache=True, position_ids=pos)
-        for r in range(rows):
-            seqs[r].extend(x[r].tolist())
-        peak = max(peak, cached())
+        seqs.extend(x[0].tolist())
         return out.logits[:, -1].float()
 
     def room() -> int:
         if full:
             return 1 << 30
-        return max(budget - cached(), budget - cfg.sink_tokens - cfg.recent_window, 1)
+        return max(budget - cached_tokens(cache), budget - cfg.sink_tokens - cfg.recent_window, 1)
 
-    context = attached(model, session) if session is not None else _nullcontext()
-    logits = None
-    with context:
-        steps = conv.steps
-        for i, (what, arg) in enumerate(steps):
+    logits, steps = None, conv.steps
+    with attached(model, session) if session is not None else torch.no_grad():
+        for i, (turn, what, arg) in enumerate(steps):
             if what == "read":
+                starts.setdefault(turn, len(seqs) + pending.shape[1])
                 new = torch.tensor([tok(arg, add_special_tokens=False).input_ids], device=device).expand(rows, -1)
                 pending = torch.cat([pending, new], dim=1)
-                if full and steps[i + 1][0] == "read":
+                if full and steps[i + 1][1] == "read":
                     continue  # no eviction: read everything up to the next answer in one pass (same result)
-                x, pending = pending, pending[:, :0]
-                done = 0
+                x, pending, done = pending, pending[:, :0], 0
                 while done < x.shape[1]:
                     n = min(room(), x.shape[1] - done)
                     logits = forward(x[:, done:done + n])
                     done += n
-            else:
-                if i == len(steps) - 1:  # the last question has been read: what does the cache hold now?
-                    fact_share, copy_cached = _what_is_cached(tok, conv, seqs, session, rows)
-                out = []
-                for j in range(arg):
-                    nxt = logits.argmax(-1, keepdim=True)
-                    out.append(nxt)
-                    if j < arg - 1:
-                        logits = forward(nxt)
-                gen = torch.cat(out, dim=1)
-                pending = gen[:, -1:]
-                answers.append([row.tolist() for row in gen])
+                continue
+            fact, stage = arg
+            if stage == "final":  # its question has been read: what does the cache hold of the fact?
+                kept[fact] = _kept(tok, conv, fact, seqs, starts, session, rows)
+            out = []
+            for j in range(conv.facts[fact].answer_tokens):
+                nxt = logits.argmax(-1, keepdim=True)
+                out.append(nxt)
+                if j < conv.facts[fact].answer_tokens - 1:
+                    logits = forward(nxt)
+            gen = torch.cat(out, dim=1)
+            pending = gen[:, -1:]
+            answers[(fact, stage)] = [tok.decode(r, skip_special_tokens=True).strip() for r in gen.tolist()]
     records = []
-    for r, spec in enumerate(policies):
-        policy = _spec(spec)[0]
-        final = tok.decode(answers[-1][r], skip_special_tokens=True)
-        review = tok.decode(answers[0][r], skip_special_tokens=True) if conv.reviewed else None
-        records.append({
-            "policy": policy, "budget": None if full else int(budget), "case": conv.case, "kind": conv.kind,
-            "value": conv.value, "reviewed": conv.reviewed, "answer": final.strip(),
-            "correct": conv.value in final, "review_answer": review.strip() if review is not None else None,
-            "review_correct": (conv.value in review) if review is not None else None,
-            "fact_cached": fact_share[r] == 1.0, "fact_share": round(fact_share[r], 4),
-            "copy_cached": bool(copy_cached[r]),
-            "conversation_tokens": len(seqs[r]) + 1, "peak_kv_tokens": peak,
-            "turns": conv.turns, "review_after": conv.review_after, "seed": conv.seed,
-            "sink_tokens": None if full else cfg.sink_tokens, "recent_window": None if full else cfg.recent_window,
-        })
+    for r, (label, _, _) in enumerate(specs):
+        for i, f in enumerate(conv.facts):
+            answer = answers[(i, "final")][r]
+            share, by_layer = kept[i][r]
+            records.append({
+                "policy": label, "budget": budget if not full else None, "conversation": conv.conversation,
+                "fact": i, "kind": f.kind, "value": f.value, "turn": f.turn, "review_turns": list(f.review_turns),
+                "reviews": f.reviews, "answer": answer, "correct": f.value.lower() in answer.lower(),
+                "kept_share": round(share, 4), "kept_share_by_layer": by_layer,
+                "turns_to_question": conv.turns - f.turn, "conversation_tokens": len(seqs) + 1,
+            })
     return records
 
 
-def _spec(spec) -> tuple[str, str, Any]:
-    """A policy name, or a ``(label, name, MemoryConfig)`` tuple (a variant with its own settings)."""
-    if isinstance(spec, str):
-        return spec, spec, None
-    label, name, cfg = spec
-    return label, name, cfg
-
-
-def _nullcontext():
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
-def _what_is_cached(tok, conv, seqs, session, rows) -> tuple[list[float], list[bool]]:
-    """Per row: the share of the fact's tokens (as stated in turn 1) still cached; whether any
-    copy of the fact (the review's answer too) is fully cached."""
-    stated = _token_spans(tok, seqs[0], conv.value)[0]  # turn 1's statement comes first
-    share, copy = [], []
-    for r in range(rows):
-        kept = set(session.positions[r].tolist()) if session is not None else set(range(len(seqs[r])))
-        share.append(sum(p in kept for p in stated) / len(stated))
-        copy.append(any(span and all(p in kept for p in span) for span in _token_spans(tok, seqs[r], conv.value)))
-    return share, copy
-
-
-# -- the measurement ---------------------------------------------------------------------------------
-VARIANTS = {False: "not reviewed", True: "reviewed"}
-
-
-def _interval(low: float, high: float) -> list[float] | None:
-    """A JSON-safe interval: None where there is no spread to resample (one case)."""
-    return None if math.isnan(low) or math.isnan(high) else [round(low, 4), round(high, 4)]
-
-
-def summarize(records: list[dict], *, seed: int = 0) -> list[dict]:
-    """Per policy, budget and variant: ``accuracy``, ``fact_cached`` and ``copy_cached`` rates
-    with percentile-bootstrap 95% intervals over the cases (``*_ci``, ``memollm.stats``), the
-    mean ``fact_share``; and per policy and budget the effect of the review (``variant``
-    "review effect": reviewed minus not reviewed, paired by case)."""
-    from .stats import bootstrap_ci, paired_difference
-
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["policy"], r["budget"], r["reviewed"]), []).append(r)
+def _kept(tok, conv: Conversation, fact: int, seqs: list[int], starts: dict[int, int], session,
+          rows: int) -> list[tuple[float, list[float] | None]]:
+    """Per row: the share of the fact's stated tokens held by at least one layer, and by each layer."""
+    f = conv.facts[fact]
+    lo, hi = starts[f.turn], starts.get(f.turn + 1, len(seqs))
+    span = [lo + p for p in _token_spans(tok, seqs[lo:hi], f.value)[0]]
+    if session is None:
+        return [(1.0, None)] * rows
     out = []
-    for (policy, budget, reviewed), rs in groups.items():
-        row: dict[str, Any] = {"policy": policy, "budget": budget, "variant": VARIANTS[reviewed], "cases": len(rs)}
-        for key, name in (("correct", "accuracy"), ("fact_cached", "fact_cached"), ("copy_cached", "copy_cached")):
-            mean, low, high = bootstrap_ci([float(r[key]) for r in rs], seed=seed)
-            row[name] = round(mean, 4)
-            row[f"{name}_ci"] = _interval(low, high)
-        row["fact_share"] = round(sum(r["fact_share"] for r in rs) / len(rs), 4)
-        if reviewed:
-            row["review_accuracy"] = round(sum(bool(r["review_correct"]) for r in rs) / len(rs), 4)
-        row["conversation_tokens"] = round(sum(r["conversation_tokens"] for r in rs) / len(rs), 1)
-        out.append(row)
-    for policy, budget in dict.fromkeys((p, b) for p, b, _ in groups):
-        yes = {r["case"]: r for r in groups.get((policy, budget, True), [])}
-        no = {r["case"]: r for r in groups.get((policy, budget, False), [])}
-        both = sorted(set(yes) & set(no))
-        if both:
-            row = {"policy": policy, "budget": budget, "variant": "review effect", "cases": len(both)}
-            for key, name in (("correct", "accuracy"), ("fact_cached", "fact_cached"), ("copy_cached", "copy_cached")):
-                mean, low, high = paired_difference([float(yes[c][key]) for c in both],
-                                                    [float(no[c][key]) for c in both], seed=seed)
-                row[name] = round(mean, 4)
-                row[f"{name}_ci"] = _interval(low, high)
-            out.append(row)
+    for r in range(rows):
+        layers = [set(p) for p in session.layer_positions(r).values()]
+        union = set().union(*layers)
+        out.append((sum(p in union for p in span) / len(span),
+                    [round(sum(p in h for p in span) / len(span), 4) for h in layers]))
     return out
 
 
-def recall(llm, budgets: Sequence[int] = (96,), policies: Sequence = POLICIES_COMPARED, cases: int = 30,
-           reviewed: Sequence[bool] = (False, True), seed: int = 0, *, turns: int = 10, review_after: int = 1,
-           kinds: Sequence[str] = tuple(FACT_KINDS), sink_tokens: int | None = None,
-           recent_window: int | None = 16, reference: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Recall of a fact stated in turn 1 at the end of a conversation, per policy, budget and variant.
+# -- the measurement ---------------------------------------------------------------------------------
+def recall(llm, budget_fractions: Sequence[float] = BUDGET_FRACTIONS, policies: Sequence = POLICIES_COMPARED,
+           cases: int = 30, *, split: str = "report", seed: int = 0, turns: int = 12, sink_tokens: int | None = None,
+           recent_window: int | None = 16, config=None, progress: bool = True) -> dict[str, Any]:
+    """Recall of several facts at the end of ``cases`` conversations, per policy and budget fraction.
 
     ``policies``: evicting policy names (or ``(label, name, MemoryConfig)`` variants); ``full``
-    (no eviction) always runs as the reference. ``budgets``: KV-cache budgets in tokens (the
-    default conversation is about 380 tokens, so 96 is a quarter). ``recent_window``: the newest
-    tokens every policy keeps (16 by default here, so that most of a small budget is the
-    policy's choice; ``None`` takes the model's config). Returns ``{"records", "summary",
-    "settings"}``: one record per conversation and policy (``full`` with ``budget`` None) and
-    ``summarize``'s rows. Every conversation is seeded by ``(seed, case)``; both variants of a
-    case share the fact and the small talk. ``reference=False`` skips ``full`` (a second budget
-    for conversations whose full-cache run is already known).
+    always runs as the reference. ``split``: ``tune`` or ``report`` conversations (``SPLITS``).
+    ``seed``: the random policy's and the bootstrap's seed (the conversations depend on the
+    split and the case only). Returns ``{"records", "summary", "settings"}``.
     """
     from tqdm.auto import tqdm
 
-    if isinstance(cases, bool) or not isinstance(cases, int) or cases < 1:
-        raise ValueError(f"cases must be an integer >= 1, got {cases!r}")
-    for k in kinds:
-        if k not in FACT_KINDS:
-            raise ValueError(f"unknown fact kind {k!r}; choose from {sorted(FACT_KINDS)}")
-    if not reviewed or any(v not in (False, True) for v in reviewed):
-        raise ValueError(f"reviewed must list False and/or True, got {reviewed!r}")
+    if isinstance(cases, bool) or not isinstance(cases, int) or not 1 <= cases <= SPLITS["report"]:
+        raise ValueError(f"cases must be an integer in [1, {SPLITS['report']}], got {cases!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    if not budget_fractions or any(not 0 < b < 1 for b in budget_fractions):
+        raise ValueError(f"budget_fractions must lie in (0, 1), got {list(budget_fractions)}")
     policies = [p for p in policies if _spec(p)[1] != "full"]
-    cfg = llm.config.replace(**{k: v for k, v in (("sink_tokens", sink_tokens), ("recent_window", recent_window))
-                                if v is not None})
-    for budget in budgets:
-        cfg.replace(memory_budget=budget)  # validates the budget against sinks + window
+    cfg = (config or llm.config).replace(**{k: v for k, v in (("sink_tokens", sink_tokens),
+                                                              ("recent_window", recent_window)) if v is not None})
     records: list[dict] = []
     start, cpu = time.perf_counter(), time.process_time()
-    jobs = [(c, v) for c in range(cases) for v in reviewed]
-    if not policies and not reference:
-        raise ValueError("nothing to run: no evicting policy and reference=False")
-    bar = tqdm(total=len(jobs) * (int(reference) + (len(budgets) if policies else 0)), desc="recall", leave=False,
-               disable=not progress)
-    for case, variant in jobs:
-        conv = build_conversation(llm.tokenizer, case, variant, turns=turns, review_after=review_after, seed=seed,
-                                  kinds=kinds)
-        if reference:
-            records += run_conversation(llm, conv, ["full"], None, seed=seed)
+    bar = tqdm(total=cases * (1 + len(budget_fractions)), desc="recall", leave=False, disable=not progress)
+    for case in range(cases):
+        conv = build_conversation(llm.tokenizer, SPLITS[split] + case, turns=turns)
+        length = conv.length(llm.tokenizer)
+        ref = run_conversation(llm, conv, ["full"], None, config=cfg, seed=seed)
+        bar.update(1)
+        right = {r["fact"]: r["correct"] for r in ref}
+        runs = [(None, ref)]
+        for fraction in budget_fractions if policies else ():
+            budget = round(fraction * length)
+            cfg.check_budget(budget)
+            runs.append((fraction, run_conversation(llm, conv, policies, budget, config=cfg, seed=seed)))
             bar.update(1)
-        for budget in budgets if policies else ():
-            records += run_conversation(llm, conv, policies, budget, sink_tokens=cfg.sink_tokens,
-                                        recent_window=cfg.recent_window, seed=seed)
-            bar.update(1)
+        for fraction, rs in runs:
+            records += [{**r, "budget_fraction": fraction, "full_correct": right[r["fact"]], "split": split}
+                        for r in rs]
     bar.close()
-    lengths = [r["conversation_tokens"] for r in records if r["policy"] == records[0]["policy"]]
-    labels = (["full"] if reference else []) + [_spec(p)[0] for p in policies]
-    settings = {"budgets": list(budgets), "policies": labels, "cases": cases,
-                "reviewed": list(reviewed), "seed": seed, "turns": turns, "review_after": review_after,
-                "kinds": list(kinds), "sink_tokens": cfg.sink_tokens, "recent_window": cfg.recent_window,
+    lengths = [r["conversation_tokens"] for r in records if r["policy"] == "full" and r["fact"] == 0]
+    settings = {"budget_fractions": list(budget_fractions), "policies": ["full"] + [_spec(p)[0] for p in policies],
+                "cases": cases, "split": split, "first_conversation": SPLITS[split], "seed": seed, "turns": turns,
+                "sink_tokens": cfg.sink_tokens, "recent_window": cfg.recent_window,
+                "granularity": cfg.granularity_for("evict"), "observation_window": cfg.observation_window,
+                "observation_pool": cfg.observation_pool, "model": getattr(llm, "model_name", None),
                 "mean_conversation_tokens": round(sum(lengths) / len(lengths), 1),
-                "config": cfg.to_dict(), "model": getattr(llm, "model_name", None),
                 "torch_threads": torch.get_num_threads(),
                 "seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(time.process_time() - cpu, 1)}
     return {"records": records, "summary": summarize(records, seed=seed), "settings": settings}
 
 
-# -- tables and figures ----------------------------------------------------------------------------------
-def _pct(value: float, ci=None) -> str:
-    text = f"{100 * value:.0f}%"
-    if ci is not None:
-        text += f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
-    return text
+# -- summaries and tables ----------------------------------------------------------------------------------
+VALUES = {"correct": "answer correct", "kept_share": "share of the fact's tokens cached (any layer)",
+          "correct_if_full": "answer correct, facts the full cache answered"}
+BY = ("policy", "budget_fraction", "reviews")
 
 
-def summary_rows(result) -> list[dict]:
-    """Summary rows from a ``recall`` result, a list of records (a ``--json`` file) or summary rows."""
-    if isinstance(result, dict):
-        return result["summary"]
-    rows = list(result)
-    return rows if rows and "variant" in rows[0] else summarize(rows)
+def conversation_means(records: Sequence[dict], value: str = "correct") -> list[dict]:
+    """One row per (policy, budget fraction, reviews, conversation): the mean of ``value`` over
+    the conversation's facts in that cell (the statistical unit). ``correct_if_full``: ``correct``
+    over the facts the full cache answered (a policy cannot do better than the model)."""
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        if value == "correct_if_full" and not r["full_correct"]:
+            continue
+        key = (*(r[k] for k in BY), r["conversation"])
+        groups.setdefault(key, []).append(float(r["correct" if value == "correct_if_full" else value]))
+    order = {p: i for i, p in enumerate(dict.fromkeys(r["policy"] for r in records))}
+    keys = sorted(groups, key=lambda k: (order[k[0]], -1 if k[1] is None else k[1], k[2], k[3]))
+    return [{**dict(zip(BY, k)), "conversation": k[-1], value: sum(groups[k]) / len(groups[k])} for k in keys]
 
 
-def table(result, value: str = "accuracy") -> str:
-    """A markdown table of ``value`` (``accuracy``, ``fact_cached`` or ``copy_cached``) per policy
-    and budget: not reviewed, reviewed (with 95% intervals) and the review effect in points.
-    ``result``: what ``recall`` returns, or its records (as written by ``--json``)."""
-    rows = summary_rows(result)
-    cells = {(r["policy"], r["budget"], r["variant"]): r for r in rows}
-    keys = list(dict.fromkeys((r["policy"], r["budget"]) for r in rows))
-    lines = [f"| policy | budget | {value.replace('_', ' ')}, not reviewed | reviewed | review effect |",
-             "|---|---|---|---|---|"]
-    for policy, budget in keys:
-        vals = []
-        for variant in ("not reviewed", "reviewed"):
-            r = cells.get((policy, budget, variant))
-            vals.append(_pct(r[value], r.get(f"{value}_ci")) if r else "")
-        e = cells.get((policy, budget, "review effect"))
-        if e and value in e:
-            ci = e.get(f"{value}_ci")
-            vals.append(f"{100 * e[value]:+.0f}" + (f" [{100 * ci[0]:+.0f}, {100 * ci[1]:+.0f}]" if ci else ""))
-        else:
-            vals.append("")
-        lines.append(f"| {policy} | {'no limit' if budget is None else budget} | " + " | ".join(vals) + " |")
-    return "\n".join(lines)
+def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, list[dict]]:
+    """Per value of ``VALUES``: ``memollm.stats.summarize`` rows by policy, budget fraction and
+    reviews, bootstrapped over conversations, with the paired difference to ``streaming``."""
+    from ..stats import summarize as stat_rows
+
+    out = {}
+    for value in VALUES:
+        rows = conversation_means(records, value)
+        if rows:
+            out[value] = stat_rows(rows, value, by=BY, item="conversation", baselines=("streaming",),
+                                   lower_is_better=False, seed=seed)
+    return out
 
 
-def merge(*results, seed: int = 0) -> dict[str, Any]:
-    """One result from several runs (e.g. a second budget run with ``reference=False``), each a
-    ``recall`` result or a list of records: the records together (a setting measured twice is
-    an error), the summary recomputed, the runs' settings kept in a list."""
-    records = [r for res in results for r in (res["records"] if isinstance(res, dict) else res)]
-    keys = [(r["policy"], r["budget"], r["case"], r["reviewed"], r.get("seed", 0)) for r in records]
-    if len(set(keys)) != len(keys):
-        raise ValueError("the results overlap: some policy, budget, case and variant were measured twice")
-    settings = [res["settings"] for res in results if isinstance(res, dict)]
-    return {"records": records, "summary": summarize(records, seed=seed), "settings": settings}
+def table(result, value: str = "correct") -> str:
+    """A markdown table of ``value`` (a key of ``VALUES``); ``result``: what ``recall`` returns, or its records."""
+    from ..stats import markdown_table
+
+    summary = result["summary"] if isinstance(result, dict) else summarize(result)
+    rows = [{**r, "budget_fraction": "full" if r["budget_fraction"] is None else r["budget_fraction"]}
+            for r in summary.get(value, [])]
+    return markdown_table(rows, by=BY, value_label=VALUES[value], digits=2) if rows else "(no records)"
 
 
 def records_json(records: Sequence[dict]) -> str:
-    """Records as JSON, one per line (the format of ``figures/eval_recall.json``)."""
+    """Records as JSON, one per line."""
     return "[\n" + ",\n".join(json.dumps(r, allow_nan=False) for r in records) + "\n]\n"
 
 
-
-
-
-
-__all__ = ["FACT_KINDS", "POLICIES_COMPARED", "SMALL_TALK", "Conversation",
-           "build_conversation", "merge", "records_json", "recall", "run_conversation", "summarize", "table"]
+__all__ = ["BUDGET_FRACTIONS", "FACT_KINDS", "POLICIES_COMPARED", "SMALL_TALK", "SPLITS", "Conversation", "Fact",
+           "build_conversation", "conversation_means", "records_json", "recall", "run_conversation", "summarize",
+           "table"]

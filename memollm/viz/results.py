@@ -294,39 +294,43 @@ def plot_passkey_summary(rows: list[dict], ax=None):
 
 
 
-def plot_recall(result, budgets: Sequence[int] | None = None):
-    """Bars per policy: answer correct (left) and the fact still cached (right), not reviewed
-    vs reviewed, with 95% intervals; one row per budget (``full``, no limit, in every row).
-    ``result``: what ``recall`` returns, or its records."""
+def plot_recall(result, fractions: Sequence[float] | None = None):
+    """Bars per policy: answer correct (left) and the share of the fact still cached in some
+    layer (right), one bar per number of reviews (0, 1, 2), with 95% intervals over
+    conversations; one row per budget fraction (``full`` in every row).
+    ``result``: what ``memollm.evaluate.recall.recall`` returns, or its records."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ..recall import summary_rows
+    from ..evaluate.recall import summarize
 
-    rows = [r for r in summary_rows(result) if r["variant"] != "review effect"]
-    if budgets is None:
-        budgets = sorted({r["budget"] for r in rows if r["budget"] is not None})
-    budgets = list(budgets) or [None]
-    fig, axes = plt.subplots(len(budgets), 2, figsize=(11, 3.6 * len(budgets)), sharey=True, squeeze=False)
-    for k, budget in enumerate(budgets):
-        pick = [r for r in rows if r["budget"] in (budget, None)]
-        policies = list(dict.fromkeys(r["policy"] for r in pick))
-        x = np.arange(len(policies))
-        for ax, value, title in ((axes[k, 0], "accuracy", "answer correct"),
-                                 (axes[k, 1], "fact_cached", "fact from turn 1 still cached")):
-            for j, (variant, color) in enumerate((("not reviewed", "#9aa5b1"), ("reviewed", "#2a6fdb"))):
-                got = {r["policy"]: r for r in pick if r["variant"] == variant}
-                mean = np.array([got[p][value] if p in got else np.nan for p in policies])
-                ci = [got[p].get(f"{value}_ci") if p in got else None for p in policies]
-                lo = np.array([c[0] if c else m for c, m in zip(ci, mean)])
-                hi = np.array([c[1] if c else m for c, m in zip(ci, mean)])
-                ax.bar(x + (j - 0.5) * 0.38, mean, 0.38, label=variant, color=color,
-                       yerr=np.vstack([mean - lo, hi - mean]), capsize=3, error_kw={"lw": 1})
+    summary = result["summary"] if isinstance(result, dict) else summarize(result)
+    every = [r for rows in summary.values() for r in rows]
+    if fractions is None:
+        fractions = sorted({r["budget_fraction"] for r in every if r["budget_fraction"] is not None})
+    fractions = list(fractions) or [None]
+    fig, axes = plt.subplots(len(fractions), 2, figsize=(11, 3.6 * len(fractions)), sharey=True, squeeze=False)
+    colors = ("#9aa5b1", "#7fb3e6", "#2a6fdb")
+    for k, fraction in enumerate(fractions):
+        for ax, value, title in ((axes[k, 0], "correct", "answer correct"),
+                                 (axes[k, 1], "kept_share", "share of the fact still cached")):
+            pick = [r for r in summary.get(value, []) if r["budget_fraction"] in (fraction, None)]
+            policies = list(dict.fromkeys(r["policy"] for r in pick))
+            x = np.arange(len(policies))
+            for j, reviews in enumerate((0, 1, 2)):
+                got = {r["policy"]: r for r in pick if r["reviews"] == reviews}
+                mean = np.array([got[p]["mean"] if p in got else np.nan for p in policies])
+                lo = np.array([got[p]["low"] if p in got and not np.isnan(got[p]["low"]) else m
+                               for p, m in zip(policies, mean)])
+                hi = np.array([got[p]["high"] if p in got and not np.isnan(got[p]["high"]) else m
+                               for p, m in zip(policies, mean)])
+                ax.bar(x + (j - 1) * 0.27, mean, 0.27, label=f"{reviews} review{'s' * (reviews != 1)}",
+                       color=colors[j], yerr=np.vstack([mean - lo, hi - mean]), capsize=2, error_kw={"lw": 1})
             ax.set_xticks(x, policies, rotation=30, ha="right")
             ax.set_ylim(0, 1.05)
-            ax.set_title(f"{title} (budget {budget}; full: no limit)", fontsize=10)
-        axes[k, 0].set_ylabel("share of conversations")
+            ax.set_title(f"{title} (budget {fraction:.0%} of the conversation; full: no limit)"
+                         if fraction is not None else title, fontsize=10)
+        axes[k, 0].set_ylabel("mean over conversations")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
-
