@@ -33,6 +33,7 @@ small-talk exchanges, six kinds of facts) next to the runner and the summary.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -437,12 +438,15 @@ def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, list[dict]
     reviews, bootstrapped over conversations, with the paired difference to ``streaming``."""
     from ..stats import summarize as stat_rows
 
+    def clean(row: dict) -> dict:  # JSON-safe: no interval (NaN) where one conversation holds the cell
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+
     out = {}
     for value in VALUES:
         rows = conversation_means(records, value)
         if rows:
-            out[value] = stat_rows(rows, value, by=BY, item="conversation", baselines=("streaming",),
-                                   lower_is_better=False, seed=seed)
+            out[value] = [clean(r) for r in stat_rows(rows, value, by=BY, item="conversation",
+                                                      baselines=("streaming",), lower_is_better=False, seed=seed)]
     return out
 
 

@@ -320,9 +320,9 @@ def plot_recall(result, fractions: Sequence[float] | None = None):
             for j, reviews in enumerate((0, 1, 2)):
                 got = {r["policy"]: r for r in pick if r["reviews"] == reviews}
                 mean = np.array([got[p]["mean"] if p in got else np.nan for p in policies])
-                lo = np.array([got[p]["low"] if p in got and not np.isnan(got[p]["low"]) else m
+                lo = np.array([got[p]["low"] if p in got and got[p]["low"] is not None else m
                                for p, m in zip(policies, mean)])
-                hi = np.array([got[p]["high"] if p in got and not np.isnan(got[p]["high"]) else m
+                hi = np.array([got[p]["high"] if p in got and got[p]["high"] is not None else m
                                for p, m in zip(policies, mean)])
                 ax.bar(x + (j - 1) * 0.27, mean, 0.27, label=f"{reviews} review{'s' * (reviews != 1)}",
                        color=colors[j], yerr=np.vstack([mean - lo, hi - mean]), capsize=2, error_kw={"lw": 1})
