@@ -397,7 +397,8 @@ def test_snapshots_draw_a_retention_map(tiny):
         chat.send(m, 4)
         snaps.append(chat.snapshot())
     assert [s["turn"] for s in snaps] == [1, 2, 3]
-    assert snaps[-1]["positions"] == chat.cached_positions() and len(snaps[-1]["retention"]) == len(snaps[-1]["positions"])
+    last = snaps[-1]
+    assert last["positions"] == chat.cached_positions() and len(last["retention"]) == len(last["positions"])
     fig = plot_conversation(snaps, chat.boundaries)
     image = fig.axes[0].get_images()[0].get_array()
     assert image.shape == (3, snaps[-1]["tokens"])
