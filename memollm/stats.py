@@ -13,7 +13,8 @@ honest at the 5 to 20 passages a run affords, where a percentile bootstrap is to
 BCa bootstrap for skewed differences; :func:`holm` and :func:`judge` then keep a table of
 several comparisons from calling chance a win.
 
-Pure numpy and the standard library: no model, no torch needed (tensors are accepted).
+Pure numpy and the standard library: no model, no torch needed (tensors are accepted). It is
+long because it carries its own Student-t distribution (no scipy in the environment).
 """
 
 from __future__ import annotations
