@@ -11,6 +11,7 @@ import torch
 
 from ..config import GRANULARITIES, POLICIES, POSITION_SCHEMES, MemoryConfig
 from ..evaluate import EVICTING, agreement, long_stream, passkey, perplexity, stream_summary, table
+from ..evaluate.retrieval import DEFAULT_LENGTH, DEFAULT_POLICIES, TASKS, retrieval, retrieval_summary
 from ..stats import markdown_table, summarize
 from ..texts import TEXT_SOURCES, load_text
 from ..viz import plot_agreement, plot_passkey, plot_passkey_summary, plot_ppl, plot_stream, save_figure
@@ -94,6 +95,24 @@ def add_parser(sub) -> None:
     p.add_argument("--prefill-chunk", type=positive_int, default=32,
                    help="prompt tokens read per step, evicting between steps (default: 32)")
     p.set_defaults(handler=run_passkey)
+
+    p = esub.add_parser("retrieval", help="retrieval over independent documents: passkey, several keys, "
+                        "variable tracking")
+    common(p, "128", ",".join(DEFAULT_POLICIES))
+    p.set_defaults(budgets=[], no_plot=True)  # budgets are fractions of each document here; no figure
+    p.add_argument("--task", "--tasks", dest="tasks", type=name_list(TASKS), default=list(TASKS),
+                   help=f"tasks, comma-separated (default: {','.join(TASKS)})")
+    p.add_argument("--cases", type=positive_int, default=8, help="documents per task (default: 8)")
+    p.add_argument("--budget-fractions", type=_float_list, default=[0.25, 0.125],
+                   help="budgets as fractions of each document, plus the question (default: 0.25,0.125)")
+    p.add_argument("--length", type=positive_int, default=DEFAULT_LENGTH,
+                   help=f"prompt tokens per document, about (default: {DEFAULT_LENGTH})")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="auto",
+                   help="who ranks slots (default: auto = layer for evict)")
+    p.add_argument("--text-file", default=None, help="UTF-8 text whose consecutive pieces are the filler "
+                   "(default: the offline docs and prose passages)")
+    split(p)
+    p.set_defaults(handler=run_retrieval)
 
     p = esub.add_parser("agreement", help="greedy agreement with the full cache over a generation")
     common(p, "64,128")
@@ -219,6 +238,38 @@ def run_passkey(args) -> int:
     else:  # a heat map by budget, length and depth
         _finish(args, records, "accuracy", "eval_passkey", plot_passkey)
     return 0
+
+
+def run_retrieval(args) -> int:
+    if args.budgets:
+        raise UsageError("retrieval budgets are fractions of each document: use --budget-fractions, not --budget")
+    _check_args(args)
+    if any(f <= 0 for f in args.budget_fractions):
+        raise UsageError(f"--budget-fractions must be in (0, 1], got {args.budget_fractions}")
+    text = load_text(args.text_file) if args.text_file else None
+    llm = _load(args)
+    records = retrieval(llm, tasks=args.tasks, cases=args.cases, budget_fractions=args.budget_fractions,
+                        policies=args.policies, split=args.split, length=args.length, granularity=args.granularity,
+                        seed=args.seed, text=text, config=_config_for(llm, args))
+    what = args.text_file or "docs + prose"
+    print(f"retrieval over {args.cases} independent documents per task ({what}, {args.split} split, about "
+          f"{args.length} tokens), read whole and compressed after it, model {llm.model_name}")
+    print("accuracy on the documents the full cache answered (n = those documents), and over all documents:\n")
+    print("| task | fraction | policy | accuracy (full answered) | n | accuracy (all) |")
+    print("|---|---:|---|---:|---:|---:|")
+    for row in retrieval_summary(records):
+        acc = row["accuracy_full_answered"]
+        frac = "–" if row["budget_fraction"] is None else f"{row['budget_fraction']:g}"
+        print(f"| {row['task']} | {frac} | {row['policy']} | {'–' if acc is None else f'{acc:.2f}'} | "
+              f"{row['full_answered']}/{row['documents']} | {row['accuracy']:.2f} |")
+    _finish(args, records, "correct", "eval_retrieval", None)
+    return 0
+
+
+def _config_for(llm, args):
+    """The loaded model's config with the command line's memory knobs."""
+    changes = {"sink_tokens": args.sinks, "recent_window": args.window, **_overrides(args)}
+    return llm.config.replace(**{k: v for k, v in changes.items() if v is not None})
 
 
 def run_agreement(args) -> int:
