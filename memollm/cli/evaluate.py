@@ -296,8 +296,16 @@ def run_stream(args) -> int:
                           config=llm.config.replace(granularity=args.granularity, **_overrides(args)))
     print(f"perplexity in windows of {args.every} tokens along a {args.tokens}-token stream of {args.source} "
           f"({args.split} split, chunk {args.chunk}), model {llm.model_name}, context {llm.max_positions}")
-    print(table([dict(r, line=f"{r['policy']}/{r['positions']}/{r['budget']}") for r in records], "perplexity",
+    windows = [r for r in records if r["evaluation"] == "stream"]
+    print(table([dict(r, line=f"{r['policy']}/{r['positions']}/{r['budget']}") for r in windows], "perplexity",
                 rows="line", cols="window_start", fmt="{:.1f}"))
+    print("\nshare of each layer's slots holding tokens read more than four budgets before the end "
+          "(min / median / max over layers):")
+    for r in records:
+        if r["evaluation"] == "stream_kept":
+            share = sorted(r["old_share_by_layer"])
+            print(f"  {r['policy']}/{r['positions']}/{r['budget']}: {share[0]:.2f} / {share[len(share) // 2]:.2f} / "
+                  f"{share[-1]:.2f}")
     context = llm.max_positions or args.tokens
     print(f"\nmean window perplexity before (windows ending in {context // 2:,}-{context:,}) and after the trained "
           "context, and the paired difference to streaming over all windows [95% bootstrap interval over windows]:")

@@ -77,7 +77,10 @@ def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 102
     each budget, once per position scheme (``true``: positions grow past the trained range;
     ``cache``: StreamingLLM's positions inside the cache). The
     ``full`` cache is the reference while the stream fits the context. One record per
-    (policy, positions, budget, window): ``window_start``, ``perplexity``; plus ``seconds``.
+    (policy, positions, budget, window): ``window_start``, ``perplexity``; plus ``seconds``;
+    and one ``stream_kept`` record per (policy, positions, budget): ``old_share_by_layer``, the
+    share of each full-attention layer's slots (sinks aside) holding tokens read
+    more than four budgets before the end, the mark of a policy that hoards.
     """
     ids = split_ids(llm.tokenizer, source, split)
     if ids.shape[0] < tokens:
@@ -96,8 +99,13 @@ def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 102
     for budget in budgets:
         for scheme in schemes:
             base = (config or llm.config).replace(positions=scheme)
-            res = stream(llm, ids, policies, budget, chunk=chunk, seed=seed, config=base, progress=progress)
+            res = stream(llm, ids, policies, budget, chunk=chunk, seed=seed, config=base, progress=progress,
+                         keep_session=True)
+            old = old_share_by_unit(res.session, tokens - 4 * budget)
             for i, p in enumerate(policies):
+                records.append({"evaluation": "stream_kept", **text, "policy": _spec(p)[0], "positions": scheme,
+                                "budget": int(budget), "granularity": base.granularity_for("evict"),
+                                "tokens": tokens, "old_share_by_layer": old[i]})
                 for a in starts:
                     records.append({"evaluation": "stream", **text, "policy": _spec(p)[0], "positions": scheme,
                                     "budget": int(budget), "granularity": base.granularity_for("evict"),
@@ -105,6 +113,14 @@ def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 102
                                     "perplexity": round(ppl(res.logprob[i, 0, a:a + window]), 4), "chunk": chunk,
                                     "seconds": round(res.seconds, 1)})
     return records
+
+
+def old_share_by_unit(session, before: int) -> list[list[float]]:
+    """Per batch row, the share of each slot unit's slots, sinks aside, holding a true position < ``before``."""
+    rows = session.positions.reshape(-1, session.units, session.positions.shape[-1])
+    sinks = session.config.sink_tokens
+    old = ((rows < before) & (rows >= sinks)).sum(-1) / (rows >= sinks).sum(-1).clamp(min=1)
+    return old.float().round(decimals=3).tolist()
 
 
 def stream_summary(records: Sequence[dict], context: int, *, baseline: str = "streaming") -> list[dict]:
