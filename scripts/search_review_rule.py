@@ -1,0 +1,109 @@
+"""Choose the review rule on the *tune* split: the memory-research rules against the seed's rule and the peers.
+
+Each variant is a ``(label, "ebbinghaus", MemoryConfig)`` row of one streamed run, next to
+the peers, so all see the same tokens. Stages (run in order; each prints a paired table
+against ``tova`` and writes its records):
+
+    .venv/bin/python scripts/search_review_rule.py ppl --budgets 128,256 --json ppl.json
+    .venv/bin/python scripts/search_review_rule.py retrieval --json retrieval.json
+    .venv/bin/python scripts/search_review_rule.py stream --json stream.json
+
+The report split is never read here; the README's quality section says what was chosen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from memollm import EbbinghausLLM, MemoryConfig
+from memollm import evaluate as E
+from memollm.stats import paired
+
+PEERS = ["streaming", "tova", "h2o", "snapkv"]
+
+
+def variants(base: MemoryConfig) -> list:
+    """The rules one at a time, then combined; labels name what differs from the seed's rule."""
+    v = {
+        "seed": {},
+        "top_p0.5": {"review": "top_p", "review_top_p": 0.5},
+        "top_p0.8": {"review": "top_p", "review_top_p": 0.8},
+        "surprise2": {"review_surprise": 2.0},
+        "fsrs": {"stability": "fsrs"},
+        "top_p+fsrs": {"review": "top_p", "stability": "fsrs"},
+        "top_p+surprise+fsrs": {"review": "top_p", "review_surprise": 2.0, "stability": "fsrs"},
+        "trace_max0.25": {"trace": "max", "trace_tau": 0.25},
+        "trace_max1": {"trace": "max", "trace_tau": 1.0},
+        "trace_sum0.25": {"trace": "sum", "trace_tau": 0.25},
+        "trace_max0.25+top_p+fsrs": {"trace": "max", "trace_tau": 0.25, "review": "top_p", "stability": "fsrs"},
+        "trace_sum0.25+top_p+fsrs": {"trace": "sum", "trace_tau": 0.25, "review": "top_p", "stability": "fsrs"},
+    }
+    return [(label, "ebbinghaus", base.replace(**changes)) for label, changes in v.items()]
+
+
+def compare(records: list[dict], value: str, unit: str, by: tuple[str, ...], reference: str = "tova",
+            higher_is_better: bool = False) -> None:
+    """Print each label's mean and its paired t-interval against ``reference`` per setting."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        groups.setdefault(tuple(r[k] for k in by), {}).setdefault(r["policy"], {})[r[unit]] = r[value]
+    for key, rows in groups.items():
+        ref = rows.get(reference)
+        print(f"\n{dict(zip(by, key))}  (paired t vs {reference}; {'higher' if higher_is_better else 'lower'} is better)")
+        for label, vals in rows.items():
+            units = sorted(vals)
+            mean = sum(vals.values()) / len(vals)
+            if ref is None or label == reference or sorted(ref) != units:
+                print(f"  {label:28s} {mean:8.3f}")
+                continue
+            d = paired([vals[u] for u in units], [ref[u] for u in units])
+            print(f"  {label:28s} {mean:8.3f}  {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] n={d.n}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stage", choices=("ppl", "retrieval", "stream"))
+    ap.add_argument("--budgets", default="128,256")
+    ap.add_argument("--passages", type=int, default=4, help="passages per source (ppl)")
+    ap.add_argument("--max-tokens", type=int, default=512)
+    ap.add_argument("--cases", type=int, default=12, help="documents per task (retrieval)")
+    ap.add_argument("--tokens", type=int, default=8000, help="stream length (stream)")
+    ap.add_argument("--chunk", type=int, default=16, help="tokens per step (stream)")
+    ap.add_argument("--only", default=None, help="comma-separated variant labels to keep")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    llm = EbbinghausLLM()
+    vs = variants(llm.config)
+    if args.only:
+        keep = set(args.only.split(","))
+        vs = [v for v in vs if v[0] in keep]
+    policies = PEERS + vs
+    budgets = [int(b) for b in args.budgets.split(",")]
+    start = time.perf_counter()
+    if args.stage == "ppl":
+        records = E.perplexity(llm, budgets=budgets, policies=policies, max_tokens=args.max_tokens,
+                               segments=args.passages, sources=("docs", "prose"), split="tune")
+        compare(records, "perplexity_after_budget", "passage", ("budget",))
+    elif args.stage == "retrieval":
+        records = E.retrieval(llm, cases=args.cases, policies=policies, split="tune")
+        compare([r for r in records if r["full_correct"]], "correct", "document", ("task", "budget_fraction"),
+                higher_is_better=True)
+    else:
+        records = []
+        for budget in budgets:
+            records += E.long_stream(llm, tokens=args.tokens, budgets=[budget], schemes=("cache",), policies=policies,
+                                     window=500, chunk=args.chunk, split="tune")
+        compare([r for r in records if r["policy"] != "full"], "perplexity", "window_start", ("budget",))
+    print(f"\n{time.perf_counter() - start:.0f} s")
+    with open(args.json, "w") as f:
+        json.dump(records, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
