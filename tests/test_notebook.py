@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,10 @@ from memollm import notebook, viz
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+SOLUTION_NOTEBOOKS = sorted((REPO / "notebooks" / "solutions").glob("*.ipynb"))
+LESSONS = [p for p in NOTEBOOKS if not p.name.startswith("00_")]
+START = REPO / "notebooks" / "00_start_here.ipynb"
+GLOSSARY = REPO / "notebooks" / "GLOSSARY.md"
 
 
 def _nb(path: Path) -> dict:
@@ -34,22 +42,90 @@ def test_repo_url_comes_from_pyproject():
     text = (REPO / "pyproject.toml").read_text()
     declared = re.search(r'^Repository\s*=\s*"([^"]+)"', text, re.M).group(1)
     assert notebook.REPO_URL == declared.rstrip("/")
-    assert notebook.REPO_REVISION == f"v{memollm.__version__}"
 
 
-def test_colab_install_command_pins_the_release():
+def test_repo_revision_exists():
+    """The badges and install lines open a revision that exists: main, or a tag in this history."""
+    revision = notebook.REPO_REVISION
+    if revision == "main":
+        return
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", revision), f"REPO_REVISION {revision!r} is neither main nor vX.Y.Z"
+    if not (REPO / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("no git checkout here: cannot check that the tag exists")
+    tags = subprocess.run(["git", "tag", "--merged", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert revision in tags, f"REPO_REVISION {revision!r} is not a tag in this history (tags: {tags})"
+
+
+def test_colab_install_command_and_links_use_the_revision():
+    rev = notebook.REPO_REVISION
     cmd = notebook.colab_install_command()
-    assert cmd == f'%pip install -q "memollm[colab] @ git+{notebook.REPO_URL}@v{memollm.__version__}"'
+    assert cmd == f'%pip install -q "memollm[colab] @ git+{notebook.REPO_URL}@{rev}"'
     badge = notebook.colab_badge_url("notebooks/01_forgetting_curve.ipynb")
     assert badge.startswith("https://colab.research.google.com/github/")
-    assert badge.endswith(f"/blob/v{memollm.__version__}/notebooks/01_forgetting_curve.ipynb")
+    assert badge.endswith(f"/blob/{rev}/notebooks/01_forgetting_curve.ipynb")
+    assert notebook.repo_file_url("README.md#quality") == f"{notebook.REPO_URL}/blob/{rev}/README.md#quality"
+    assert notebook.glossary_url("budget") == f"{notebook.REPO_URL}/blob/{rev}/notebooks/GLOSSARY.md#budget"
 
 
-def test_colab_extra_has_ipywidgets_8():
-    text = (REPO / "pyproject.toml").read_text()
-    extras = dict(re.findall(r'^(\w+) = \[(.*)\]$', text, re.M))
-    assert '"ipywidgets>=8"' in extras["colab"]
-    assert '"ipywidgets>=8"' in extras["notebooks"]
+def _pins(lines) -> dict[str, str]:
+    """``{normalised name: version}`` of the ``name==version`` lines (comments and others skipped)."""
+    pins = {}
+    for line in lines:
+        m = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s;#]+)\s*(#.*)?", line)
+        if m:
+            pins[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return pins
+
+
+def _project() -> dict:
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+
+# Left to Colab's own kernel, on purpose (see the comment above the extra in pyproject.toml).
+LEFT_TO_COLAB = {"torch", "numpy", "matplotlib"}
+
+
+def test_colab_extra_pins_the_tested_versions():
+    """What a notebook installs on Colab is what the tests ran: every entry of the ``colab`` extra
+    is ``name==version`` with the version of constraints.txt, and covers memollm's own
+    dependencies except the few left to Colab."""
+    project = _project()
+    colab = project["optional-dependencies"]["colab"]
+    pinned = _pins(colab)
+    assert len(pinned) == len(colab), f"every entry of the colab extra must be name==version: {colab}"
+    tested = _pins((REPO / "constraints.txt").read_text(encoding="utf-8").splitlines())
+    differ = {name: (version, tested.get(name)) for name, version in pinned.items() if tested.get(name) != version}
+    assert not differ, f"colab pins differ from constraints.txt (colab, constraints): {differ}"
+    direct = {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", d).group(0)).lower()
+              for d in project["dependencies"]}
+    assert direct - LEFT_TO_COLAB <= set(pinned), f"not pinned for Colab: {sorted(direct - LEFT_TO_COLAB - set(pinned))}"
+    assert pinned["ipywidgets"].startswith("8."), "the panel in notebook 01 needs ipywidgets 8"
+    assert "ipywidgets>=8" in project["optional-dependencies"]["notebooks"]
+
+
+# -- sizing the scale-up cells to the GPU --------------------------------------------------------
+
+def test_fits_on_gpu_without_cuda_says_no(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert notebook.gpu_free_gib() is None
+    assert notebook.fits_on_gpu(0.1) is False
+    assert "No CUDA GPU: skipped" in capsys.readouterr().out
+    assert notebook.fits_on_gpu(0.1, quiet=True) is False
+    assert capsys.readouterr().out == ""
+
+
+def test_fits_on_gpu_compares_with_free_memory(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (14.5 * 2**30, 15.0 * 2**30))  # a T4
+    assert notebook.gpu_free_gib() == pytest.approx(14.5)
+    assert notebook.fits_on_gpu(13.9) is True
+    assert capsys.readouterr().out == ""
+    assert notebook.fits_on_gpu(17.7) is False
+    out = capsys.readouterr().out
+    assert "17.7 GiB" in out and "14.5 GiB free of 15.0 GiB" in out
 
 
 # -- where figures go ----------------------------------------------------------------------------
@@ -124,6 +200,27 @@ def test_notebook_setup_prints_versions_and_returns_device(capsys, tmp_path, mon
     assert isinstance(setup.device, torch.device) and setup.figures == tmp_path and setup.model is None
 
 
+def test_notebook_setup_on_a_gpu_says_numbers_differ(capsys, tmp_path, monkeypatch):
+    from memollm import models
+
+    monkeypatch.setenv("MEMOLLM_FIGURES", str(tmp_path))
+    monkeypatch.setattr(models, "auto_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(models, "auto_dtype", lambda device: torch.float16)
+    assert memollm.notebook_setup().device.type == "cuda"
+    out = capsys.readouterr().out
+    assert "float16 (half precision)" in out and "differ from the stored outputs" in out
+
+
+def test_notebook_setup_on_cpu_prints_two_lines(capsys, tmp_path, monkeypatch):
+    """The stored set-up outputs are these two lines; a third on the CPU would change them."""
+    from memollm import models
+
+    monkeypatch.setenv("MEMOLLM_FIGURES", str(tmp_path))
+    monkeypatch.setattr(models, "auto_device", lambda: torch.device("cpu"))
+    memollm.notebook_setup()
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
 def test_notebook_setup_on_colab_installs_the_bundled_model_only_when_missing(monkeypatch):
     calls = []
     monkeypatch.setattr(notebook, "_pip", lambda *args: calls.append(args))
@@ -136,8 +233,8 @@ def test_notebook_setup_on_colab_installs_the_bundled_model_only_when_missing(mo
 
 # -- the notebooks' set-up cells -----------------------------------------------------------------
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_setup_cell_installs_this_release(path):
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTION_NOTEBOOKS, ids=lambda p: p.name)
+def test_setup_cell_installs_this_revision(path):
     nb = _nb(path)
     cell = _setup_cell(nb)
     source = _source(cell)
@@ -148,6 +245,10 @@ def test_setup_cell_installs_this_release(path):
         f"{path.name}: the Colab install line must read {notebook.colab_install_command()!r}")
     assert 'if "google.colab" in sys.modules:' in source and "memollm.notebook_setup()" in source
     assert re.search(r"^MODEL = None\b", source, re.M), f"{path.name}: lessons use the bundled model"
+    assert "half precision" in source, f"{path.name}: say that a GPU runs in half precision (numbers differ)"
+    tags = cell["metadata"].get("tags", [])
+    assert "nbval-ignore-output" in tags or lines[0].startswith("# NBVAL_IGNORE_OUTPUT"), (
+        f"{path.name}: the set-up cell prints versions and paths; its output must be ignored")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -158,6 +259,102 @@ def test_badge_and_links_derive_from_the_repo_url(path):
     assert badges == [f"({notebook.colab_badge_url(path.name)})"], f"{path.name}: badge {badges}"
     for url in re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", text):
         assert url == notebook.REPO_URL, f"{path.name} names {url}, not {notebook.REPO_URL}"
+
+
+def _markdown(nb: dict) -> str:
+    return "\n".join(_source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _glossary_anchors() -> set[str]:
+    return {_slug(h) for h in re.findall(r"^## (.+)$", GLOSSARY.read_text(encoding="utf-8"), re.M)}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_links_are_absolute_and_resolve(path):
+    """A notebook opened alone (Colab) has no folder around it: links are absolute, and the files and
+    glossary entries they name exist here."""
+    text = _markdown(_nb(path))
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        assert target.startswith(("https://", "http://")), f"{path.name}: relative link {target!r}"
+    prefix = f"{notebook.REPO_URL}/blob/"
+    for url in re.findall(re.escape(prefix) + r"[^)\s]+", text):
+        rev, _, rest = url.removeprefix(prefix).partition("/")
+        assert rev == notebook.REPO_REVISION, f"{path.name}: {url} is not at {notebook.REPO_REVISION}"
+        file, _, anchor = rest.partition("#")
+        assert (REPO / file).exists(), f"{path.name} links {file}, which is not in the repository"
+        if file == notebook.GLOSSARY and anchor:
+            assert anchor in _glossary_anchors(), f"{path.name}: no glossary entry #{anchor}"
+
+
+# -- the front page and the glossary -------------------------------------------------------------
+
+GLOSSARY_TERMS = ["seed", "retention-r", "strength-s", "age-t", "time-step", "review-and-share",
+                  "attention-sink", "recent-window", "budget", "memory-layer", "consensus", "granularity",
+                  "observation-window-and-pool", "true-and-cache-positions", "soft-delete", "sparse-attention",
+                  "eviction", "policy", "peer-policies", "full-cache", "tune-and-report-split",
+                  "paired-interval", "holm-correction"]
+
+
+def test_glossary_defines_the_terms():
+    anchors = _glossary_anchors()
+    assert set(GLOSSARY_TERMS) <= anchors, f"missing entries: {sorted(set(GLOSSARY_TERMS) - anchors)}"
+    peers = GLOSSARY.read_text(encoding="utf-8").split("## Peer policies")[1].split("\n## ")[0]
+    for name in ("streaming", "h2o", "tova", "snapkv"):
+        assert f"`{name}`" in peers
+
+
+def test_start_here_holds_the_glossary():
+    """00's glossary cell is GLOSSARY.md's entries, one heading level down (## there, ### in 00)."""
+    cell = next(_source(c) for c in _nb(START)["cells"]
+                if c["cell_type"] == "markdown" and _source(c).startswith("## Glossary"))
+    in_00 = cell[cell.index("\n### "):].strip()
+    text = GLOSSARY.read_text(encoding="utf-8")
+    in_md = text[text.index("\n## "):].strip()
+    assert in_00 == re.sub(r"^## ", "### ", in_md, flags=re.M), (
+        "00_start_here.ipynb's glossary differs from notebooks/GLOSSARY.md: copy the entries over")
+
+
+def test_start_here_lists_every_lesson_in_order():
+    text = _markdown(_nb(START))
+    links = [f"({notebook.repo_file_url('notebooks/' + p.name)})" for p in LESSONS]
+    positions = [text.find(link) for link in links]
+    assert -1 not in positions, f"00 lacks a link to {[p.name for p, i in zip(LESSONS, positions) if i < 0]}"
+    assert positions == sorted(positions), "00 lists the notebooks out of order"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_lesson_links_its_words_to_the_glossary(path):
+    first = _source(_nb(path)["cells"][0])
+    line = next((l for l in first.splitlines() if l.startswith("Words used here")), None)
+    assert line, f"{path.name}: the first cell needs a 'Words used here: ...' line linking the glossary"
+    anchors = re.findall(re.escape(notebook.glossary_url()) + r"#([\w-]+)", line)
+    assert anchors and set(anchors) <= _glossary_anchors(), f"{path.name}: glossary links {anchors}"
+
+
+# -- the GPU scale-up cells ----------------------------------------------------------------------
+
+def test_scale_up_cells_skip_without_a_gpu(monkeypatch):
+    """Every cell tagged nbval-skip (the GPU sections) runs on a CPU and prints that it skipped."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a skipped cell loaded a model")
+
+    for path in NOTEBOOKS:
+        namespace = {"DEVICE": torch.device("cpu"), "memollm": memollm, "torch": torch,
+                     "EbbinghausLLM": no_model}
+        for cell in _nb(path)["cells"]:
+            if cell["cell_type"] != "code" or "nbval-skip" not in cell["metadata"].get("tags", []):
+                continue
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                exec(compile(_source(cell), f"{path.name}:{cell.get('id')}", "exec"), namespace)  # noqa: S102
+            assert "skipped" in out.getvalue().lower(), f"{path.name}: a GPU cell printed {out.getvalue()!r}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
