@@ -6,13 +6,29 @@ strength S grows when it receives attention. Fading tokens are down-weighted
 (``evict``).
 """
 
+import importlib.metadata as _metadata
+import re as _re
+from pathlib import Path as _Path
+
 from .config import MODES, ConfigError, MemoryConfig
 from .llm import EbbinghausLLM
 from .memory import EbbinghausMemory, retention
 from .models import DEFAULT_MODEL, ModelNotAvailableError, load_model
 from .policies import POLICIES, Policy, register_policy
 
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed release; in a source checkout that was never installed, pyproject's (its one home)."""
+    try:
+        return _metadata.version("memollm")
+    except _metadata.PackageNotFoundError:
+        pyproject = _Path(__file__).resolve().parent.parent / "pyproject.toml"
+        found = _re.search(r'^version = "([^"]+)"', pyproject.read_text(), _re.M) if pyproject.exists() else None
+        return found.group(1) if found else "0+unknown"
+
+
+__version__ = _version()
 
 from .notebook import notebook_setup  # noqa: E402 - after __version__, which it reads
 

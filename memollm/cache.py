@@ -8,13 +8,14 @@ shift and the logits go wrong.
 
 from __future__ import annotations
 
-from array import array
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
 
 import torch
 
-from .config import MemoryConfig
+from .config import MemoryConfig, check_int
+from .reading import decode
 
 
 def cache_layers(cache) -> list:
@@ -65,7 +66,10 @@ def full_attention_layers(model: torch.nn.Module) -> list[int]:
 def memory_layer_ids(model: torch.nn.Module, config: MemoryConfig) -> list[int]:
     """The layers that keep memory state: the first ``memory_layer_fraction`` of the
     full-attention layers (all layers for most models)."""
-    full = full_attention_layers(model)
+    return _memory_layers(model, config, full_attention_layers(model))
+
+
+def _memory_layers(model: torch.nn.Module, config: MemoryConfig, full: list[int]) -> list[int]:
     if not full:
         raise NotImplementedError(
             f"every layer of {type(model).__name__} uses sliding-window attention; memollm keeps memory "
@@ -73,14 +77,54 @@ def memory_layer_ids(model: torch.nn.Module, config: MemoryConfig) -> list[int]:
     return [full[i] for i in config.memory_layers(len(full))]
 
 
-def slot_units(model: torch.nn.Module, config: MemoryConfig) -> tuple[int, int]:
-    """``(state layers, units)`` of an evicting session: a shared ranking keeps state per memory
-    layer in one unit; per-layer (per-head) ranking keeps one state row per layer (and head)."""
-    granularity = config.granularity_for("evict")
-    if granularity == "shared":
-        return len(memory_layer_ids(model, config)), 1
-    heads = kv_heads(model) if granularity == "head" else 1
-    return 1, len(full_attention_layers(model)) * heads
+@dataclass(frozen=True)
+class SlotLayout:
+    """Where a session keeps its state, worked out once per model, config and mode.
+
+    ``full_layers``: the full-attention layers (eviction and masks act on them);
+    ``memory_layers``: the first ``memory_layer_fraction`` of them; ``granularity``: who ranks
+    slots (resolved for the mode). A shared ranking keeps state per memory layer in one unit;
+    per-layer (per-head) eviction keeps one state row per full-attention layer (and KV head).
+    """
+
+    full_layers: tuple[int, ...]
+    memory_layers: tuple[int, ...]
+    kv_heads: int
+    num_layers: int
+    granularity: str
+    evicting: bool
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, config: MemoryConfig, mode: str = "evict") -> "SlotLayout":
+        full = full_attention_layers(model)
+        granularity = config.granularity_for(mode) if mode in ("evict", "sparse_attention") else "shared"
+        memory = _memory_layers(model, config, full) if full or granularity == "shared" else []
+        return cls(tuple(full), tuple(memory), kv_heads(model),
+                   model.config.get_text_config().num_hidden_layers, granularity, mode == "evict")
+
+    @property
+    def sliding(self) -> bool:
+        """Some layers attend over a sliding window only (and keep no memory state)."""
+        return len(self.full_layers) < self.num_layers
+
+    @property
+    def layer_ids(self) -> list[int]:
+        """The layers that keep state: the memory layers (shared), else every full-attention layer."""
+        return list(self.memory_layers if self.granularity == "shared" else self.full_layers)
+
+    @property
+    def heads(self) -> int:
+        return self.kv_heads if self.granularity == "head" else 1
+
+    @property
+    def units(self) -> int:
+        """Slot units per batch row: rows of positions an evicting session tracks (masks never move slots)."""
+        return 1 if self.granularity == "shared" or not self.evicting else len(self.full_layers) * self.heads
+
+    @property
+    def state_layers(self) -> int:
+        """The layer axis of the policies' state: the memory layers, or one over all units."""
+        return len(self.layer_ids) if self.units == 1 else 1
 
 
 def kv_cache_bytes(cache) -> int:
@@ -173,37 +217,6 @@ def gather_units(cache, keep: torch.Tensor, layer_ids: list[int], heads: int) ->
                 continue
             index = sel.expand(-1, t.shape[1], -1)[..., None].expand(-1, -1, -1, t.shape[-1])
             setattr(layer, name, t.gather(2, index))
-
-
-class DropLog:
-    """Positions each slot unit dropped, step by step, held as int32 arrays until a result asks.
-
-    Per-layer eviction drops a token in every layer at every step: over a 20,000-token run that
-    is 600,000 positions, tens of MB as Python lists of ints (memory that grew with the length
-    of a generation whose cache was flat); here it is 4 bytes a position plus 4 per unit a step.
-    """
-
-    def __init__(self, names: list[str]) -> None:
-        self.names = names
-        self.steps, self.counts, self.flat = array("i"), array("i"), array("i")
-
-    def add(self, step: int, counts: list[int], flat: list[int]) -> None:
-        """``counts[u]`` positions dropped by unit ``u`` at ``step``, listed unit after unit in ``flat``."""
-        self.steps.append(step)
-        self.counts.extend(counts)
-        self.flat.extend(flat)
-
-    def as_dict(self) -> dict[int, dict[str, list[int]]]:
-        """``{step: {unit name: [positions]}}``, units that dropped nothing left out."""
-        out: dict[int, dict[str, list[int]]] = {}
-        units, start = len(self.names), 0
-        for i, step in enumerate(self.steps):
-            event = out.setdefault(step, {})
-            for name, count in zip(self.names, self.counts[i * units:(i + 1) * units]):
-                if count:
-                    event.setdefault(name, []).extend(self.flat[start:start + count])
-                start += count
-        return out
 
 
 def rotary_embedding(model: torch.nn.Module):
@@ -313,34 +326,37 @@ def decode_loop(
 
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"decode_loop takes one sequence, input_ids of shape [1, n]; got {tuple(input_ids.shape)}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens, 1)
     if forced_tokens is not None and len(forced_tokens) < max_new_tokens - 1:
         raise ValueError(f"forced_tokens needs at least {max_new_tokens - 1} tokens, got {len(forced_tokens)}")
     drop = dict(drop or {})
-    device = input_ids.device
+    device, prompt = input_ids.device, input_ids.shape[1]
     cache = DynamicCache(config=model.config)
     check_evictable(cache)
-    positions = list(range(input_ids.shape[1]))
-    out = model(input_ids, cache=cache, use_cache=True)
-    tokens, logits = [], []
+    positions = list(range(prompt))
     trace: dict[str, list[int]] = {"kv_cache_bytes": [], "kv_cache_tokens": []}
-    for step in range(max_new_tokens):
-        last = out.logits[0, -1].float()
-        logits.append(last.cpu())
-        tokens.append(int(last.argmax()))
+
+    def record() -> None:
         trace["kv_cache_bytes"].append(kv_cache_bytes(cache))
         trace["kv_cache_tokens"].append(cached_tokens(cache))
-        if step == max_new_tokens - 1:
-            break
-        gone = set(drop.get(step + 1, ()))
+
+    def step(nxt: torch.Tensor) -> torch.Tensor:
+        i = steps[0]  # decode steps done so far
+        gone = set(drop.get(i + 1, ()))
         if gone:
-            keep = [i for i, p in enumerate(positions) if p not in gone]
+            keep = [j for j, p in enumerate(positions) if p not in gone]
             gather_cache(cache, torch.tensor([keep], device=device))
-            positions = [positions[i] for i in keep]
-        new_pos = input_ids.shape[1] + step
-        kwargs = {"position_ids": torch.tensor([[new_pos]], device=device)} if true_positions else {}
-        fed = tokens[-1] if forced_tokens is None else int(forced_tokens[step])
-        out = model(torch.tensor([[fed]], device=device), cache=cache, use_cache=True, **kwargs)
-        positions.append(new_pos)
-    return {"token_ids": tokens, "logits": torch.stack(logits), "positions": positions, **trace}
+            positions[:] = [positions[j] for j in keep]
+        kwargs = {"position_ids": torch.tensor([[prompt + i]], device=device)} if true_positions else {}
+        fed = nxt if forced_tokens is None else torch.tensor([[int(forced_tokens[i])]], device=device)
+        out = model(fed, cache=cache, use_cache=True, **kwargs)
+        positions.append(prompt + i)
+        steps[0] += 1
+        record()
+        return out.logits
+
+    steps = [0]
+    first = model(input_ids, cache=cache, use_cache=True).logits[:, -1]
+    record()
+    out = decode(step, first, max_new_tokens, keep_logits=True)
+    return {"token_ids": out.row(), "logits": torch.cat(out.logits), "positions": positions, **trace}

@@ -34,17 +34,17 @@ chunked reading within the budget, the decode loop with sampling, and views for 
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Any, Sequence
 
 import torch
 from transformers import DynamicCache
 
 from .attention import attached, exclusive
-from .cache import cached_tokens, kv_cache_bytes
-from .config import MODES, ConfigError, MemoryConfig, check_bool, check_int, check_number
-from .models import sync
-from .session import MemorySession
+from .config import MODES, ConfigError, MemoryConfig, check_int
+from .models import max_positions, timed
+from .reading import decode, read, room, sampling_processors
+from .session import MemorySession, generation_result
+from .views import ConversationViews, check_text
 
 FORMATS = ("chat", "transcript")
 """``chat``: the tokenizer's chat template. ``transcript``: plain ``User: ...`` /
@@ -57,46 +57,6 @@ EVICT_KNOBS = ("memory_budget", "policy", "sink_tokens", "recent_window", "posit
 
 class ChatTemplateError(ValueError):
     """The chat template renders the earlier conversation differently from what the cache holds."""
-
-
-def _check_text(name: str, value: Any, *, empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
-    if not empty and not value.strip():
-        raise ValueError(f"{name} must be a non-empty string")
-    return value
-
-
-def sampling_processors(temperature=None, top_p=None, top_k=None, do_sample=None, repetition_penalty=None):
-    """``(do_sample, LogitsProcessorList)`` from the usual sampling keywords, validated.
-
-    As in ``EbbinghausLLM.generate``: ``do_sample`` defaults to True when ``temperature``,
-    ``top_p`` or ``top_k`` is given, else greedy.
-    """
-    from transformers import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                              TopKLogitsWarper, TopPLogitsWarper)
-
-    for name, value, high in (("temperature", temperature, None), ("top_p", top_p, 1.0),
-                              ("repetition_penalty", repetition_penalty, None)):
-        if value is not None:
-            check_number(name, value, low=0.0, low_open=True, high=high)
-    if top_k is not None:
-        check_int("top_k", top_k, 1)
-    if do_sample is not None:
-        check_bool("do_sample", do_sample)
-    else:
-        do_sample = any(v is not None for v in (temperature, top_p, top_k))
-    procs = LogitsProcessorList()
-    if repetition_penalty is not None and repetition_penalty != 1.0:
-        procs.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
-    if do_sample:
-        if temperature is not None and temperature != 1.0:
-            procs.append(TemperatureLogitsWarper(temperature))
-        if top_k is not None:
-            procs.append(TopKLogitsWarper(top_k))
-        if top_p is not None and top_p < 1.0:
-            procs.append(TopPLogitsWarper(top_p))
-    return do_sample, procs
 
 
 def chat_config(llm, mode: str, config: MemoryConfig | None, knobs: dict[str, Any]) -> MemoryConfig:
@@ -115,7 +75,7 @@ def chat_config(llm, mode: str, config: MemoryConfig | None, knobs: dict[str, An
     return cfg
 
 
-class ChatSession:
+class ChatSession(ConversationViews):
     """A conversation with one KV cache and one memory state that persist across turns.
 
     ``send(message)`` appends a user turn, reads only its new tokens and generates the
@@ -146,7 +106,7 @@ class ChatSession:
         if fmt not in FORMATS:
             raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
         if system is not None:
-            _check_text("system", system)
+            check_text("system", system)
         check_int("seed", seed, 0)
         if prefill_chunk is not None:
             check_int("prefill_chunk", prefill_chunk, 1)
@@ -166,7 +126,7 @@ class ChatSession:
         if self.tokenizer.eos_token_id is not None:
             eos.append(self.tokenizer.eos_token_id)
         self.stop_ids = frozenset(int(e) for e in eos)
-        self.max_positions: int | None = getattr(llm, "max_positions", None)
+        self.max_positions: int | None = max_positions(self.model)
         self.reset()
 
     # -- state -----------------------------------------------------------------------------
@@ -203,68 +163,6 @@ class ChatSession:
     def token_ids(self) -> list[int]:
         """Every token read into the cache so far; token ``i`` has true position ``i``."""
         return list(self._ids)
-
-    @property
-    def num_cached(self) -> int:
-        return cached_tokens(self.cache)
-
-    def cached_positions(self, layer: int | None = None) -> list[int]:
-        """True positions of the tokens still in the cache, ascending: by default the union over
-        the layers (each layer ranks its own tokens unless ``granularity="shared"``, where all
-        layers hold the same), or what full-attention layer ``layer`` holds."""
-        if self.session is None:
-            return list(range(self.num_cached))
-        if layer is None:
-            return self.session.union_positions()
-        held = self.session.layer_positions()
-        if layer not in held:
-            raise ValueError(f"layer must be one of the full-attention layers {sorted(held)}, got {layer!r}")
-        return held[layer]
-
-    def _state(self, quantity: str, layer: int | None) -> dict[int, float] | None:
-        """``quantity`` by true position: one layer's, or the mean over the layers that hold the token."""
-        per = self.session.layer_memory(quantity) if self.session is not None else None
-        if per is None:
-            return None
-        if layer is not None:  # one shared ranking keeps state in the memory layers only
-            return per.get(layer)
-        acc: dict[int, list[float]] = {}
-        for values in per.values():
-            for p, v in values.items():
-                acc.setdefault(p, []).append(v)
-        return {p: sum(v) / len(v) for p, v in acc.items()}
-
-    def retention(self, layer: int | None = None) -> list[float] | None:
-        """Retention R of every token of ``cached_positions(layer)``: the mean over the layers that
-        hold it, or layer ``layer``'s; None where the policy (or that layer) keeps no forgetting curve."""
-        state = self._state("retention", layer)
-        return None if state is None else [state[p] for p in self.cached_positions(layer)]
-
-    def kv_cache_bytes(self) -> int:
-        return kv_cache_bytes(self.cache)
-
-    def token_memory(self, positions: Sequence[int], layer: int | None = None) -> list[dict[str, Any]]:
-        """For each true position: ``cached`` (by any layer, or by ``layer``), ``layers`` (how many
-        full-attention layers hold it, except in baseline) and, while cached under a forgetting
-        curve, its ``strength`` S, ``age`` t and ``retention`` R (means over the layers holding it)."""
-        held = set(self.cached_positions(layer))
-        layers = {} if self.session is None else {l: set(p) for l, p in self.session.layer_positions().items()}
-        state = {q: self._state(q, layer) for q in ("strength", "age", "retention")}
-        out = []
-        for p in positions:
-            row: dict[str, Any] = {"position": int(p), "cached": p in held}
-            if layers:
-                row["layers"] = sum(p in h for h in layers.values())
-            if p in held and state["retention"] is not None:
-                row.update({q: float(values[p]) for q, values in state.items()})
-            out.append(row)
-        return out
-
-    def snapshot(self, layer: int | None = None) -> dict[str, Any]:
-        """What the cache holds now: ``turn``, ``tokens`` read so far, the cached ``positions``
-        (union over the layers, or ``layer``'s) and their ``retention`` (None without a forgetting curve)."""
-        return {"turn": self.turn, "tokens": len(self._ids), "layer": layer,
-                "positions": self.cached_positions(layer), "retention": self.retention(layer)}
 
     # -- rendering -------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, str]] | None = None, add_generation_prompt: bool = False) -> str:
@@ -322,32 +220,22 @@ class ChatSession:
             "cannot continue on the same cache. Use fmt='transcript' or call reset().")
 
     # -- forward passes -----------------------------------------------------------------------
-    def _chunk_size(self, remaining: int) -> int:
-        size = remaining if self.prefill_chunk is None else min(remaining, self.prefill_chunk)
-        if self.session is not None and self.mode == "evict" and self.session.policy.evicts:
-            cfg = self.config
-            room = max(cfg.memory_budget - self.num_cached, cfg.memory_budget - cfg.sink_tokens - cfg.recent_window)
-            size = min(size, max(1, room))
-        return size
-
-    def _forward(self, ids: Sequence[int]) -> torch.Tensor:
-        """Read ``ids`` at their true positions; logits of the last one ``[vocab]``."""
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        """Read ids ``[1, n]`` at their true positions; their logits ``[1, n, vocab]``."""
         start = len(self._ids)
-        x = torch.tensor([list(ids)], device=self.device)
-        pos = torch.arange(start, start + len(ids), device=self.device)[None]
+        pos = torch.arange(start, start + x.shape[1], device=self.device)[None]
         out = self.model(input_ids=x, cache=self.cache, use_cache=True, position_ids=pos)
-        self._ids.extend(int(i) for i in ids)
+        self._ids.extend(x[0].tolist())
         self.steps += 1
         self.peak_cached = max(self.peak_cached, self.num_cached)
-        return out.logits[0, -1]
+        return out.logits
 
     def _read(self, ids: Sequence[int]) -> torch.Tensor | None:
-        logits, done = None, 0
-        while done < len(ids):
-            n = self._chunk_size(len(ids) - done)
-            logits = self._forward(ids[done:done + n])
-            done += n
-        return logits
+        """Read ``ids`` in chunks of at most ``prefill_chunk`` that (in ``evict``) keep the cache within the budget."""
+        evicting = self.session is not None and self.mode == "evict" and self.session.policy.evicts
+        limit = (lambda: room(self.config, self.num_cached)) if evicting else None
+        x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        return read(self._step, x, chunk=self.prefill_chunk, limit=limit)
 
     def _check_room(self, n_new: int) -> None:
         if self.max_positions is None or len(self._ids) + n_new <= self.max_positions:
@@ -388,8 +276,8 @@ class ChatSession:
         came from elsewhere. Returns ``turn``, ``prompt_tokens`` (tokens read) and the cache size.
         """
         self._check_usable()
-        _check_text("message", message)
-        _check_text("reply", reply)
+        check_text("message", message)
+        check_text("reply", reply)
         messages = self.messages + [{"role": "user", "content": message},
                                     {"role": "assistant", "content": self._reply_content(reply)}]
         user_text = self.render(messages[:-1], add_generation_prompt=True)
@@ -423,10 +311,10 @@ class ChatSession:
         keys plus ``turn``.
         """
         self._check_usable()
-        _check_text("message", message)
+        check_text("message", message)
         check_int("max_new_tokens", max_new_tokens, 1)
         if reply_prefix is not None:
-            _check_text("reply_prefix", reply_prefix)
+            check_text("reply_prefix", reply_prefix)
         unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
         if unknown:
             raise TypeError(f"send() got unknown argument(s) {unknown}; valid: max_new_tokens, reply_prefix, stop, "
@@ -444,46 +332,25 @@ class ChatSession:
         self._check_room(len(new) + max_new_tokens)
         turn_step, evicted_before, first = self.steps, self._evicted(), len(self._ids)
         self.peak_cached = self.num_cached
-        with self._turn():
-            sync(self.device)
-            start = time.perf_counter()
+        with self._turn(), timed(self.device) as clock:
             logits = self._read(new)
             self._pending = []
             reply_start = len(self._ids)
             tokens, text = self._decode_reply(logits, max_new_tokens, processors, do_sample, stops, ignore_eos)
-            sync(self.device)
-            elapsed = time.perf_counter() - start
         self.boundaries += [("user", first), ("assistant", reply_start)]
         self.history.append({"role": "user", "content": message})
         self.history.append({"role": "assistant", "content": prefix + text})
-        return self._result(tokens, stops, elapsed, len(new), turn_step, evicted_before)
+        return self._result(tokens, stops, clock.seconds, len(new), turn_step, evicted_before)
 
     def _decode_reply(self, logits, max_new_tokens, processors, do_sample, stops, ignore_eos):
         """Generate until a stop token or string; the last sampled token is kept pending (not read)."""
-        tokens: list[int] = []
-        stopped_at_token = False
-        for i in range(max_new_tokens):
-            scores = logits.float()[None]
-            if processors:
-                context = torch.tensor([self._ids + tokens], device=scores.device)
-                scores = processors(context, scores)
-            if do_sample:
-                probs = torch.softmax(scores, dim=-1)
-                nxt = int(torch.multinomial(probs, 1, generator=self.generator)[0, 0])
-            else:
-                nxt = int(scores[0].argmax())
-            tokens.append(nxt)
-            if nxt in self.stop_ids and not ignore_eos:
-                stopped_at_token = True
-                break
-            if stops and any(s in self._decode(tokens) for s in stops):
-                break
-            if i == max_new_tokens - 1:
-                break
-            logits = self._forward([nxt])
+        out = decode(self._step, logits, max_new_tokens, processors=processors,
+                     context=torch.tensor([self._ids], dtype=torch.long, device=self.device), do_sample=do_sample,
+                     generator=self.generator, stop_ids=() if ignore_eos else self.stop_ids, stop_strings=stops,
+                     detokenize=self._decode)
+        tokens = out.row()
         self._pending = tokens[-1:]
-        body = tokens[:-1] if stopped_at_token else tokens
-        content = self._decode(body)
+        content = self._decode(tokens[:-1] if out.stopped else tokens)
         for s in stops:
             if s in content:
                 content = content[:content.index(s)]
@@ -499,16 +366,10 @@ class ChatSession:
         generated = self.tokenizer.decode(body, skip_special_tokens=True)
         for s in stops:
             generated = generated.split(s, 1)[0]
-        result: dict[str, Any] = {
-            "generated_text": generated.strip() if self.fmt == "transcript" else generated,
-            "num_tokens": len(tokens), "generation_time": elapsed,
-            "tokens_per_second": len(tokens) / elapsed if elapsed > 0 else float("inf"),
-            "prompt_tokens": prompt_tokens, "token_ids": list(tokens),
-            "kv_cache_tokens": self.num_cached, "kv_cache_bytes": self.kv_cache_bytes(),
-            "mode": self.mode, "policy": self.config.policy if self.mode == "evict" else None,
-            "config": effective.to_dict(), "memory_stats": {}, "warnings": list(self.warnings),
-            "turn": self.turn, "conversation_tokens": len(self._ids) + len(self._pending),
-        }
+        result = generation_result(generated.strip() if self.fmt == "transcript" else generated, tokens, elapsed,
+                                   prompt_tokens, self.cache, self.mode, self.config, effective)
+        result.update(warnings=list(self.warnings), turn=self.turn,
+                      conversation_tokens=len(self._ids) + len(self._pending))
         if session is not None:
             result["memory_stats"] = session.memory_stats()
             result["warnings"] = list(self.warnings) + [w for w in session.warnings if w not in self.warnings]
@@ -519,41 +380,6 @@ class ChatSession:
                 result["evict_events"] = session.drops_since(turn_step)
                 result["granularity"] = session.granularity
         return result
-
-    # -- inspection -------------------------------------------------------------------------
-    def locate(self, text: str, occurrence: int = 0) -> list[int]:
-        """True positions of the tokens that cover the ``occurrence``-th appearance of ``text``
-        in the conversation read so far (an empty list when it does not appear)."""
-        _check_text("text", text)
-        check_int("occurrence", occurrence, 0)
-        pieces = [self._decode([t]) for t in self._ids]  # one token at a time, so offsets map back to tokens
-        ends, total = [], 0
-        for piece in pieces:
-            total += len(piece)
-            ends.append(total)
-        whole, at = "".join(pieces), -1
-        for _ in range(occurrence + 1):
-            at = whole.find(text, at + 1)
-            if at < 0:
-                return []
-        lo, hi = at, at + len(text)
-        return [i for i, e in enumerate(ends) if e > lo and e - len(pieces[i]) < hi]
-
-    def memory_text(self, elide: str = "…", layer: int | None = None) -> str:
-        """The conversation read so far, with the spans no longer cached (by any layer, or by
-        ``layer``) replaced by ``elide``."""
-        kept = set(self.cached_positions(layer))
-        out, run, run_kept = [], [], None
-        for pos, tok in enumerate(self._ids):
-            k = pos in kept
-            if run and k != run_kept:
-                out.append(self._decode(run) if run_kept else elide)
-                run = []
-            run.append(tok)
-            run_kept = k
-        if run:
-            out.append(self._decode(run) if run_kept else elide)
-        return "".join(out)
 
     def __repr__(self) -> str:
         budget = f", budget={self.config.memory_budget}, policy={self.config.policy!r}" if self.mode == "evict" else ""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any, Iterator, Sequence
@@ -19,10 +18,11 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from .attention import attached, exclusive
-from .cache import cached_tokens, kv_cache_bytes, rotary_embedding
+from .cache import rotary_embedding
 from .config import MODES, ConfigError, MemoryConfig, check_bool, check_int, check_number
-from .models import DEFAULT_MODEL, load_model, sync
-from .session import MemorySession
+from .models import DEFAULT_MODEL, load_model, max_positions, timed
+from .reading import read
+from .session import MemorySession, generation_result
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +183,7 @@ class EbbinghausLLM:
 
     @property
     def max_positions(self) -> int | None:
-        cfg = self.model.config.get_text_config()
-        for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            value = getattr(cfg, name, None)
-            if isinstance(value, int):
-                return value
-        return None
+        return max_positions(self.model)
 
     # -- prompt handling -------------------------------------------------------------------
     def encode(self, prompt: str, chat: bool | None = None) -> torch.Tensor:
@@ -295,9 +290,7 @@ class EbbinghausLLM:
         if mode != "baseline":
             session = MemorySession(self.model, mode, cfg, seed=args.seed or 0, record=args.return_attention_weights)
         with tqdm(total=args.max_new_tokens, desc=mode, leave=False, disable=not args.verbose) as progress:
-            with exclusive(self.model):
-                sync(self.device)
-                start = time.perf_counter()
+            with exclusive(self.model), timed(self.device) as clock:
                 if session is None:
                     gen_kwargs["streamer"] = _ProgressStreamer(progress, args.streamer)
                     out = self.model.generate(ids, **gen_kwargs)
@@ -308,27 +301,11 @@ class EbbinghausLLM:
                             cfg.check_budget(cfg.memory_budget, args.prefill_chunk)
                             ids = self._prefill_in_chunks(ids, args.prefill_chunk, session, gen_kwargs)
                         out = self.model.generate(ids, **gen_kwargs)
-                sync(self.device)
-                elapsed = time.perf_counter() - start
+        elapsed = clock.seconds
         new = out.sequences[0, ids.shape[1]:]
-        num = int(new.shape[0])
         cache = getattr(out, "cache", None)
-        kv_tokens = cached_tokens(cache) if cache is not None else 0
-        result: dict[str, Any] = {
-            "generated_text": self.tokenizer.decode(new, skip_special_tokens=True),
-            "num_tokens": num,
-            "generation_time": elapsed,
-            "tokens_per_second": num / elapsed if elapsed > 0 else float("inf"),
-            "prompt_tokens": prompt_len,
-            "token_ids": new.tolist(),
-            "kv_cache_tokens": kv_tokens,
-            "kv_cache_bytes": kv_cache_bytes(cache),
-            "mode": mode,
-            "policy": cfg.policy if mode == "evict" else None,
-            "config": cfg.to_dict(),
-            "memory_stats": {},
-            "warnings": [],
-        }
+        result = generation_result(self.tokenizer.decode(new, skip_special_tokens=True), new.tolist(), elapsed,
+                                   prompt_len, cache, mode, cfg)
         if session is not None:
             result.update(session.results())
         result["warnings"] = warnings + result["warnings"]
@@ -339,8 +316,8 @@ class EbbinghausLLM:
                 tw["tokens"] = [self.tokenizer.decode([all_ids[p]]) for p in tw["positions"]]
             result["token_weights"] = tw
         if args.verbose:  # the caller asked to see it: stderr, and the log for those who collect it
-            summary = (f"{mode}: {num} tokens in {elapsed:.2f}s ({result['tokens_per_second']:.1f} tok/s), "
-                       f"KV cache {kv_tokens} tokens")
+            summary = (f"{mode}: {result['num_tokens']} tokens in {elapsed:.2f}s "
+                       f"({result['tokens_per_second']:.1f} tok/s), KV cache {result['kv_cache_tokens']} tokens")
             log.info(summary)
             tqdm.write(summary, file=sys.stderr)
         return result
@@ -358,8 +335,7 @@ class EbbinghausLLM:
         cache = DynamicCache(config=self.model.config)
         session.own_positions = True
         n = ids.shape[1]
-        for start in range(0, n - 1, chunk):
-            self.model(ids[:, start:min(start + chunk, n - 1)], cache=cache, use_cache=True)
+        read(lambda x: self.model(x, cache=cache, use_cache=True).logits, ids[:, :n - 1], chunk=chunk)
         gen_kwargs["cache"] = cache
         return ids[:, n - 1 - cache.get_seq_length():]
 

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,33 @@ def sync(device: torch.device) -> None:
     """Wait for queued GPU work, so a clock read after it measures the work (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class timed:
+    """``with timed(device) as clock: ...`` leaves the block's wall time in ``clock.seconds``,
+    queued GPU work included (synchronised on entry and exit)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seconds = device, 0.0
+
+    def __enter__(self) -> "timed":
+        sync(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sync(self.device)
+        self.seconds = time.perf_counter() - self._start
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """The positions the model was trained on (its context), or None where its config does not say."""
+    cfg = model.config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int):
+            return value
+    return None
 
 
 def auto_dtype(device: torch.device, dtype: str | torch.dtype | None = "auto") -> torch.dtype:

@@ -1,7 +1,8 @@
 """One generation's memory bookkeeping, driven by forward hooks on the model.
 
-A ``MemorySession`` is created per ``generate`` call (so calls never share state) and
-attached with ``memollm.attention.attached``. Around every forward step it:
+A ``MemorySession`` holds one generation (a ``generate`` call, or a whole chat), so separate
+generations never share state; it is attached with ``memollm.attention.attached``. Around
+every forward step it:
 
 * before the step: evicts down to the budget (``evict``), decides which keys to hide
   (``sparse_attention``) or how much to weight them (``soft_delete``), and supplies the
@@ -22,51 +23,97 @@ granularity, what each layer holds (``layer_positions``, ``layer_memory``), for 
 from __future__ import annotations
 
 import logging
+from array import array
 from typing import Any
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention import add_logit_bias, combine_mask, pool_neighbours, received_attention
-from .cache import (DropLog, cached_tokens, check_evictable, full_attention_layers, gather_cache, gather_units, kv_heads,
-                    memory_layer_ids, rerotate_cache, rotary_embedding, select_keep, slot_units)
+from .cache import (SlotLayout, cached_tokens, check_evictable, gather_cache, gather_units, kv_cache_bytes,
+                    rerotate_cache, rotary_embedding, select_keep)
 from .config import MODES, ConfigError, MemoryConfig
 from .memory import EbbinghausMemory
 from .policies import Policy, make_policy
+from .reading import keep_before
 
 log = logging.getLogger(__name__)
+
+
+class DropLog:
+    """Positions each slot unit dropped, step by step, held as int32 arrays until a result asks.
+
+    Per-layer eviction drops a token in every layer at every step: over a 20,000-token run that
+    is 600,000 positions, tens of MB as Python lists of ints (memory that grew with the length
+    of a generation whose cache was flat); here it is 4 bytes a position plus 4 per unit a step.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.steps, self.counts, self.flat = array("i"), array("i"), array("i")
+
+    def add(self, step: int, counts: list[int], flat: list[int]) -> None:
+        """``counts[u]`` positions dropped by unit ``u`` at ``step``, listed unit after unit in ``flat``."""
+        self.steps.append(step)
+        self.counts.extend(counts)
+        self.flat.extend(flat)
+
+    def as_dict(self) -> dict[int, dict[str, list[int]]]:
+        """``{step: {unit name: [positions]}}``, units that dropped nothing left out."""
+        out: dict[int, dict[str, list[int]]] = {}
+        units, start = len(self.names), 0
+        for i, step in enumerate(self.steps):
+            event = out.setdefault(step, {})
+            for name, count in zip(self.names, self.counts[i * units:(i + 1) * units]):
+                if count:
+                    event.setdefault(name, []).extend(self.flat[start:start + count])
+                start += count
+        return out
+
+
+def generation_result(text: str, token_ids: list[int], seconds: float, prompt_tokens: int, cache, mode: str,
+                      config: MemoryConfig, effective: MemoryConfig | None = None) -> dict[str, Any]:
+    """The keys every generation reports, whoever decoded (``generate`` or a chat turn); a
+    session adds what only its mode knows (``MemorySession.results``)."""
+    return {"generated_text": text, "num_tokens": len(token_ids), "generation_time": seconds,
+            "tokens_per_second": len(token_ids) / seconds if seconds > 0 else float("inf"),
+            "prompt_tokens": prompt_tokens, "token_ids": list(token_ids),
+            "kv_cache_tokens": cached_tokens(cache) if cache is not None else 0,
+            "kv_cache_bytes": kv_cache_bytes(cache), "mode": mode,
+            "policy": config.policy if mode == "evict" else None,
+            "config": (effective or config).to_dict(), "memory_stats": {}, "warnings": []}
 
 
 class MemorySession:
     """Per-call state for one of the modes ``soft_delete``, ``sparse_attention``, ``evict``."""
 
     def __init__(self, model: torch.nn.Module, mode: str, config: MemoryConfig, *, seed: int = 0,
-                 record: bool = False, progress: Any = None, policy: Policy | None = None) -> None:
+                 record: bool = False, progress: Any = None, policy: Policy | None = None,
+                 layout: SlotLayout | None = None) -> None:
         """``policy``: an already built eviction policy (e.g. ``memollm.policies.PolicyRows``,
-        one policy per batch row); by default ``config.policy`` is built."""
+        one policy per batch row); by default ``config.policy`` is built. ``layout``: the slot
+        layout for ``model``, ``config`` and ``mode``, if already worked out."""
         if mode not in MODES or mode == "baseline":
             raise ValueError(f"a MemorySession needs one of {MODES[1:]}, got {mode!r}")
         self.mode, self.config = mode, config
         device = next(model.parameters()).device
+        self.layout = layout = layout or SlotLayout.of(model, config, mode)
         # who ranks slots: one set for all layers, or (evict only) every full-attention layer or KV head
-        self.granularity = config.granularity_for(mode) if mode in ("evict", "sparse_attention") else "shared"
+        self.granularity = layout.granularity
         if mode == "sparse_attention" and self.granularity == "head":
             raise ConfigError("sparse_attention masks per layer at most (granularity 'shared' or 'layer'): a mask per "
                               "KV head is not built")
         # sparse attention per layer: every full-attention layer masks the tokens it forgot itself
         self.layer_masks = mode == "sparse_attention" and self.granularity == "layer"
         # eviction and masks act on the full-attention layers; sliding-window layers keep their window
-        self.full_layers = full_attention_layers(model)
+        self.full_layers = list(layout.full_layers)
         self.full_set = set(self.full_layers)
-        self.sliding = len(self.full_layers) < model.config.get_text_config().num_hidden_layers
-        if self.granularity == "shared":
-            self.layer_ids = memory_layer_ids(model, config)
-        else:  # every full-attention layer keeps its own slots, so every one keeps its own state
-            self.layer_ids = self.full_layers
+        self.sliding = layout.sliding
+        self.layer_ids = layout.layer_ids  # a shared ranking: the memory layers; else every full-attention layer
         self.layer_slot = {layer: i for i, layer in enumerate(self.layer_ids)}
-        self.heads = kv_heads(model) if self.granularity == "head" else 1
+        self.heads = layout.heads
         # slot units: rows of ``positions`` per batch row (batch outer, unit inner); masks never move slots
-        n, self.units = slot_units(model, config) if mode == "evict" else (len(self.layer_ids), 1)
+        n, self.units = layout.state_layers, layout.units
         if policy is not None and mode != "evict":
             raise ValueError("a policy object only applies to generation_mode='evict'")
         # positions counted inside the cache need the model's rotary embedding to re-rotate keys
@@ -238,7 +285,29 @@ class MemorySession:
         if ids is None:
             ids = kwargs["inputs_embeds"]
         batch, q_len = ids.shape[0], ids.shape[1]
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        self._check_cache(kwargs.get("cache", kwargs.get("past_key_values")))
+        positions = kwargs.get("position_ids")
+        if positions is None or self.rotary is not None or self.own_positions:  # it knows the true positions
+            start = int(self.positions[:, -1].max()) + 1 if self.num_cached else 0
+            positions = torch.arange(start, start + q_len, device=ids.device).expand(batch, q_len)
+            kwargs["position_ids"] = positions
+        self._new_positions = positions.reshape(batch, q_len).to(self.positions.device)
+        if self.mode == "evict" and self.policy.evicts and self.num_cached and \
+                self.num_cached + q_len > self.config.memory_budget:
+            self._evict_to(keep_before(self.config, q_len), self.steps)
+        if self.rotary is not None:  # new tokens continue after the cache, whatever their true position
+            kwargs["position_ids"] = torch.arange(self.num_cached, self.num_cached + q_len,
+                                                  device=ids.device).expand(batch, q_len)
+        self._keep = self._weights = self._allowed_full = self._weights_full = None
+        if self.mode == "sparse_attention" and self.num_cached:
+            self._update_masks()
+        elif self.mode == "soft_delete" and self.num_cached and self.config.soft_delete_floor < 1.0:
+            self._weights = self.memory.soft_weights()
+        self._received = [None] * len(self.layer_ids)
+        return args, kwargs
+
+    def _check_cache(self, cache) -> None:
+        """The first step adopts the model's cache; later steps must pass the same one, as long as tracked."""
         if cache is None:
             raise RuntimeError("memollm needs the KV cache: call the model with use_cache=True")
         if self.cache is None:
@@ -251,36 +320,21 @@ class MemorySession:
             raise RuntimeError(
                 f"memollm: cache holds {cached_tokens(cache)} tokens but the session tracked {self.num_cached}"
             )
-        positions = kwargs.get("position_ids")
-        if positions is None or self.rotary is not None or self.own_positions:  # it knows the true positions
-            start = int(self.positions[:, -1].max()) + 1 if self.num_cached else 0
-            positions = torch.arange(start, start + q_len, device=ids.device).expand(batch, q_len)
-            kwargs["position_ids"] = positions
-        self._new_positions = positions.reshape(batch, q_len).to(self.positions.device)
 
-        budget = self.config.memory_budget
-        if self.mode == "evict" and self.policy.evicts and self.num_cached and self.num_cached + q_len > budget:
-            self._evict_to(max(budget - q_len, self.config.sink_tokens + self.config.recent_window), self.steps)
-        if self.rotary is not None:  # new tokens continue after the cache, whatever their true position
-            kwargs["position_ids"] = torch.arange(self.num_cached, self.num_cached + q_len,
-                                                  device=ids.device).expand(batch, q_len)
-        self._keep = self._weights = self._allowed_full = self._weights_full = None
-        if self.mode == "sparse_attention" and self.num_cached:
-            below = self.memory.retention() < self.config.sparse_threshold if self.layer_masks else \
-                self.memory.forgotten()  # per layer, or the layers' consensus
-            forgotten = below & (self.positions >= self.config.sink_tokens)
-            if self._masked is not None:
-                forgotten |= self._masked  # a masked key gets no attention, so it cannot come back
-            new = forgotten & ~self._masked if self._masked is not None else forgotten
-            if bool(new.any()):
-                self._record_masks(new)
-            self._masked = forgotten
-            if bool(forgotten.any()):
-                self._keep = ~forgotten
-        elif self.mode == "soft_delete" and self.num_cached and self.config.soft_delete_floor < 1.0:
-            self._weights = self.memory.soft_weights()
-        self._received = [None] * len(self.layer_ids)
-        return args, kwargs
+    def _update_masks(self) -> None:
+        """Sparse attention: mask what fell below the threshold (per layer, or the layers' consensus);
+        a masked key gets no attention, so it cannot come back."""
+        below = self.memory.retention() < self.config.sparse_threshold if self.layer_masks else \
+            self.memory.forgotten()
+        forgotten = below & (self.positions >= self.config.sink_tokens)
+        if self._masked is not None:
+            forgotten |= self._masked
+        new = forgotten & ~self._masked if self._masked is not None else forgotten
+        if bool(new.any()):
+            self._record_masks(new)
+        self._masked = forgotten
+        if bool(forgotten.any()):
+            self._keep = ~forgotten
 
     def attend(self, module, query, key, value, attention_mask, **kwargs):
         """Called by the registered attention function for every layer at every step."""

@@ -132,3 +132,14 @@ def test_cli_reports_user_errors_in_one_line_and_bugs_with_a_traceback(monkeypat
     monkeypatch.setattr(gen_cli, "load_llm", broken)
     with pytest.raises(ValueError, match="internal bug"):
         memollm.cli.main(["generate", "--prompt", "hi"])
+
+
+def test_version_is_written_once_in_pyproject():
+    import re
+    from pathlib import Path
+
+    import memollm
+
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert memollm.__version__ == re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+    assert "__version__ = \"" not in (Path(memollm.__file__).read_text())

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from memollm import evaluate as E
-from memollm.evaluate.core import _greedy_continue
-from memollm.evaluate.passkey import _Capture, _sessions_from_prefill
+from memollm.evaluate.passkey import _Capture
+from memollm.evaluate.rows import greedy, rows_from_prefill
 from memollm import viz
 from memollm.texts import default_text, text_segments
 from memollm.cli import main
@@ -169,15 +169,16 @@ def test_one_prefill_for_every_policy_equals_reading_the_prompt_per_policy(make_
     res = E.stream(llm, ids, policies, 40, sink_tokens=4, recent_window=8, prefill=ids.shape[1],
                    prefill_chunk=ids.shape[1], config=cfg, keep_session=True)
     with attached(llm.model, res.session):
-        alone = _greedy_continue(llm, res.cache, 4, res.last_logits)
+        alone = greedy(llm.model, res.cache, 4, res.last_logits)
     cache = DynamicCache(config=llm.model.config)
     capture = _Capture(8)
     with torch.no_grad(), attached(llm.model, capture):
         logits = llm.model(ids, cache=cache, use_cache=True).logits[:, -1]
-    session, copy = _sessions_from_prefill(llm, policies, [(l.keys, l.values) for l in cache.layers],
-                                             capture.received, 40, cfg, 4, 8, 0, ids.shape[0])
+    run = E.eval_config(llm, 40, 4, 8, cfg)
+    session, copy = rows_from_prefill(llm.model, policies, run, [(l.keys, l.values) for l in cache.layers],
+                                      capture.received, rows_each=ids.shape[0])
     with attached(llm.model, session):
-        shared = _greedy_continue(llm, copy, 4, logits.repeat(len(policies), 1))
+        shared = greedy(llm.model, copy, 4, logits.repeat(len(policies), 1))
     assert torch.equal(shared, alone)
     assert torch.equal(session.positions, res.session.positions)
 

@@ -13,10 +13,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "memollm"
 
 LAYERS = [
     {"config"},                                   # every knob, validated once
-    {"memory", "models", "texts", "stats", "notebook"},  # forgetting curve; loading; text; statistics; set-up
+    {"memory", "models", "texts", "stats", "notebook", "reading"},  # forgetting curve; loading; text; statistics;
+                                                  # set-up; the one read and decode loop
     {"policies"},                                 # eviction scores
     {"cache", "attention"},                       # mechanics: slots, positions, the attention hook
-    {"session"},                                  # one generation's bookkeeping
+    {"session", "views"},                         # one generation's bookkeeping; what a conversation's cache holds
     {"chat"},                                     # a conversation over one session
     {"llm"},                                      # the seed's API
     {"bench", "evaluate"},                        # measurement only
@@ -105,7 +106,7 @@ def test_no_module_is_too_long_without_saying_why():
         text = path.read_text()
         lines = text.count("\n")
         doc = ast.get_docstring(ast.parse(text)) or ""
-        assert lines <= 420 or "long because" in doc.lower(), (
+        assert lines <= 400 or "long because" in doc.lower(), (
             f"{path.relative_to(PACKAGE)} has {lines} lines; split it, or say in its docstring why it is long")
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from memollm.config import ConfigError, MemoryConfig
-from memollm.evaluate.retrieval import INTRO, TASKS, _rows_session, retrieval, retrieval_cases, retrieval_summary
+from memollm.evaluate.retrieval import INTRO, TASKS, retrieval, retrieval_cases, retrieval_summary
+from memollm.evaluate.rows import rows_from_prefill
 
 torch.set_num_threads(1)
 
@@ -105,7 +106,7 @@ def test_variant_configs_kept(llm):
         llm.model(ids, cache=cache, use_cache=True)
     run = llm.config.replace(memory_budget=48, sink_tokens=2, recent_window=8, observation_window=4)
     specs = [("plain", "ebbinghaus", None), ("gain3", "ebbinghaus", MemoryConfig(strength_gain=3.0, sink_tokens=9))]
-    session, _ = _rows_session(llm, specs, [(l.keys, l.values) for l in cache.layers], capture.received, 48, run, 0)
+    session, _ = rows_from_prefill(llm.model, specs, run, [(l.keys, l.values) for l in cache.layers], capture.received)
     plain, gain = (p.config for p in session.policy.policies)
     assert gain.strength_gain == 3.0 and plain.strength_gain == run.strength_gain
     assert gain.memory_budget == plain.memory_budget == 48 and gain.sink_tokens == 2 and gain.recent_window == 8

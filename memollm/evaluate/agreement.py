@@ -10,7 +10,9 @@ from transformers import DynamicCache
 
 from ..config import MemoryConfig
 from ..texts import default_text, text_segments
-from .core import EVICTING, _greedy_continue, _spec, full_logprobs, stream
+from .core import EVICTING, full_logprobs, stream
+from .rows import greedy, spec
+
 
 @torch.no_grad()
 def agreement(llm, *, budgets: Sequence[int] = (64, 128), policies: Sequence = EVICTING, prompt_tokens: int = 96,
@@ -32,8 +34,8 @@ def agreement(llm, *, budgets: Sequence[int] = (64, 128), policies: Sequence = E
                             segments, split)
     cache = DynamicCache(config=llm.model.config)
     logits = llm.model(prompts.to(llm.device), cache=cache, use_cache=True).logits[:, -1]
-    generated = _greedy_continue(llm, cache, new_tokens, logits, context=prompts,
-                                 repetition_penalty=repetition_penalty).cpu()
+    generated = greedy(llm.model, cache, new_tokens, logits, context=prompts,
+                       repetition_penalty=repetition_penalty).cpu()
     ids = torch.cat([prompts, generated], dim=-1)
     _, full_arg = full_logprobs(llm, ids)
     full_pred = full_arg[:, prompt_tokens - 1:]
@@ -49,7 +51,7 @@ def agreement(llm, *, budgets: Sequence[int] = (64, 128), policies: Sequence = E
         pred = res.argmax[:, :, prompt_tokens - 1:]
         for i, p in enumerate(policies):
             match = (pred[i] == full_pred).float()
-            records.append({"evaluation": "agreement", "policy": _spec(p)[0], "budget": int(budget),
+            records.append({"evaluation": "agreement", "policy": spec(p)[0], "budget": int(budget),
                             "tokens": int(match.numel()), "agreement": round(float(match.mean()), 4),
                             "distinct_generated": distinct, "repetition_penalty": repetition_penalty,
                             "peak_kv_tokens": int(res.peak_kv_tokens), "split": split,

@@ -18,20 +18,12 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from ..attention import attached
-from ..cache import slot_units
 from ..config import MemoryConfig
-from ..policies import PolicyRows, make_policy
-from ..session import MemorySession
+from ..reading import read
+from .rows import rows_session, spec
 
 EVICTING = ("ebbinghaus", "ebbinghaus_tuned", "ebbinghaus_fixed", "streaming", "h2o", "tova", "random")
 """The evicting policies compared by default; ``full`` (no eviction) is always added as the reference."""
-
-
-def _spec(spec) -> tuple[str, str, MemoryConfig | None]:
-    if isinstance(spec, str):
-        return spec, spec, None
-    label, name, cfg = spec
-    return label, name, cfg
 
 
 def eval_config(llm, budget: int, sink_tokens: int | None = None, recent_window: int | None = None,
@@ -67,48 +59,34 @@ def stream(llm, ids: torch.Tensor, policies: Sequence, budget: int, *, sink_toke
     from ``POLICIES`` (not ``full``) or ``(label, name, MemoryConfig)`` tuples (variants); the
     eviction knobs and ``granularity`` come from ``config`` and hold for every row.
     """
-    specs = [_spec(p) for p in policies]
+    specs = [spec(p) for p in policies]
     cfg = eval_config(llm, budget, sink_tokens, recent_window, config)
     one_pass = prefill > 0 and prefill_chunk >= prefill
     largest = max(chunk, prefill_chunk if prefill and not one_pass else 1)
     cfg.check_budget(budget, largest)
     model = llm.model
-    device = llm.device
     seg, total = ids.shape
-    rows = ids.to(device).repeat(len(specs), 1)  # row p * seg + s
-    state_layers, units = slot_units(model, cfg)
-    built = []
-    for i, (label, name, pcfg) in enumerate(specs):
-        if name == "full":
-            raise ValueError("'full' never evicts: it is the reference, computed by full_logprobs")
-        pc = (pcfg or cfg).replace(memory_budget=cfg.memory_budget, sink_tokens=cfg.sink_tokens,
-                                   recent_window=cfg.recent_window, granularity=cfg.granularity,
-                                   observation_window=cfg.observation_window,
-                                   observation_pool=cfg.observation_pool, policy=name)
-        built.append(make_policy(name, pc, state_layers, seed=seed + i, device=device))
-    session = MemorySession(model, "evict", cfg.replace(policy="streaming"), seed=seed,
-                            policy=PolicyRows(built, seg * units))
-
+    rows = ids.to(llm.device).repeat(len(specs), 1)  # row p * seg + s
+    session = rows_session(model, specs, cfg, seed=seed, rows_each=seg)
     cache = DynamicCache(config=model.config)
     logprob = torch.full((rows.shape[0], total - 1), float("nan"))
     argmax = torch.zeros((rows.shape[0], total - 1), dtype=torch.long)
-    bounds = list(range(0, min(prefill, total), prefill_chunk)) + list(range(min(prefill, total), total, chunk))
-    bounds.append(total)
     bar = tqdm(total=total, desc=f"budget {budget}", leave=False, disable=not progress)
+
+    def score(a: int, logits: torch.Tensor) -> None:
+        """Log p and greedy prediction of every next token inside the text (the chunk read at ``a``)."""
+        hi = min(a + logits.shape[1], total - 1)
+        if hi > a:
+            logprob[:, a:hi], argmax[:, a:hi] = next_token_scores(logits[:, : hi - a], rows[:, a + 1: hi + 1])
+        bar.update(logits.shape[1])
+
+    step = lambda x: model(x, cache=cache, use_cache=True).logits  # noqa: E731
+    head = min(prefill, total)
     start = time.perf_counter()
-    last = None
     with attached(model, session):
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            out = model(rows[:, a:b], cache=cache, use_cache=True)
-            logits = out.logits.float()
-            last = logits[:, -1]
-            hi = min(b, total - 1)
-            if hi > a:
-                lp = torch.log_softmax(logits[:, : hi - a], dim=-1)
-                target = rows[:, a + 1: hi + 1]
-                logprob[:, a:hi] = lp.gather(-1, target[..., None])[..., 0].cpu()
-                argmax[:, a:hi] = lp.argmax(-1).cpu()
-            bar.update(b - a)
+        last = read(step, rows[:, :head], chunk=prefill_chunk, each=score)
+        tail = read(step, rows[:, head:], chunk=chunk, each=lambda a, lg: score(head + a, lg))
+    last = (tail if tail is not None else last).float()
     seconds = time.perf_counter() - start
     bar.close()
     shape = (len(specs), seg, total - 1)
@@ -119,45 +97,20 @@ def stream(llm, ids: torch.Tensor, policies: Sequence, budget: int, *, sink_toke
 @torch.no_grad()
 def full_logprobs(llm, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log p(next token) and greedy predictions with the full cache: one causal pass per segment."""
-    lps, arg = [], []
-    for row in ids.to(llm.device):
-        logits = llm.model(row[None]).logits[0, :-1].float()
-        lp = torch.log_softmax(logits, dim=-1)
-        lps.append(lp.gather(-1, row[1:, None])[:, 0].cpu())
-        arg.append(lp.argmax(-1).cpu())
-    return torch.stack(lps), torch.stack(arg)
+    scored = [next_token_scores(llm.model(row[None]).logits[:, :-1], row[None, 1:]) for row in ids.to(llm.device)]
+    return torch.cat([lp for lp, _ in scored]), torch.cat([arg for _, arg in scored])
+
+
+def next_token_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log p of ``targets`` ``[rows, n]`` under ``logits`` ``[rows, n, vocab]`` and the greedy
+    predictions, both on the CPU."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    return lp.gather(-1, targets[..., None])[..., 0].cpu(), lp.argmax(-1).cpu()
 
 
 def ppl(logprob: torch.Tensor) -> float:
     lp = logprob[torch.isfinite(logprob)]
     return float(torch.exp(-lp.mean())) if lp.numel() else float("nan")
-
-
-def _penalise(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL-style repetition penalty on the tokens in ``seen`` ``[rows, k]``."""
-    if penalty == 1.0:
-        return logits
-    got = logits.gather(-1, seen)
-    return logits.scatter(-1, seen, torch.where(got > 0, got / penalty, got * penalty))
-
-
-@torch.no_grad()
-def _greedy_continue(llm, cache, n: int, first_logits: torch.Tensor, *,
-                     context: torch.Tensor | None = None, repetition_penalty: float = 1.0) -> torch.Tensor:
-    """Greedy tokens ``[rows, n]`` after a prefilled cache (the session, if any, stays attached by the caller).
-
-    With ``repetition_penalty`` > 1, tokens already in ``context`` or generated are penalised first.
-    """
-    seen = context if context is not None else torch.zeros(first_logits.shape[0], 0, dtype=torch.long)
-    seen = seen.to(first_logits.device)
-    nxt = _penalise(first_logits, seen, repetition_penalty).argmax(-1, keepdim=True)
-    out = [nxt]
-    for _ in range(n - 1):
-        seen = torch.cat([seen, nxt], dim=-1)
-        logits = llm.model(nxt, cache=cache, use_cache=True).logits[:, -1]
-        nxt = _penalise(logits, seen, repetition_penalty).argmax(-1, keepdim=True)
-        out.append(nxt)
-    return torch.cat(out, dim=-1)
 
 
 def table(records: list[dict], value: str, *, cols: str = "budget", rows: str = "policy", fmt: str = "{:.2f}",

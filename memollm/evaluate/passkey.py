@@ -17,12 +17,10 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from ..attention import attached, model_lock, received_attention
-from ..cache import slot_units
+from ..attention import attached, received_attention
 from ..config import MemoryConfig
-from ..policies import PolicyRows, make_policy
-from ..session import MemorySession
-from .core import EVICTING, _greedy_continue, _spec, eval_config, stream
+from .core import EVICTING, eval_config, stream
+from .rows import greedy, rows_from_prefill, spec
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
@@ -68,24 +66,6 @@ class _Capture:
                                  per_kv_head=True)
         self.received[module.layer_idx] = got
         return out
-
-
-def _sessions_from_prefill(llm, policies, prefilled, received, budget, config, sink_tokens, recent_window, seed,
-                           rows):
-    """One evicting session for ``policies`` side by side (row blocks) over a copy of one prefill."""
-    cfg = eval_config(llm, budget, sink_tokens, recent_window, config)
-    state_layers, units = slot_units(llm.model, cfg)
-    built = [make_policy(_spec(p)[1], cfg.replace(policy=_spec(p)[1]), state_layers, seed=seed + i,
-                         device=llm.device) for i, p in enumerate(policies)]
-    session = MemorySession(llm.model, "evict", cfg.replace(policy="streaming"), seed=seed,
-                            policy=PolicyRows(built, rows * units))
-    cache = DynamicCache(config=llm.model.config)
-    n = len(policies)
-    for i, (k, v) in enumerate(prefilled):
-        cache.update(k.repeat(n, 1, 1, 1), v.repeat(n, 1, 1, 1), i)
-    with model_lock(llm.model):
-        session.adopt_prefill(cache, {l: r.repeat(n, 1, 1) for l, r in received.items()})
-    return session, cache
 
 
 def passkey_budget(length: int, fraction: float, question_tokens: int) -> int:
@@ -135,8 +115,9 @@ def passkey(llm, *, budgets: Sequence[int] = (128,), budget_fractions: Sequence[
                 base = base_cfg.replace(granularity=granularity)
                 rows = ids.shape[0]
                 if read == "whole":  # every policy compresses the same prefill: computed once above
-                    session, cache_p = _sessions_from_prefill(llm, policies, prefilled, capture.received, budget,
-                                                              base, sink_tokens, recent_window, seed, rows)
+                    session, cache_p = rows_from_prefill(
+                        llm.model, policies, eval_config(llm, budget, sink_tokens, recent_window, base), prefilled,
+                        capture.received, seed=seed, rows_each=rows)
                     first = logits.repeat(len(policies), 1)
                 else:
                     res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,
@@ -144,13 +125,13 @@ def passkey(llm, *, budgets: Sequence[int] = (128,), budget_fractions: Sequence[
                                  keep_session=True)
                     session, cache_p, first = res.session, res.cache, res.last_logits
                 with attached(llm.model, session):
-                    answers = _greedy_continue(llm, cache_p, answer_tokens, first)
+                    answers = greedy(llm.model, cache_p, answer_tokens, first)
                 for i, p in enumerate(policies):
-                    records.append(_passkey_record(_spec(p)[0], budget, fraction, base.granularity_for("evict"), read,
+                    records.append(_passkey_record(spec(p)[0], budget, fraction, base.granularity_for("evict"), read,
                                                    length, depth, ks, answers[i * rows:(i + 1) * rows],
                                                    llm.tokenizer, session.peak_cached))
                 bar.update(1)
-        answers = _greedy_continue(llm, cache, answer_tokens, logits)
+        answers = greedy(llm.model, cache, answer_tokens, logits)
         records.append(_passkey_record("full", None, None, None, read, length, depth, ks, answers, llm.tokenizer,
                                        ids.shape[1]))
         bar.update(1)

@@ -16,7 +16,8 @@ import torch
 from ..config import MemoryConfig
 from ..stats import paired_difference
 from ..texts import default_text, passages, split_ids, text_segments
-from .core import EVICTING, _spec, full_logprobs, ppl, stream
+from .core import EVICTING, full_logprobs, ppl, stream
+from .rows import spec
 
 def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequence = EVICTING,
                max_tokens: int = 512, segments: int = 1, text: str | None = None, split: str = "report",
@@ -50,7 +51,7 @@ def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequen
             base = (config or llm.config).replace(granularity=granularity)
             res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,
                          chunk=chunk, seed=seed, config=base, progress=progress)
-            entries += [(_spec(p)[0], base.granularity_for("evict"), res.logprob[i], res.argmax[i], res.peak_kv_tokens, res.seconds)
+            entries += [(spec(p)[0], base.granularity_for("evict"), res.logprob[i], res.argmax[i], res.peak_kv_tokens, res.seconds)
                         for i, p in enumerate(policies)]
         for label, granularity, lp, arg, peak, secs in entries:
             same = (arg == full_arg).float()
@@ -103,11 +104,11 @@ def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 102
                          keep_session=True)
             old = old_share_by_unit(res.session, tokens - 4 * budget)
             for i, p in enumerate(policies):
-                records.append({"evaluation": "stream_kept", **text, "policy": _spec(p)[0], "positions": scheme,
+                records.append({"evaluation": "stream_kept", **text, "policy": spec(p)[0], "positions": scheme,
                                 "budget": int(budget), "granularity": base.granularity_for("evict"),
                                 "tokens": tokens, "old_share_by_layer": old[i]})
                 for a in starts:
-                    records.append({"evaluation": "stream", **text, "policy": _spec(p)[0], "positions": scheme,
+                    records.append({"evaluation": "stream", **text, "policy": spec(p)[0], "positions": scheme,
                                     "budget": int(budget), "granularity": base.granularity_for("evict"),
                                     "window_start": a,
                                     "perplexity": round(ppl(res.logprob[i, 0, a:a + window]), 4), "chunk": chunk,

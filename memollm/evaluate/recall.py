@@ -43,9 +43,10 @@ import torch
 from transformers import DynamicCache
 
 from ..attention import attached
-from ..cache import cached_tokens, slot_units
-from ..policies import PolicyRows, make_policy
-from ..session import MemorySession
+from ..cache import cached_tokens
+from ..reading import decode, read, room
+from ..views import token_spans
+from .rows import rows_session, spec
 
 POLICIES_COMPARED = ("ebbinghaus", "streaming", "h2o", "tova", "random")
 """Evicting policies compared by default; ``full`` (no eviction) always runs as the reference."""
@@ -238,24 +239,28 @@ def build_conversation(tokenizer, conversation: int, *, turns: int = 12) -> Conv
     return conv
 
 
-def _token_spans(tokenizer, ids: Sequence[int], text: str) -> list[list[int]]:
-    """Indices into ``ids`` of the tokens covering each occurrence of ``text``."""
-    pieces = [tokenizer.decode([t]) for t in ids]
-    ends, total = [], 0
-    for p in pieces:
-        total += len(p)
-        ends.append(total)
-    whole = "".join(pieces)
-    spans, at = [], whole.find(text)
-    while at >= 0:
-        spans.append([i for i, e in enumerate(ends) if e > at and e - len(pieces[i]) < at + len(text)])
-        at = whole.find(text, at + 1)
-    return spans
+class _Transcript:
+    """One conversation read into one cache by every row alike: true positions, the room rule
+    while a session evicts, and greedy answers from the package's decoder."""
 
+    def __init__(self, model, rows: int, session, cfg) -> None:
+        self.model, self.rows, self.session, self.cfg = model, rows, session, cfg
+        self.device = next(model.parameters()).device
+        self.cache = DynamicCache(config=model.config)
+        self.seqs: list[int] = []  # every token of row 0 read so far (true position = index)
 
-def _spec(spec) -> tuple[str, str, Any]:
-    """A policy name, or a ``(label, name, MemoryConfig)`` tuple (a variant with its own settings)."""
-    return (spec, spec, None) if isinstance(spec, str) else tuple(spec)
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(len(self.seqs), len(self.seqs) + x.shape[1], device=self.device)[None].expand(self.rows, -1)
+        out = self.model(input_ids=x, cache=self.cache, use_cache=True, position_ids=pos)
+        self.seqs.extend(x[0].tolist())
+        return out.logits.float()
+
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        limit = None if self.session is None else (lambda: room(self.cfg, cached_tokens(self.cache)))
+        return read(self.step, x, limit=limit)
+
+    def answer(self, logits: torch.Tensor, n: int) -> torch.Tensor:
+        return decode(self.step, logits, n).tokens
 
 
 @torch.no_grad()
@@ -264,80 +269,53 @@ def run_conversation(llm, conv: Conversation, policies: Sequence, budget: int | 
     """Play ``conv`` once with each policy (one block of batch rows each; ``["full"]`` alone: no
     eviction) at ``budget`` tokens. ``config``: the base settings (default: the llm's).
     Returns one record per policy and fact, in the order of ``facts``."""
-    model, tok, device = llm.model, llm.tokenizer, llm.device
-    specs = [_spec(p) for p in policies]
+    tok = llm.tokenizer
+    specs = [spec(p) for p in policies]
     full = [s[1] for s in specs] == ["full"]
     if "full" in [s[1] for s in specs] and not full:
         raise ValueError("'full' runs alone: pass policies=['full']")
-    rows, session = len(specs), None
-    cfg = config or llm.config
+    cfg, session = config or llm.config, None
     if not full:
         if budget is None:
             raise ValueError("evicting policies need a budget")
         cfg = cfg.replace(memory_budget=budget)
-        state_layers, units = slot_units(model, cfg)
-        built = [make_policy(name, (pcfg or cfg).replace(
-            **{k: getattr(cfg, k) for k in ("memory_budget", "sink_tokens", "recent_window", "granularity",
-                                            "observation_window", "observation_pool")}, policy=name),
-            state_layers, seed=seed + i, device=device) for i, (_, name, pcfg) in enumerate(specs)]
-        session = MemorySession(model, "evict", cfg.replace(policy="streaming"), seed=seed,
-                                policy=PolicyRows(built, units))
-    cache = DynamicCache(config=model.config)
-    seqs: list[int] = []  # every token of row 0 read so far (true position = index); reads are shared by rows
+        session = rows_session(llm.model, specs, cfg, seed=seed)
+    talk = _Transcript(llm.model, len(specs), session, cfg)
     starts: dict[int, int] = {}  # turn -> first position read at that turn
-    pending = torch.zeros(rows, 0, dtype=torch.long, device=device)
+    pending = torch.zeros(len(specs), 0, dtype=torch.long, device=talk.device)
     answers: dict[tuple[int, str], list[str]] = {}
     kept: dict[int, list[tuple[float, list[float] | None]]] = {}
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(len(seqs), len(seqs) + x.shape[1], device=device)[None].expand(rows, -1)
-        out = model(input_ids=x, cache=cache, use_cache=True, position_ids=pos)
-        seqs.extend(x[0].tolist())
-        return out.logits[:, -1].float()
-
-    def room() -> int:
-        if full:
-            return 1 << 30
-        return max(budget - cached_tokens(cache), budget - cfg.sink_tokens - cfg.recent_window, 1)
-
     logits, steps = None, conv.steps
-    with attached(model, session) if session is not None else torch.no_grad():
+    with attached(llm.model, session) if session is not None else torch.no_grad():
         for i, (turn, what, arg) in enumerate(steps):
             if what == "read":
-                starts.setdefault(turn, len(seqs) + pending.shape[1])
-                new = torch.tensor([tok(arg, add_special_tokens=False).input_ids], device=device).expand(rows, -1)
-                pending = torch.cat([pending, new], dim=1)
-                if full and steps[i + 1][1] == "read":
-                    continue  # no eviction: read everything up to the next answer in one pass (same result)
-                x, pending, done = pending, pending[:, :0], 0
-                while done < x.shape[1]:
-                    n = min(room(), x.shape[1] - done)
-                    logits = forward(x[:, done:done + n])
-                    done += n
+                starts.setdefault(turn, len(talk.seqs) + pending.shape[1])
+                new = torch.tensor([tok(arg, add_special_tokens=False).input_ids], device=talk.device)
+                pending = torch.cat([pending, new.expand(len(specs), -1)], dim=1)
+                if not (full and steps[i + 1][1] == "read"):  # no eviction: read up to the next answer in one pass
+                    logits, pending = talk.read(pending), pending[:, :0]
                 continue
             fact, stage = arg
             if stage == "final":  # its question has been read: what does the cache hold of the fact?
-                kept[fact] = _kept(tok, conv, fact, seqs, starts, session, rows)
-            out = []
-            for j in range(conv.facts[fact].answer_tokens):
-                nxt = logits.argmax(-1, keepdim=True)
-                out.append(nxt)
-                if j < conv.facts[fact].answer_tokens - 1:
-                    logits = forward(nxt)
-            gen = torch.cat(out, dim=1)
+                kept[fact] = _kept(tok, conv, fact, talk.seqs, starts, session, len(specs))
+            gen = talk.answer(logits, conv.facts[fact].answer_tokens)
             pending = gen[:, -1:]
             answers[(fact, stage)] = [tok.decode(r, skip_special_tokens=True).strip() for r in gen.tolist()]
+    return _records(conv, specs, budget if not full else None, answers, kept, len(talk.seqs) + 1)
+
+
+def _records(conv: Conversation, specs, budget: int | None, answers, kept, tokens: int) -> list[dict[str, Any]]:
     records = []
     for r, (label, _, _) in enumerate(specs):
         for i, f in enumerate(conv.facts):
             answer = answers[(i, "final")][r]
             share, by_layer = kept[i][r]
             records.append({
-                "policy": label, "budget": budget if not full else None, "conversation": conv.conversation,
+                "policy": label, "budget": budget, "conversation": conv.conversation,
                 "fact": i, "kind": f.kind, "value": f.value, "turn": f.turn, "review_turns": list(f.review_turns),
                 "reviews": f.reviews, "answer": answer, "correct": f.value.lower() in answer.lower(),
                 "kept_share": round(share, 4), "kept_share_by_layer": by_layer,
-                "turns_to_question": conv.turns - f.turn, "conversation_tokens": len(seqs) + 1,
+                "turns_to_question": conv.turns - f.turn, "conversation_tokens": tokens,
             })
     return records
 
@@ -347,7 +325,7 @@ def _kept(tok, conv: Conversation, fact: int, seqs: list[int], starts: dict[int,
     """Per row: the share of the fact's stated tokens held by at least one layer, and by each layer."""
     f = conv.facts[fact]
     lo, hi = starts[f.turn], starts.get(f.turn + 1, len(seqs))
-    span = [lo + p for p in _token_spans(tok, seqs[lo:hi], f.value)[0]]
+    span = [lo + p for p in token_spans(tok.decode, seqs[lo:hi], f.value)[0]]
     if session is None:
         return [(1.0, None)] * rows
     out = []
@@ -378,7 +356,7 @@ def recall(llm, budget_fractions: Sequence[float] = BUDGET_FRACTIONS, policies: 
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     if not budget_fractions or any(not 0 < b < 1 for b in budget_fractions):
         raise ValueError(f"budget_fractions must lie in (0, 1), got {list(budget_fractions)}")
-    policies = [p for p in policies if _spec(p)[1] != "full"]
+    policies = [p for p in policies if spec(p)[1] != "full"]
     cfg = (config or llm.config).replace(**{k: v for k, v in (("sink_tokens", sink_tokens),
                                                               ("recent_window", recent_window)) if v is not None})
     records: list[dict] = []
@@ -401,7 +379,7 @@ def recall(llm, budget_fractions: Sequence[float] = BUDGET_FRACTIONS, policies: 
                         for r in rs]
     bar.close()
     lengths = [r["conversation_tokens"] for r in records if r["policy"] == "full" and r["fact"] == 0]
-    settings = {"budget_fractions": list(budget_fractions), "policies": ["full"] + [_spec(p)[0] for p in policies],
+    settings = {"budget_fractions": list(budget_fractions), "policies": ["full"] + [spec(p)[0] for p in policies],
                 "cases": cases, "split": split, "first_conversation": SPLITS[split], "seed": seed, "turns": turns,
                 "sink_tokens": cfg.sink_tokens, "recent_window": cfg.recent_window,
                 "granularity": cfg.granularity_for("evict"), "observation_window": cfg.observation_window,

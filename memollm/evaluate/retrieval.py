@@ -18,16 +18,14 @@ from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList
 
-from ..attention import attached, model_lock
-from ..cache import slot_units
+from ..attention import attached
 from ..config import ConfigError, MemoryConfig
-from ..policies import PolicyRows, make_policy
-from ..session import MemorySession
 from ..texts import passages, text_segments
-from .core import _spec, eval_config
+from .core import eval_config
 from .passkey import _Capture, passkey_budget
+from .rows import copy_prefill, greedy, rows_from_prefill, spec
 
 TASKS = ("passkey", "multikey", "vartrack")
 
@@ -217,70 +215,47 @@ CHAIN_TEXT = " ="  # appended when a vartrack answer names a variable and would 
 CHAIN_TOKENS = 6  # answer tokens added per vartrack hop: " VAR ABC =" before the number
 
 
-@torch.no_grad()
-def _answer(llm, cache, n: int, first_logits: torch.Tensor, hops: int = 0) -> list[str]:
-    """Greedy answers, one per row, after a prefilled cache (the session stays attached by the caller).
+class ChainLookup(LogitsProcessor):
+    """Greedy vartrack answers that follow a chain of assignments, one row each.
 
-    With ``hops`` (vartrack) an answer that names a variable (``VAR ABC``) and would end there is
-    continued with `` =``, at most ``hops`` times, and after the last one the next token may not
-    name another variable: a small model follows one assignment per lookup but neither resolves
-    a copy silently nor leaves a repeated ``VAR ABC = VAR ABC`` loop by itself. Which variable
-    is named and which number follows are the model's own (greedy) choices.
+    An answer that names a variable (``VAR ABC``) and would end there is continued with
+    `` =``, at most ``hops`` times, and after the last one the next token may not name another
+    variable: a small model follows one assignment per lookup but neither resolves a copy
+    silently nor leaves a repeated ``VAR ABC = VAR ABC`` loop by itself. Which variable is
+    named and which number follows are the model's own (greedy) choices. ``input_ids`` must
+    be the tokens generated so far (no context).
     """
-    tok = llm.tokenizer
-    ban = tok(" VAR", add_special_tokens=False).input_ids[0]
-    chain = tok(CHAIN_TEXT, add_special_tokens=False).input_ids
-    rows = first_logits.shape[0]
-    out: list[list[int]] = [[] for _ in range(rows)]
-    queue: list[list[int]] = [[] for _ in range(rows)]
-    chained = [0] * rows
-    logits = first_logits.clone()
-    for step in range(n):
-        for r in range(rows):  # the last chain step is answered with a value, not another name
-            if hops and chained[r] == hops and not queue[r] and out[r][-len(chain):] == chain:
-                logits[r, ban] = float("-inf")
-        nxt = logits.argmax(-1)
-        for r in range(rows):
-            if not queue[r] and chained[r] < hops and _NAMED.search(tok.decode(out[r])) \
-                    and not tok.decode([int(nxt[r])])[:1].isalnum():
-                queue[r] = list(chain)
-                chained[r] += 1
-            if queue[r]:
-                nxt[r] = queue[r].pop(0)
-            out[r].append(int(nxt[r]))
-        if step < n - 1:
-            logits = llm.model(nxt[:, None], cache=cache, use_cache=True).logits[:, -1].clone()
-    return [tok.decode(o, skip_special_tokens=True).strip() for o in out]
+
+    def __init__(self, tokenizer, rows: int, hops: int) -> None:
+        self.tok, self.hops = tokenizer, hops
+        self.ban = tokenizer(" VAR", add_special_tokens=False).input_ids[0]
+        self.chain = tokenizer(CHAIN_TEXT, add_special_tokens=False).input_ids
+        self.queue: list[list[int]] = [[] for _ in range(rows)]
+        self.chained = [0] * rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()
+        for r, out in enumerate(input_ids.tolist()):
+            if self.chained[r] == self.hops and not self.queue[r] and out[-len(self.chain):] == self.chain:
+                scores[r, self.ban] = float("-inf")  # the last chain step is answered with a value, not a name
+            nxt = int(scores[r].argmax())
+            if not self.queue[r] and self.chained[r] < self.hops and _NAMED.search(self.tok.decode(out)) \
+                    and not self.tok.decode([nxt])[:1].isalnum():
+                self.queue[r] = list(self.chain)
+                self.chained[r] += 1
+            if self.queue[r]:  # force the queued token
+                forced = self.queue[r].pop(0)
+                scores[r] = float("-inf")
+                scores[r, forced] = 0.0
+        return scores
 
 
-def _cache_of(llm, prefilled, rows: int) -> DynamicCache:
-    """A new cache holding ``rows`` copies of a prefill (decoding appends by concatenation, so the
-    prefill itself stays intact for the next reader)."""
-    cache = DynamicCache(config=llm.model.config)
-    for i, (k, v) in enumerate(prefilled):
-        cache.update(k.repeat(rows, 1, 1, 1), v.repeat(rows, 1, 1, 1), i)
-    return cache
-
-
-def _rows_session(llm, specs, prefilled, received, budget: int, cfg: MemoryConfig, seed: int):
-    """One evicting session with one row per policy over copies of one prefill; a variant's own
-    config keeps its knobs, with the run's budget, sinks, window, granularity and observation
-    settings (as ``core.stream`` does)."""
-    state_layers, units = slot_units(llm.model, cfg)
-    built = []
-    for i, (_, name, pcfg) in enumerate(specs):
-        pc = (pcfg or cfg).replace(memory_budget=cfg.memory_budget, sink_tokens=cfg.sink_tokens,
-                                   recent_window=cfg.recent_window, granularity=cfg.granularity,
-                                   observation_window=cfg.observation_window,
-                                   observation_pool=cfg.observation_pool, policy=name)
-        built.append(make_policy(name, pc, state_layers, seed=seed + i, device=llm.device))
-    session = MemorySession(llm.model, "evict", cfg.replace(policy="streaming"), seed=seed,
-                            policy=PolicyRows(built, units))
-    n = len(specs)
-    cache = _cache_of(llm, prefilled, n)
-    with model_lock(llm.model):
-        session.adopt_prefill(cache, {l: r.repeat(n, 1, 1) for l, r in received.items()})
-    return session, cache
+def _answer(llm, cache, n: int, first_logits: torch.Tensor, hops: int = 0) -> list[str]:
+    """Greedy answers, one per row, after a prefilled cache (the session stays attached by the
+    caller); with ``hops`` (vartrack) the answers follow assignments (``ChainLookup``)."""
+    chain = LogitsProcessorList([ChainLookup(llm.tokenizer, first_logits.shape[0], hops)]) if hops else None
+    out = greedy(llm.model, cache, n, first_logits, processors=chain)
+    return [llm.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out.tolist()]
 
 
 @torch.no_grad()
@@ -300,7 +275,7 @@ def retrieval(llm, *, tasks: Sequence[str] = TASKS, cases: int = 8, budget_fract
     """
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     _check(tasks, budget_fractions)
-    specs = [_spec(p) for p in policies if _spec(p)[1] != "full"]
+    specs = [spec(p) for p in policies if spec(p)[1] != "full"]
     base = (config or llm.config).replace(granularity=granularity)
     gran = base.granularity_for("evict")
     docs = {t: retrieval_cases(llm.tokenizer, t, cases, length=length, split=split, seed=seed, text=text,
@@ -328,7 +303,7 @@ def retrieval(llm, *, tasks: Sequence[str] = TASKS, cases: int = 8, budget_fract
 
             chain = task == "vartrack"
             n_answer = answer_tokens + (CHAIN_TOKENS * hops if chain else 0)
-            answer = _answer(llm, _cache_of(llm, prefilled, 1), n_answer, first, hops if chain else 0)[0]
+            answer = _answer(llm, copy_prefill(llm.model, prefilled, 1), n_answer, first, hops if chain else 0)[0]
             full = record("full", None, None, None, answer)
             records.append(full)
             for f in budget_fractions:
@@ -336,7 +311,7 @@ def retrieval(llm, *, tasks: Sequence[str] = TASKS, cases: int = 8, budget_fract
                 cfg = eval_config(llm, budget, config=base)
                 cfg.check_budget(budget)
                 if specs:
-                    session, cache_p = _rows_session(llm, specs, prefilled, capture.received, budget, cfg, seed)
+                    session, cache_p = rows_from_prefill(llm.model, specs, cfg, prefilled, capture.received, seed=seed)
                     with attached(llm.model, session):
                         answers = _answer(llm, cache_p, n_answer, first.repeat(len(specs), 1), hops if chain else 0)
                     for (label, _, _), a in zip(specs, answers):

@@ -1,5 +1,6 @@
 """The lessons' plots: forgetting curves and the interactive panel (01), token heat maps and
-retention per layer (02), masked positions (03), KV bytes, position ids and kept tokens (04)."""
+retention per layer (02), masked positions (03), KV bytes, position ids and kept tokens (04).
+It is long because the notebooks reach every lesson figure through this one module."""
 
 from __future__ import annotations
 
