@@ -7,7 +7,6 @@ import torch
 
 from memollm.config import ConfigError, MemoryConfig
 from memollm.evaluate.retrieval import INTRO, TASKS, retrieval, retrieval_cases, retrieval_summary
-from memollm.evaluate.rows import rows_from_prefill
 
 torch.set_num_threads(1)
 
@@ -91,22 +90,3 @@ def test_end_to_end(llm):
     summary = retrieval_summary(records)
     assert {(s["task"], s["budget_fraction"], s["policy"]) for s in summary} == \
         {(r["task"], r["budget_fraction"], r["policy"]) for r in records}
-
-
-def test_variant_configs_kept(llm):
-    """A variant keeps its own knobs; budget, sinks, window, granularity and observation come from the run."""
-    ids = llm.tokenizer("A short prompt to prefill once for two policies.", return_tensors="pt").input_ids
-    from transformers import DynamicCache
-
-    from memollm.attention import attached
-    from memollm.evaluate.passkey import _Capture
-
-    capture, cache = _Capture(4), DynamicCache(config=llm.model.config)
-    with torch.no_grad(), attached(llm.model, capture):
-        llm.model(ids, cache=cache, use_cache=True)
-    run = llm.config.replace(memory_budget=48, sink_tokens=2, recent_window=8, observation_window=4)
-    specs = [("plain", "ebbinghaus", None), ("gain3", "ebbinghaus", MemoryConfig(strength_gain=3.0, sink_tokens=9))]
-    session, _ = rows_from_prefill(llm.model, specs, run, [(l.keys, l.values) for l in cache.layers], capture.received)
-    plain, gain = (p.config for p in session.policy.policies)
-    assert gain.strength_gain == 3.0 and plain.strength_gain == run.strength_gain
-    assert gain.memory_budget == plain.memory_budget == 48 and gain.sink_tokens == 2 and gain.recent_window == 8

@@ -28,7 +28,7 @@ def _median(values: Iterable[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
-def summarize(runs: Sequence[Run], machine: dict[str, Any], method: str = "fair") -> list[dict[str, Any]]:
+def bench_summary(runs: Sequence[Run], machine: dict[str, Any], method: str = "fair") -> list[dict[str, Any]]:
     """One record per case and context: medians over repeats, min/max, ratios to baseline.
 
     ``speedup_vs_baseline`` is the median over rounds of baseline ms/token divided by the

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from ..texts import context_prompt
-from .report import summarize
+from .report import bench_summary
 from .timing import (DEFAULT_CONTEXTS, DEFAULT_NEW_TOKENS, DEFAULT_REPEATS, DEFAULT_WARMUP, Case, Run, make_cases,
                      measure_bandwidth, time_generation, weight_bytes)
 
@@ -116,7 +116,7 @@ def run_benchmark(
     finally:
         bar.close()
     machine = machine_info(llm, bandwidth)
-    return BenchResult(records=summarize(runs, machine, method="fair"), runs=runs, machine=machine)
+    return BenchResult(records=bench_summary(runs, machine, method="fair"), runs=runs, machine=machine)
 
 
 def run_naive(
@@ -135,7 +135,7 @@ def run_naive(
     prompt = context_prompt(llm.tokenizer, context, text)
     runs = [time_generation(llm, prompt, case, new_tokens) for case in cases]
     machine = machine_info(llm, bandwidth)
-    return BenchResult(records=summarize(runs, machine, method="naive"), runs=runs, machine=machine)
+    return BenchResult(records=bench_summary(runs, machine, method="naive"), runs=runs, machine=machine)
 
 
 RANDOM_INIT = {

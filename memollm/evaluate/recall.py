@@ -387,7 +387,7 @@ def recall(llm, budget_fractions: Sequence[float] = BUDGET_FRACTIONS, policies: 
                 "mean_conversation_tokens": round(sum(lengths) / len(lengths), 1),
                 "torch_threads": torch.get_num_threads(),
                 "seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(time.process_time() - cpu, 1)}
-    return {"records": records, "summary": summarize(records, seed=seed), "settings": settings}
+    return {"records": records, "summary": recall_summary(records, seed=seed), "settings": settings}
 
 
 # -- summaries and tables ----------------------------------------------------------------------------------
@@ -411,7 +411,7 @@ def conversation_means(records: Sequence[dict], value: str = "correct") -> list[
     return [{**dict(zip(BY, k)), "conversation": k[-1], value: sum(groups[k]) / len(groups[k])} for k in keys]
 
 
-def summarize(records: Sequence[dict], *, seed: int = 0) -> dict[str, list[dict]]:
+def recall_summary(records: Sequence[dict], *, seed: int = 0) -> dict[str, list[dict]]:
     """Per value of ``VALUES``: ``memollm.stats.summarize`` rows by policy, budget fraction and
     reviews, bootstrapped over conversations, with the paired difference to ``streaming``."""
     from ..stats import summarize as stat_rows
@@ -432,7 +432,7 @@ def table(result, value: str = "correct") -> str:
     """A markdown table of ``value`` (a key of ``VALUES``); ``result``: what ``recall`` returns, or its records."""
     from ..stats import markdown_table
 
-    summary = result["summary"] if isinstance(result, dict) else summarize(result)
+    summary = result["summary"] if isinstance(result, dict) else recall_summary(result)
     rows = [{**r, "budget_fraction": "full" if r["budget_fraction"] is None else r["budget_fraction"]}
             for r in summary.get(value, [])]
     return markdown_table(rows, by=BY, value_label=VALUES[value], digits=2) if rows else "(no records)"
@@ -444,5 +444,5 @@ def records_json(records: Sequence[dict]) -> str:
 
 
 __all__ = ["BUDGET_FRACTIONS", "FACT_KINDS", "POLICIES_COMPARED", "SMALL_TALK", "SPLITS", "Conversation", "Fact",
-           "build_conversation", "conversation_means", "records_json", "recall", "run_conversation", "summarize",
+           "build_conversation", "conversation_means", "records_json", "recall", "recall_summary", "run_conversation",
            "table"]

@@ -302,9 +302,9 @@ def plot_recall(result, fractions: Sequence[float] | None = None):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ..evaluate.recall import summarize
+    from ..evaluate.recall import recall_summary
 
-    summary = result["summary"] if isinstance(result, dict) else summarize(result)
+    summary = result["summary"] if isinstance(result, dict) else recall_summary(result)
     every = [r for rows in summary.values() for r in rows]
     if fractions is None:
         fractions = sorted({r["budget_fraction"] for r in every if r["budget_fraction"] is not None})
