@@ -19,9 +19,9 @@ from transformers import DynamicCache
 
 from .attention import attached, exclusive
 from .cache import rotary_embedding
-from .config import MODES, ConfigError, MemoryConfig, check_bool, check_int, check_number
+from .config import MODES, ConfigError, MemoryConfig, check_bool, check_int
 from .models import DEFAULT_MODEL, load_model, max_positions, timed
-from .reading import read
+from .reading import check_sampling, read
 from .session import MemorySession, generation_result
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,7 @@ class GenerateArgs:
         check_int("max_new_tokens", self.max_new_tokens, 1)
         if self.seed is not None:
             check_int("seed", self.seed, 0)
-        if self.temperature is not None:
-            check_number("temperature", self.temperature, low=0.0, low_open=True)
-        if self.top_p is not None:
-            check_number("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
-        if self.top_k is not None:
-            check_int("top_k", self.top_k, 1)
-        if self.repetition_penalty is not None:
-            check_number("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True)
-        if self.do_sample is not None:
-            check_bool("do_sample", self.do_sample)
+        check_sampling(self.temperature, self.top_p, self.top_k, self.do_sample, self.repetition_penalty)
         for name in ("ignore_eos", "return_attention_weights", "verbose"):
             check_bool(name, getattr(self, name))
         if self.chat is not None:
@@ -118,10 +109,9 @@ class GenerateArgs:
 
     def memory_overrides(self) -> dict[str, Any]:
         """Config changes asked for this call. The eviction knobs only matter in ``evict``."""
-        changes = {"memory_budget": self.memory_budget, "sink_tokens": self.sink_tokens,
-                   "recent_window": self.recent_window, "policy": self.policy, "granularity": self.granularity,
-                   "observation_window": self.observation_window, "positions": self.positions}
-        return {k: v for k, v in changes.items() if v is not None}
+        knobs = {f.name for f in fields(MemoryConfig)}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name in knobs and getattr(self, f.name) is not None}
 
     def sampling(self) -> dict[str, Any]:
         """The sampling keywords for ``model.generate``."""
