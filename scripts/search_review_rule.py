@@ -40,6 +40,8 @@ def variants(base: MemoryConfig) -> list:
         "trace_max1": {"trace": "max", "trace_tau": 1.0},
         "trace_sum0.25": {"trace": "sum", "trace_tau": 0.25},
         "trace_max0.25+top_p+fsrs": {"trace": "max", "trace_tau": 0.25, "review": "top_p", "stability": "fsrs"},
+        "trace_max0.25+fsrs": {"trace": "max", "trace_tau": 0.25, "stability": "fsrs"},
+        "trace_max0.25+top_p": {"trace": "max", "trace_tau": 0.25, "review": "top_p"},
         "trace_sum0.25+top_p+fsrs": {"trace": "sum", "trace_tau": 0.25, "review": "top_p", "stability": "fsrs"},
     }
     return [(label, "ebbinghaus", base.replace(**changes)) for label, changes in v.items()]
@@ -64,6 +66,17 @@ def compare(records: list[dict], value: str, unit: str, by: tuple[str, ...], ref
             print(f"  {label:28s} {mean:8.3f}  {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] n={d.n}")
 
 
+def run(llm, args, policies: list, budgets: list[int]) -> list[dict]:
+    """The records of one stage, on the tune split."""
+    if args.stage == "ppl":
+        return E.perplexity(llm, budgets=budgets, policies=policies, max_tokens=args.max_tokens,
+                            segments=args.passages, sources=("docs", "prose"), split="tune")
+    if args.stage == "retrieval":
+        return E.retrieval(llm, cases=args.cases, policies=policies, split="tune")
+    return E.long_stream(llm, tokens=args.tokens, budgets=budgets, schemes=("cache",), policies=policies,
+                         window=500, chunk=args.chunk, split="tune")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=("ppl", "retrieval", "stream"))
@@ -86,23 +99,23 @@ def main() -> None:
     policies = PEERS + vs
     budgets = [int(b) for b in args.budgets.split(",")]
     start = time.perf_counter()
+    records = run(llm, args, policies, budgets)
+    with open(args.json, "w") as f:
+        json.dump(records, f, indent=1)
     if args.stage == "ppl":
-        records = E.perplexity(llm, budgets=budgets, policies=policies, max_tokens=args.max_tokens,
-                               segments=args.passages, sources=("docs", "prose"), split="tune")
         compare(records, "perplexity_after_budget", "passage", ("budget",))
     elif args.stage == "retrieval":
-        records = E.retrieval(llm, cases=args.cases, policies=policies, split="tune")
         compare([r for r in records if r["full_correct"]], "correct", "document", ("task", "budget_fraction"),
                 higher_is_better=True)
     else:
-        records = []
-        for budget in budgets:
-            records += E.long_stream(llm, tokens=args.tokens, budgets=[budget], schemes=("cache",), policies=policies,
-                                     window=500, chunk=args.chunk, split="tune")
-        compare([r for r in records if r["policy"] != "full"], "perplexity", "window_start", ("budget",))
+        compare([r for r in records if r["evaluation"] == "stream" and r["policy"] != "full"], "perplexity",
+                "window_start", ("budget",), reference="streaming")
+        print("\nshare of each layer's slots (sinks aside) older than four budgets at the end: median / max")
+        for r in records:
+            if r["evaluation"] == "stream_kept":
+                share = sorted(r["old_share_by_layer"])
+                print(f"  {r['policy']:28s} {share[len(share) // 2]:.2f} / {share[-1]:.2f}")
     print(f"\n{time.perf_counter() - start:.0f} s")
-    with open(args.json, "w") as f:
-        json.dump(records, f, indent=1)
 
 
 if __name__ == "__main__":
