@@ -20,6 +20,10 @@ REVIEWS = ("share", "top_p")
 STABILITY_RULES = ("additive", "fsrs")
 TRACES = ("none", "max", "sum")
 
+SEED_RULE = {"review": "share", "stability": "additive", "trace": "none", "review_surprise": 0.0,
+             "spacing": 0.0, "max_strength": None}
+"""The seed's review rule: any above-uniform glance is a review, strength adds up, retention ranks."""
+
 POLICIES: dict[str, type] = {}
 """Policy registry, name -> class; filled by ``memollm.policies.register_policy``."""
 
@@ -71,7 +75,8 @@ _MIN_STRENGTH = 1e-6
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """Every knob of the memory model, with the seed's defaults; validated on construction.
+    """Every knob of the memory model, validated on construction: the seed's forgetting curve
+    (S0, time step, soft-delete floor, sparse threshold) with the review rule chosen on the tune split.
 
     Forgetting curve: ``initial_strength`` (S0), ``time_step`` (age added per token read).
     Reinforcement: a token whose attention share is at least ``reinforce_threshold`` times
@@ -80,13 +85,17 @@ class MemoryConfig:
     ``(1 - R) ** spacing`` at the time of review, so a review right after the last one adds
     almost nothing and one after the memory has faded adds the most; ``max_strength`` caps S
     (None: no cap). ``spacing=0`` and no cap are the seed's rule.
-    Rules from memory research (``memollm.memory.EbbinghausMemory`` says how each works; all
-    off by default, i.e. the seed's rule): ``review="top_p"`` counts a review only for the keys
-    holding ``review_top_p`` of a query's attention mass; ``review_surprise`` > 0 only for a
-    share that many times the token's running mean; ``stability="fsrs"`` grows strength by
-    ``strength_gain * S ** -stability_decay * (exp(retrievability_gain * (1 - R)) - 1)`` times
-    S; ``trace="max"`` / ``"sum"`` ranks tokens for eviction by attention traces that fade
-    with time constant ``trace_tau * memory_budget * S / S0`` tokens.
+    Rules from memory research (``memollm.memory.EbbinghausMemory`` says how each works):
+    ``review="top_p"`` counts a review only for the keys holding ``review_top_p`` of a query's
+    attention mass (``reinforce_threshold`` is the bar of ``review="share"`` only);
+    ``review_surprise`` > 0 only for a share that many times the token's running mean;
+    ``stability="fsrs"`` multiplies S by ``1 + strength_gain * S ** -stability_decay *
+    (exp(retrievability_gain * (1 - R)) - 1)``; ``trace="max"`` / ``"sum"`` ranks tokens for
+    eviction by attention traces that fade with time constant ``trace_tau * memory_budget *
+    S / S0`` tokens. The defaults (top-p reviews, FSRS stability, max traces) were chosen on
+    the tune split with ``scripts/search_review_rule.py`` (README, Quality);
+    ``SEED_RULE`` (``review="share"``, ``stability="additive"``,
+    ``trace="none"``) is the seed's rule, and the ``ebbinghaus_seed`` policy runs it.
     Soft delete: weights ``floor + (1 - floor) * R`` in [floor, 1], applied to the values
     (the seed's choice) or as a log-bias on the attention logits.
     Sparse attention: a token is masked once ``R < sparse_threshold`` in at least
@@ -122,13 +131,13 @@ class MemoryConfig:
     strength_gain: float = 1.0
     spacing: float = 0.0
     max_strength: float | None = None
-    review: str = "share"
+    review: str = "top_p"
     review_top_p: float = 0.5
     review_surprise: float = 0.0
-    stability: str = "additive"
+    stability: str = "fsrs"
     stability_decay: float = 0.2
     retrievability_gain: float = 2.0
-    trace: str = "none"
+    trace: str = "max"
     trace_tau: float = 0.25
     soft_delete_floor: float = 0.8
     soft_delete_target: str = "values"

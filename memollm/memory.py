@@ -1,6 +1,6 @@
 """The forgetting curve: per-token strength S, age t and retention R = exp(-t/S).
 
-State is two float32 tensors of shape ``[layers, batch, tokens]`` (8 bytes per token per
+State is float32 tensors of shape ``[layers, batch, tokens]``: strength and age (8 bytes per token per
 memory layer, under the seed's 20-byte promise), plus 4 bytes per trace time constant and 4
 for the running mean share when those rules are on; every update is a whole-tensor
 operation, never a Python loop over tokens.

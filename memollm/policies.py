@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from .config import POLICIES, ConfigError, MemoryConfig
+from .config import POLICIES, SEED_RULE, ConfigError, MemoryConfig
 from .memory import EbbinghausMemory, retention
 
 
@@ -106,7 +106,8 @@ class _PerTokenState(Policy):
 
 @register_policy("ebbinghaus")
 class EbbinghausPolicy(Policy):
-    """Mean retention R over the memory layers: attended tokens stay, idle ones fade."""
+    """The forgetting curve ranks: by the fading attention traces (the default, ``trace="max"``),
+    or by the retention R a little ahead (the seed's rule); mean over the memory layers."""
 
     needs_attention = True
     settings: dict = {}  # a preset's MemoryConfig changes (a subclass sets them; the result reports them)
@@ -141,21 +142,20 @@ class EbbinghausFixedPolicy(EbbinghausPolicy):
     """Ablation: strength never grows, so R is pure exponential age decay."""
 
     needs_attention = False
-    settings = {"reinforce": False}
+    settings = {**SEED_RULE, "reinforce": False}
 
 
 EBBINGHAUS_TUNED = {"reinforce_threshold": 0.5, "initial_strength": 20.0}
 """Settings tuned on the *tune* split (second half of ``pydoc_data.topics``) with
 ``scripts/tune_ebbinghaus.py`` for SmolLM2-135M at budgets 64 and 128 (perplexity after the
-budget, token by token); see the README's quality section. ``MemoryConfig`` keeps the
-seed's defaults, which the other modes and notebooks rely on."""
+budget, token by token) on top of the seed's review rule, which the preset pins."""
 
 
 @register_policy("ebbinghaus_tuned")
 class EbbinghausTunedPolicy(EbbinghausPolicy):
     """Ebbinghaus with tuned settings: reinforce at half the uniform share, S0 = 20."""
 
-    settings = EBBINGHAUS_TUNED
+    settings = {**SEED_RULE, **EBBINGHAUS_TUNED}
 
 
 EBBINGHAUS_SPACED = {"spacing": 1.0}
@@ -168,29 +168,27 @@ EBBINGHAUS_SPACED_CAPPED = {"spacing": 1.0, "max_strength": 20.0}
 class EbbinghausSpacedPolicy(EbbinghausPolicy):
     """Ablation: Ebbinghaus with the spacing effect (gain times 1 - R at the review)."""
 
-    settings = EBBINGHAUS_SPACED
+    settings = {**SEED_RULE, **EBBINGHAUS_SPACED}
 
 
 @register_policy("ebbinghaus_spaced_capped")
 class EbbinghausSpacedCappedPolicy(EbbinghausPolicy):
     """Ablation: the spacing effect plus a strength cap (S <= 20)."""
 
-    settings = EBBINGHAUS_SPACED_CAPPED
+    settings = {**SEED_RULE, **EBBINGHAUS_SPACED_CAPPED}
 
 
-SEED_RULE = {"review": "share", "stability": "additive", "trace": "none", "review_surprise": 0.0,
-             "spacing": 0.0, "max_strength": None}
-"""The seed's review rule, pinned: any above-uniform glance is a review, strength adds up."""
 RULE_PRESETS = {
     "ebbinghaus_seed": SEED_RULE,
-    "ebbinghaus_retrieval": {"review": "top_p"},
-    "ebbinghaus_surprise": {"review_surprise": 2.0},
-    "ebbinghaus_fsrs": {"stability": "fsrs"},
-    "ebbinghaus_trace": {"trace": "max"},
-    "ebbinghaus_actr": {"trace": "sum"},
+    "ebbinghaus_retrieval": {**SEED_RULE, "review": "top_p"},
+    "ebbinghaus_surprise": {**SEED_RULE, "review_surprise": 2.0},
+    "ebbinghaus_fsrs": {**SEED_RULE, "stability": "fsrs"},
+    "ebbinghaus_trace": {**SEED_RULE, "trace": "max"},
+    "ebbinghaus_actr": {**SEED_RULE, "trace": "sum"},
 }
-"""Named presets of the memory-research rules (``MemoryConfig``'s ``review``, ``review_surprise``,
-``stability``, ``trace``), one rule each, for ablations; set a priori, not tuned."""
+"""Named presets for ablations: the seed's rule, and the seed's rule with one rule from memory
+research (``MemoryConfig``'s ``review``, ``review_surprise``, ``stability``, ``trace``) each.
+The default ``ebbinghaus`` combines top-p reviews, FSRS stability and max traces."""
 
 
 def _preset(name: str, settings: dict) -> None:

@@ -10,6 +10,7 @@ import torch
 from memollm import EbbinghausMemory, MemoryConfig, retention
 from memollm.attention import add_logit_bias, combine_mask, received_attention
 from memollm.cache import gather_cache, kv_cache_bytes, select_keep
+from memollm.config import SEED_RULE
 from memollm_testutils import one_thread
 
 _one_thread = one_thread()
@@ -101,7 +102,7 @@ def test_aging_lowers_retention_by_the_curve():
 
 
 def test_reinforcement_rule():
-    cfg = MemoryConfig(initial_strength=5.0, reinforce_threshold=1.0, strength_gain=2.0, time_step=0.5)
+    cfg = MemoryConfig(**SEED_RULE, initial_strength=5.0, reinforce_threshold=1.0, strength_gain=2.0, time_step=0.5)
     mem = EbbinghausMemory(1, cfg)
     mem.append(1, 4)  # ages 1.5, 1.0, 0.5, 0.0
     received = torch.tensor([[[0.5, 0.2, 0.2, 0.1]]])  # 4 visible keys: uniform share is 0.25
@@ -114,7 +115,7 @@ def test_reinforcement_rule():
 def test_spacing_effect_pays_a_faded_memory_more():
     """With ``spacing=1`` the gain is scaled by 1 - R just before the review: a token reviewed
     right after it was read (R = 1) gains nothing, a faded one gains almost the full rule."""
-    cfg = MemoryConfig(initial_strength=5.0, strength_gain=2.0, time_step=1.0, spacing=1.0)
+    cfg = MemoryConfig(**{**SEED_RULE, "spacing": 1.0}, initial_strength=5.0, strength_gain=2.0, time_step=1.0)
     mem = EbbinghausMemory(1, cfg)
     mem.append(1, 3)  # ages 2, 1, 0
     r_before = mem.retention()[0, 0].clone()
@@ -125,7 +126,7 @@ def test_spacing_effect_pays_a_faded_memory_more():
 
 
 def test_strength_cap_holds_under_any_number_of_reviews():
-    cfg = MemoryConfig(initial_strength=5.0, strength_gain=10.0, max_strength=12.0)
+    cfg = MemoryConfig(**{**SEED_RULE, "max_strength": 12.0}, initial_strength=5.0, strength_gain=10.0)
     mem = EbbinghausMemory(2, cfg)
     mem.append(1, 4)
     for _ in range(20):
@@ -179,11 +180,14 @@ def test_forgotten_needs_layer_consensus():
     assert mem.forgotten().tolist() == [[True, False, False]]
 
 
-def test_state_is_eight_bytes_per_token_per_layer():
+def test_state_is_twelve_bytes_per_token_per_layer_eight_under_the_seeds_rule():
     mem = EbbinghausMemory(15, MemoryConfig())
     assert mem.nbytes == 0
     mem.append(1, 100)
-    assert mem.nbytes == 8 * 15 * 100
+    assert mem.nbytes == 12 * 15 * 100  # strength, age and one trace: under the seed's promise of 20
+    seed = EbbinghausMemory(15, MemoryConfig(**SEED_RULE))
+    seed.append(1, 100)
+    assert seed.nbytes == 8 * 15 * 100
 
 
 def test_stats_summarise_each_memory_layer():
@@ -274,8 +278,8 @@ def test_received_attention_matches_eager_softmax_with_gqa():
 
 # -- rules from memory research ---------------------------------------------------------------
 def _mem(**changes) -> EbbinghausMemory:
-    mem = EbbinghausMemory(1, MemoryConfig(sink_tokens=1, **changes))
-    return mem
+    """A memory with the seed's rule plus ``changes``, so each test isolates one rule."""
+    return EbbinghausMemory(1, MemoryConfig(sink_tokens=1, **{**SEED_RULE, **changes}))
 
 
 def _att(values) -> torch.Tensor:
@@ -353,6 +357,8 @@ def test_sum_trace_adds_uses_over_three_time_constants():
     assert mem.nbytes == 2 * 4 * 5  # strength, age and three traces, 4 bytes each per token
 
 
-def test_seed_rule_is_the_default():
+def test_default_rule_is_the_one_chosen_on_the_tune_split_and_the_seed_preset_restores_the_seeds():
     cfg = MemoryConfig()
-    assert (cfg.review, cfg.stability, cfg.trace, cfg.review_surprise) == ("share", "additive", "none", 0.0)
+    assert (cfg.review, cfg.stability, cfg.trace, cfg.review_surprise) == ("top_p", "fsrs", "max", 0.0)
+    seed = cfg.replace(**SEED_RULE)
+    assert (seed.review, seed.stability, seed.trace, seed.review_surprise) == ("share", "additive", "none", 0.0)

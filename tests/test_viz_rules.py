@@ -7,9 +7,10 @@ import matplotlib
 matplotlib.use("Agg")
 
 from memollm import MemoryConfig  # noqa: E402
+from memollm.config import SEED_RULE  # noqa: E402
 from memollm.viz.rules import plot_review_rules, retention_under_routine, strength_after_reviews  # noqa: E402
 
-SEED = MemoryConfig(sink_tokens=1)
+SEED = MemoryConfig(sink_tokens=1, **SEED_RULE)
 
 
 def test_seed_rule_adds_the_same_strength_whatever_the_gap():

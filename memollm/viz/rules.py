@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import MemoryConfig
+from ..config import SEED_RULE, MemoryConfig
 from ..memory import EbbinghausMemory
 
 
@@ -54,7 +54,7 @@ def plot_review_rules(gaps: Sequence[int] = (5, 300), *, reviews: int = 5, steps
     Right: retention of a routinely attended token with and without the surprise test."""
     import matplotlib.pyplot as plt
 
-    seed = MemoryConfig(sink_tokens=1)
+    seed = MemoryConfig(sink_tokens=1, **SEED_RULE)
     fsrs = seed.replace(stability="fsrs")
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     # the seed's additive rule gives the same strengths whatever the gap: one line for all gaps
