@@ -29,6 +29,11 @@ configs = st.builds(
     soft_delete_floor=st.floats(0.0, 1.0),
     sparse_threshold=st.floats(1e-6, 0.9),
     layer_consensus=st.floats(0.01, 1.0),
+    review=st.sampled_from(["share", "top_p"]),
+    review_top_p=st.floats(0.05, 1.0),
+    review_surprise=st.sampled_from([0.0, 2.0]),
+    stability=st.sampled_from(["additive", "fsrs"]),
+    trace=st.sampled_from(["none", "max", "sum"]),
 )
 
 # an operation: ("append", n) | ("reinforce", seed) | ("keep", seed)
@@ -72,8 +77,9 @@ def test_memory_invariants(cfg, layers, batch, seq):
         r = mem.retention()
         assert r.shape == (layers, batch, tokens) if tokens else r.numel() == 0
         assert torch.all((r >= 0) & (r <= 1)) and not torch.isnan(r).any()
-        # state size follows the cached tokens and nothing else: 8 bytes per token per layer
-        assert mem.nbytes == 8 * layers * batch * tokens
+        # state size follows the cached tokens and nothing else: 4 bytes per per-token float
+        floats = 2 + (0 if mem.trace is None else mem.trace.shape[0]) + (mem.expected is not None)
+        assert mem.nbytes == 4 * floats * layers * batch * tokens
         if tokens:
             w = mem.soft_weights()
             assert torch.all((w >= cfg.soft_delete_floor - 1e-6) & (w <= 1 + 1e-6))
