@@ -141,6 +141,18 @@ def add_parser(sub) -> None:
 
     add_recall_parser(esub)
 
+    p = esub.add_parser("report", help="tables of every task and budget against the best peer, and a forest plot",
+                        description="Regenerate the results page (quality_report.md, quality_forest.png) from the "
+                                    "eval_*.json records in a folder.")
+    p.add_argument("--figures", default="figures", help="folder of the records and of the outputs (default: figures)")
+    p.add_argument("--policy", default="ebbinghaus", help="the policy under test (default: ebbinghaus)")
+    p.add_argument("--peers", type=name_list(choices), default=["streaming", "h2o", "tova", "snapkv"],
+                   help="peers, comma-separated (default: streaming,h2o,tova,snapkv)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level; 1 - level is the Holm alpha")
+    p.add_argument("--readme", default=None, help="a README whose quality-report markers get the tables")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the forest plot")
+    p.set_defaults(handler=run_report)
+
 
 def _check_args(args) -> None:
     if getattr(args, "budget_fractions", None) is not None and args.budgets is None:
@@ -325,3 +337,24 @@ def _load(args):
     check_model_args(args)
     return load_llm(args)
 
+
+
+def run_report(args) -> int:
+    from ..evaluate.report import write_report
+    from ..viz import plot_forest
+
+    if not 0 < args.level < 1:
+        raise UsageError(f"--level must be in (0, 1), got {args.level}")
+    figures = Path(args.figures)
+    if not figures.is_dir():
+        raise UsageError(f"--figures {args.figures}: no such folder")
+
+    def plot(rows):
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        return plot_forest(rows, title=f"{args.policy} against its best peer, paired (Holm across peers)")
+
+    write_report(figures, policy=args.policy, peers=args.peers, level=args.level,
+                 readme=Path(args.readme) if args.readme else None, plot=None if args.no_plot else plot)
+    return 0

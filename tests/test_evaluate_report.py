@@ -1,26 +1,22 @@
-"""scripts/quality_report.py on small synthetic records: verdicts, README markers, identical reruns."""
+"""memollm.evaluate.report and `memollm eval report` on small synthetic records: verdicts, README
+markers, identical reruns."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "quality_report.py"
+from memollm.cli import main as cli_main
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("quality_report", _SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quality_report"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("quality_report", None)
+    """The command, as ``report.main(argv)``."""
+    return SimpleNamespace(main=lambda argv: cli_main(["eval", "report", *argv]))
 
 
 def _ppl(budget: int = 64) -> list[dict]:
