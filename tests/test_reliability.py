@@ -19,6 +19,7 @@ from transformers.generation.streamers import BaseStreamer
 import memollm.session
 from conftest import tiny_config
 from memollm import EbbinghausLLM, MemoryConfig, ModelNotAvailableError, load_model, register_policy
+from memollm.config import SEED_RULE
 from memollm.attention import attention_modules
 from memollm.policies import POLICIES, StreamingPolicy
 from memollm_testutils import assert_clean, forced_forgetting, one_thread
@@ -181,11 +182,13 @@ def test_non_finite_attention_skips_reinforcement_and_says_so(subject, monkeypat
         return torch.full_like(out, float("nan"))
 
     monkeypatch.setattr(memollm.session, "received_attention", overflow)
-    r = llm.generate(PROMPT, 12, "evict", chat=False, return_attention_weights=True, **EVICT)
+    seed = MemoryConfig(**SEED_RULE)  # the seed's rule: attention acts only through reinforcement
+    r = llm.generate(PROMPT, 12, "evict", chat=False, return_attention_weights=True, config=seed, **EVICT)
     monkeypatch.undo()
     assert any("non-finite attention" in w for w in r["warnings"])
     assert all(x == x for x in r["token_weights"]["retention"]["layer_0"])  # no NaN reached the state
-    no_reinforcement = llm.generate(PROMPT, 12, "evict", chat=False, config=MemoryConfig(reinforce=False), **EVICT)
+    no_reinforcement = llm.generate(PROMPT, 12, "evict", chat=False, config=seed.replace(reinforce=False),
+                                    **EVICT)
     assert r["token_ids"] == no_reinforcement["token_ids"]
     assert r["evict_events"] == no_reinforcement["evict_events"]
 
@@ -287,9 +290,10 @@ def test_evict_memory_stays_flat_over_a_long_run(subject, granularity):
     assert max(s[0] for s in seen) <= budget
     layers = len(r["memory_stats"])
     units = 1 if granularity == "shared" else layers  # rows of positions: one set, or one per layer
-    assert {s[1] for s in steady} == {budget * layers * 8}, "memory state bounded by the budget"
+    # strength, age and one trace: 12 bytes per token per layer
+    assert {s[1] for s in steady} == {budget * layers * 12}, "memory state bounded by the budget"
     assert {s[2] for s in steady} == {budget * units} and {s[3] for s in steady} == {budget}
-    assert r["memory_state_bytes"] == budget * layers * 8
+    assert r["memory_state_bytes"] == budget * layers * 12
     assert r["evicted_tokens"] == r["prompt_tokens"] + n - 1 - budget
     assert rss[1] - rss[0] < 32 * 2**20, f"RSS grew {(rss[1] - rss[0]) / 2**20:.1f} MiB over 200 tokens"
     assert_clean(llm.model)
