@@ -217,7 +217,8 @@ def render_table(t: Table, *, policy: str, level: float) -> str:
     head = ["policy", t.spec.metric, "n", "vs best peer", f"Δ [{pct} t-interval]", "p (Holm)", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---|---:|---:|---|"]
     for r in t.rows:
-        name = "full (ceiling)" if r.policy == "full" else (f"**{r.policy}**" if r.policy == policy else r.policy)
+        ceiling = "full (all documents)" if t.spec.name == "retrieval" else "full (ceiling)"
+        name = ceiling if r.policy == "full" else (f"**{r.policy}**" if r.policy == policy else r.policy)
         if r.diff is None:
             cells = [name, _num(r.mean), str(r.n), "–", "–", "–", "–"]
         else:
