@@ -77,7 +77,7 @@ def test_verdicts_protocol_and_identical_reruns(report, tmp_path):
     passkey = "passkey · granularity layer · budget 0.25 of the document"
     assert _row(md, passkey, "**ebbinghaus**")[1:3] == ["1.000", "10"]  # the 2 unanswered documents left out
     assert _row(md, passkey, "**ebbinghaus**")[-1] == "wins"
-    assert _row(md, passkey, "full (ceiling)")[1:3] == ["0.833", "12"]
+    assert _row(md, passkey, "full (all documents)")[1:3] == ["0.833", "12"]
     assert "the 10 of 12 documents the full cache answered" in md and "300–311 tokens" in md
     assert "### stream" not in md  # no stream records: no stream table
     assert report.main(["--figures", str(tmp_path)]) == 0  # a rerun gives the same bytes
