@@ -1,14 +1,37 @@
 """Choose the review rule on the *tune* split: the memory-research rules against the seed's rule and the peers.
 
 Each variant is a ``(label, "ebbinghaus", MemoryConfig)`` row of one streamed run, next to
-the peers, so all see the same tokens. Stages (run in order; each prints a paired table
-against ``tova`` and writes its records):
+the peers (streaming, tova, h2o with half the budget recent, snapkv), so all see the same
+tokens. Each stage prints every variant's mean and its paired t-interval against ``tova``
+(streams: against ``streaming``) and writes its records; ``--records`` reprints the tables
+from stored records without running anything. The report split is never read here.
+
+The search as it was run (records in ``figures/search_review_rule_*.json``; SmolLM2-135M,
+fp32, one thread on a shared 2-core CPU):
+
+1. ``ppl --budgets 128,256`` (8 tune passages of 512 tokens, token by token; 26 minutes):
+   all twelve variants of :func:`variants`. Each rule alone (top-p reviews, surprise, FSRS,
+   traces) was within noise of the seed's rule; the combination of max traces (tau = budget/4)
+   with top-p reviews and FSRS stability was best at 128 (-1.14 [-1.99, -0.29] vs tova, the
+   seed's rule -0.68 [-1.44, +0.07]) and ahead of tova at 256 (-0.30 [-0.60, -0.00]).
+2. ``retrieval --cases 12`` (tune documents, one-pass reading, 7 minutes), the eight leading
+   variants: every variant with traces answered exactly what tova answered (after one
+   compression the max trace *is* the window's attention); retention-ranked variants lost,
+   top-p without traces worst (it reviews few tokens and ranks the rest by age).
+3. ``stream --budgets 256 --tokens 8000 --chunk 64`` (tune half of the docs, positions in the
+   cache, 8 minutes): the seed's rule +0.11 vs streaming with 32% of a median layer's slots
+   older than four budgets; traces + top-p + FSRS -0.20 [-0.48, +0.08] with 8%.
+4. ``ppl`` again for two ablations of the winner (12 minutes): without top-p it is as good
+   (-1.14 / -0.32), without FSRS worse (-0.88 / -0.16). The default became traces + top-p +
+   FSRS: the only combination ahead of tova with an interval excluding zero at both budgets.
 
     .venv/bin/python scripts/search_review_rule.py ppl --budgets 128,256 --json ppl.json
-    .venv/bin/python scripts/search_review_rule.py retrieval --json retrieval.json
-    .venv/bin/python scripts/search_review_rule.py stream --json stream.json
+    .venv/bin/python scripts/search_review_rule.py retrieval --only seed,fsrs,... --json retrieval.json
+    .venv/bin/python scripts/search_review_rule.py stream --budgets 256 --chunk 64 --json stream.json
+    .venv/bin/python scripts/search_review_rule.py ppl --records figures/search_review_rule_ppl.json
 
-The report split is never read here; the README's quality section says what was chosen.
+The variants are written relative to the seed's rule (``SEED_RULE``), so they stay the same
+whatever ``MemoryConfig``'s defaults are.
 """
 
 from __future__ import annotations
@@ -20,6 +43,7 @@ import time
 import torch
 
 from memollm import EbbinghausLLM, MemoryConfig
+from memollm.config import SEED_RULE
 from memollm import evaluate as E
 from memollm.stats import paired
 
@@ -44,7 +68,7 @@ def variants(base: MemoryConfig) -> list:
         "trace_max0.25+top_p": {"trace": "max", "trace_tau": 0.25, "review": "top_p"},
         "trace_sum0.25+top_p+fsrs": {"trace": "sum", "trace_tau": 0.25, "review": "top_p", "stability": "fsrs"},
     }
-    return [(label, "ebbinghaus", base.replace(**changes)) for label, changes in v.items()]
+    return [(label, "ebbinghaus", base.replace(**{**SEED_RULE, **changes})) for label, changes in v.items()]
 
 
 def compare(records: list[dict], value: str, unit: str, by: tuple[str, ...], reference: str = "tova",
@@ -88,20 +112,26 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=16, help="tokens per step (stream)")
     ap.add_argument("--only", default=None, help="comma-separated variant labels to keep")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", required=True)
+    ap.add_argument("--json", help="where to write the records")
+    ap.add_argument("--records", help="print the tables of stored records instead of running")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    llm = EbbinghausLLM()
-    vs = variants(llm.config)
-    if args.only:
-        keep = set(args.only.split(","))
-        vs = [v for v in vs if v[0] in keep]
-    policies = PEERS + vs
-    budgets = [int(b) for b in args.budgets.split(",")]
     start = time.perf_counter()
-    records = run(llm, args, policies, budgets)
-    with open(args.json, "w") as f:
-        json.dump(records, f, indent=1)
+    if args.records:
+        with open(args.records) as f:
+            records = json.load(f)
+    else:
+        if not args.json:
+            ap.error("--json is required unless --records is given")
+        torch.set_num_threads(args.threads)
+        llm = EbbinghausLLM()
+        vs = variants(llm.config)
+        if args.only:
+            keep = set(args.only.split(","))
+            vs = [v for v in vs if v[0] in keep]
+        budgets = [int(b) for b in args.budgets.split(",")]
+        records = run(llm, args, PEERS + vs, budgets)
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
     if args.stage == "ppl":
         compare(records, "perplexity_after_budget", "passage", ("budget",))
     elif args.stage == "retrieval":
