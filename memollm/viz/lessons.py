@@ -1,5 +1,6 @@
 """The lessons' plots: forgetting curves and the interactive panel (01), token heat maps and
-retention per layer (02), masked positions (03), KV bytes, position ids and kept tokens (04).
+retention per layer (02), masked positions (03), KV bytes, position ids and kept tokens (04),
+long streams (05).
 It is long because the notebooks reach every lesson figure through this one module."""
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def plot_reinforcement(config=None, *, steps: int = 200, review_every: int | Non
     ax.plot(x, r_ign, label="never attended", ls="--")
     if threshold is not None:
         ax.axhline(threshold, color="black", lw=1, ls=":", label=f"sparse threshold {threshold:g}")
-    ax.set_xlabel("generated tokens")
+    ax.set_xlabel("tokens read")
     ax.set_ylabel("retention R")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"spaced repetition: S0={config.initial_strength:g}, time step={config.time_step:g}, "
@@ -346,15 +347,16 @@ def plot_logit_difference(diff, *, title: str = "evicted cache without true posi
 
 def plot_kept_positions(kept: dict[str, list[int]], total: int, *, marks: dict[str, range] | None = None,
                         title: str = "which tokens each layer keeps",
-                        xlabel: str = "position of the token in the prompt"):
+                        xlabel: str = "position of the token in the prompt", ax=None):
     """``kept`` (``result["kept_positions"]`` of a per-layer or per-head ``evict`` run): one row
     per layer (or head), one tick per token still cached, at its position (ticks, not pixels,
     so a lone token stays visible in a long text). ``marks`` shades named spans, e.g.
-    ``{"pass key": range(496, 510)}``."""
+    ``{"pass key": range(496, 510)}``; ``ax``: draw into an existing axes."""
     import matplotlib.pyplot as plt
 
     names = list(kept)
-    fig, ax = plt.subplots(figsize=(8.5, max(2.5, 0.12 * len(names) + 1.2)))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8.5, max(2.5, 0.12 * len(names) + 1.2)))
     ax.eventplot([[p for p in kept[name] if p < total] for name in names], lineoffsets=range(len(names)),
                  linelengths=0.9, linewidths=0.6, colors="black")
     ax.set_xlim(-0.5, total - 0.5)
@@ -366,8 +368,8 @@ def plot_kept_positions(kept: dict[str, list[int]], total: int, *, marks: dict[s
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     if marks:
-        ax.legend(loc="upper right", fontsize=8)
-    return fig
+        ax.legend(loc="upper right", fontsize=9)
+    return ax.figure
 
 
 
@@ -405,3 +407,64 @@ def plot_conversation(snapshots: Sequence[dict], boundaries: Sequence[tuple[str,
     ax.figure.colorbar(im, ax=ax, fraction=0.03, label="retention R")
     return ax.figure
 
+
+
+def plot_stream_schemes(records: list[dict], *, context: int | None = None, granularity: str = "layer",
+                        labels: dict[str, str] | None = None):
+    """Perplexity along a long stream (``memollm eval stream`` records): one panel per position
+    scheme (true positions, positions inside the cache), one colour per policy, one line style per
+    budget, the full cache in both; ``context`` (the trained positions) is a labelled vertical line.
+    Records of other granularities are left out (``streaming`` has none: it ranks by position).
+    ``labels`` renames policies in the legend."""
+    plt = _plt()
+    labels = labels or {}
+    recs = [r for r in records if r["evaluation"] == "stream"]
+    full = sorted((r["window_start"], r["perplexity"]) for r in recs if r["policy"] == "full")
+    mine = [r for r in recs if r["policy"] != "full" and r.get("granularity", granularity) == granularity]
+    policies = list(dict.fromkeys(r["policy"] for r in mine))
+    budgets = sorted({r["budget"] for r in mine})
+    styles = dict(zip(budgets, ("-", "--", ":", "-.")))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    for ax, scheme, title in zip(axes, ("true", "cache"), ("true positions", "positions inside the cache")):
+        if full:
+            ax.plot(*zip(*full), color="black", lw=2, label="full cache")
+        for i, policy in enumerate(policies):
+            for budget in budgets:
+                pts = sorted((r["window_start"], r["perplexity"]) for r in mine
+                             if (r["policy"], r["positions"], r["budget"]) == (policy, scheme, budget))
+                if pts:
+                    ax.plot(*zip(*pts), color=f"C{i}", ls=styles[budget], marker=".",
+                            label=f"{labels.get(policy, policy)}, budget {budget}")
+        if context:
+            ax.axvline(context, color="grey", lw=1.5, ls=":", label=f"trained context ({context:,})")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("position in the stream (window start, tokens)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("perplexity of the window")
+    handles, names = axes[1].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    return fig
+
+
+def plot_generation_memory(result: dict, *, context: int | None = None):
+    """Memory along one long generation (``scripts/long_generation.py``'s JSON): the KV cache and
+    the process's resident memory against position, ``context`` a labelled vertical line."""
+    plt = _plt()
+    rows = [r for r in result["series"] if r["new_tokens"] > 0]  # the first row is before the prefill
+    x = [r["new_tokens"] + result["prompt_tokens"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, key, label in ((axes[0], "kv_cache_mib", "KV cache (MiB)"), (axes[1], "rss_mib", "resident memory (MiB)")):
+        ax.plot(x, [r[key] for r in rows], marker=".", label=label)
+        ax.set_ylim(0, max(r[key] for r in rows) * 1.3)
+        ax.set_xlabel("position (prompt + generated tokens)")
+        ax.set_ylabel(label)
+        if context:
+            ax.axvline(context, color="grey", lw=1.5, ls=":", label=f"trained context ({context:,})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9, loc="lower right")
+    fig.suptitle(f"{result['new_tokens']:,} tokens generated with evict, budget {result['budget']}, "
+                 f"positions={result['positions']!r}", fontsize=10)
+    fig.tight_layout()
+    return fig
