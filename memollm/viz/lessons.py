@@ -374,14 +374,18 @@ def plot_kept_positions(kept: dict[str, list[int]], total: int, *, marks: dict[s
 
 
 def plot_conversation(snapshots: Sequence[dict], boundaries: Sequence[tuple[str, int]] = (), ax=None,
-                      title: str = "What the cache holds after each turn", vmin: float | None = None):
+                      title: str = "What the cache holds after each turn", vmin: float | None = None, *,
+                      marks: dict[str, Sequence[int]] | None = None):
     """Heat map of a chat's cache over the conversation: one row per ``ChatSession.snapshot()``,
     one column per token (true position). Colour: the token's retention R while cached (1 for
     a policy without a forgetting curve); grey: evicted; blank: not read yet. Dashed lines
     mark where each user turn starts, dotted lines each reply (``ChatSession.boundaries``).
-    ``vmin``: the low end of the colour scale (default: the lowest retention shown, rounded down)."""
+    ``vmin``: the low end of the colour scale (default: the lowest retention shown, rounded down).
+    ``marks`` outlines named tokens in every row, e.g. ``{"the fact": chat.locate("Clara")}``
+    (true positions; a legend names them)."""
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Rectangle
 
     width = max(s["tokens"] for s in snapshots)
     grid = np.full((len(snapshots), width), np.nan)
@@ -401,9 +405,16 @@ def plot_conversation(snapshots: Sequence[dict], boundaries: Sequence[tuple[str,
     for role, pos in boundaries:
         ax.axvline(pos - 0.5, color="black" if role == "user" else "#c0392b", lw=0.8,
                    ls="--" if role == "user" else ":")
+    for i, (name, positions) in enumerate((marks or {}).items()):
+        colour = ("#e74c3c", "#f39c12", "#8e44ad", "#16a085")[i % 4]
+        for j, pos in enumerate(sorted(positions)):
+            ax.add_patch(Rectangle((pos - 0.5, -0.5), 1, len(snapshots), fill=False, edgecolor=colour, lw=1.6,
+                                   label=name if j == 0 else None))
     ax.set_yticks(range(len(snapshots)), [f"after turn {s['turn']}" for s in snapshots])
     ax.set_xlabel("token (true position in the conversation); grey = evicted")
     ax.set_title(title)
+    if marks:
+        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.18), ncol=len(marks), fontsize=9, frameon=False)
     ax.figure.colorbar(im, ax=ax, fraction=0.03, label="retention R")
     return ax.figure
 
