@@ -1,34 +1,26 @@
 """A conversation that keeps one bounded KV cache across turns.
 
 ``ChatSession`` holds one transformers ``DynamicCache`` and, in the memory modes, one
-``MemorySession`` for the whole conversation. Each ``send`` renders the whole history with
-the chat template, checks that the rendering starts with the text the cache already holds,
-reads only the new tokens (in chunks that keep the cache within ``memory_budget``) and
-decodes the reply token by token with the same cache. The memory state (strength, age, a
-policy's scores) carries over from turn to turn, so a fact the model attends to again in a
-later turn is reinforced.
+``MemorySession`` for the whole conversation. Each ``send`` renders the whole history
+(:mod:`memollm.template`), reads only the new tokens through :func:`memollm.reading.read` (in
+chunks that keep the cache within ``memory_budget``: the room rule) and decodes the reply with
+:func:`memollm.reading.decode` on the same cache. The memory state (strength, age, a policy's
+scores) carries over from turn to turn, so a fact attended to again in a later turn is reinforced.
 
 Turn boundaries. Generation stops at an end-of-turn token (``<|im_end|>``) that is sampled
 but never fed to the model; the next turn's rendering starts with it, so it is fed first
 when the template agrees (else it is dropped and the template's own end-of-turn text is
-read). Everything the cache holds is, as text, exactly the template applied to the
-history; as tokens, too, whenever the model's reply tokens are the tokenizer's own
-tokenization of the reply (true of greedy replies in practice, checked in the tests).
+read). Every token gets its true position in the conversation (0, 1, 2, ...), also after
+eviction, as in ``generate(..., generation_mode="evict")``.
 
-Positions. Every token gets its true position in the conversation (0, 1, 2, ...), also
-after eviction, as in ``generate(..., generation_mode="evict")``.
-
-Settings. A chat resolves its config as ``generate`` does: ``granularity="auto"`` ranks per
-layer in ``evict``, so each full-attention layer keeps its own tokens, and the views
-(``cached_positions``, ``retention``, ``token_memory``, ``memory_text``, ``snapshot``) show the
-union over the layers unless asked for one ``layer``. A user turn read in one pass is
-reviewed by its last ``observation_window`` queries (the question), as a prompt is. A knob
-that the chosen mode cannot use is refused with a ``ConfigError``, never dropped.
+Settings. A chat resolves its config as ``generate`` does (``granularity="auto"`` ranks per
+layer in ``evict``; a user turn read in one pass is reviewed by its last
+``observation_window`` queries). A knob the chosen mode cannot use is refused with a
+``ConfigError``, never dropped. The views (``cached_positions``, ``retention``, ...) show the
+union over the layers unless asked for one ``layer``.
 
 This module sits below ``memollm.llm``: it takes the ``EbbinghausLLM`` duck-typed
-(``.model``, ``.tokenizer``, ``.config``, ``.device``, ``.resolve_config``). It is long because
-one conversation's bookkeeping is one object's state: template checks at turn boundaries,
-chunked reading within the budget, the decode loop with sampling, and views for lessons.
+(``.model``, ``.tokenizer``, ``.config``, ``.resolve_config``).
 """
 
 from __future__ import annotations
@@ -44,19 +36,12 @@ from .config import MODES, ConfigError, MemoryConfig, check_int
 from .models import max_positions, timed
 from .reading import decode, read, room, sampling_processors
 from .session import MemorySession, generation_result
+from .template import ChatTemplateError, Template
 from .views import ConversationViews, check_text
-
-FORMATS = ("chat", "transcript")
-"""``chat``: the tokenizer's chat template. ``transcript``: plain ``User: ...`` /
-``Assistant: ...`` lines (no template), one line per turn, the reply stopping at a newline."""
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "do_sample", "repetition_penalty")
 EVICT_KNOBS = ("memory_budget", "policy", "sink_tokens", "recent_window", "positions")
 """Knobs only eviction reads: the other modes keep every token in the cache."""
-
-
-class ChatTemplateError(ValueError):
-    """The chat template renders the earlier conversation differently from what the cache holds."""
 
 
 def chat_config(llm, mode: str, config: MemoryConfig | None, knobs: dict[str, Any]) -> MemoryConfig:
@@ -103,10 +88,7 @@ class ChatSession(ConversationViews):
                     f"ChatSession needs an EbbinghausLLM (an object with .{attr}), got {type(llm).__name__}")
         if generation_mode not in MODES:
             raise ValueError(f"generation_mode must be one of {MODES}, got {generation_mode!r}")
-        if fmt not in FORMATS:
-            raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
-        if system is not None:
-            check_text("system", system)
+        self.template = Template(llm.tokenizer, fmt, system)
         check_int("seed", seed, 0)
         if prefill_chunk is not None:
             check_int("prefill_chunk", prefill_chunk, 1)
@@ -119,8 +101,6 @@ class ChatSession(ConversationViews):
         knobs.update(memory_budget=memory_budget, policy=policy, sink_tokens=sink_tokens,
                      recent_window=recent_window)
         self.config: MemoryConfig = chat_config(llm, generation_mode, config, knobs)
-        if fmt == "chat" and getattr(self.tokenizer, "chat_template", None) is None:
-            raise ValueError("this tokenizer has no chat template; use fmt='transcript'")
         eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self.tokenizer.eos_token_id is not None:
@@ -152,7 +132,7 @@ class ChatSession(ConversationViews):
     @property
     def messages(self) -> list[dict[str, str]]:
         """The system message (if any) followed by the history: what the template renders."""
-        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+        return self.template.messages(self.history)
 
     @property
     def turn(self) -> int:
@@ -167,57 +147,14 @@ class ChatSession(ConversationViews):
     # -- rendering -------------------------------------------------------------------------
     def render(self, messages: Sequence[dict[str, str]] | None = None, add_generation_prompt: bool = False) -> str:
         """The conversation as text, as this session feeds it to the model."""
-        messages = self.messages if messages is None else list(messages)
-        if self.fmt == "chat":
-            return self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt)
-        names = {"system": None, "user": "User", "assistant": "Assistant"}
-        parts = [self._special_prefix()]
-        for m in messages:
-            if m["role"] == "system":
-                parts.append(m["content"] + "\n\n")
-            elif m["role"] == "assistant":  # stored as the raw continuation of "Assistant:"
-                parts.append("Assistant:" + m["content"] + "\n")
-            else:
-                parts.append(f"{names.get(m['role']) or m['role'].capitalize()}: {m['content']}\n")
-        if add_generation_prompt:
-            parts.append("Assistant:")
-        return "".join(parts)
-
-    def _special_prefix(self) -> str:
-        """The text of the special tokens the tokenizer puts in front of plain text (a BOS, or nothing)."""
-        plain = self.tokenizer("a", add_special_tokens=False).input_ids
-        full = self.tokenizer("a").input_ids
-        return self.tokenizer.decode(full[: len(full) - len(plain)]) if full[-len(plain):] == plain else ""
-
-    def _reply_content(self, text: str) -> str:
-        """How a reply is stored in the history for this format."""
-        if self.fmt == "transcript" and text and not text[0].isspace():
-            return " " + text
-        return text
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
+        return self.template.render(self.messages if messages is None else messages, add_generation_prompt)
 
     def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return self.template.decode(ids)
 
     def _new_tokens(self, text: str) -> list[int]:
         """Tokens to read so that the cache holds ``text`` (which must extend what it holds)."""
-        if not self._ids and not self._pending:
-            return self._encode(text)
-        with_pending = self._decode(self._ids + self._pending)
-        if text.startswith(with_pending):
-            return self._pending + self._encode(text[len(with_pending):])
-        held = self._decode(self._ids)
-        if self._pending and text.startswith(held):  # the template ends the turn with other tokens
-            return self._encode(text[len(held):])
-        at = next((i for i, (a, b) in enumerate(zip(held, text)) if a != b), min(len(held), len(text)))
-        raise ChatTemplateError(
-            "the chat template renders the earlier conversation differently from what the KV cache holds "
-            f"(first difference at character {at}: cache {held[at:at + 40]!r}, template {text[at:at + 40]!r}); "
-            "this template rewrites past turns (e.g. strips whitespace or drops reasoning), so the conversation "
-            "cannot continue on the same cache. Use fmt='transcript' or call reset().")
+        return self.template.new_tokens(self._ids, self._pending, text)
 
     # -- forward passes -----------------------------------------------------------------------
     def _step(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,7 +180,7 @@ class ChatSession(ConversationViews):
         message = (f"the conversation ({len(self._ids) + n_new} tokens) runs past the model's "
                    f"{self.max_positions} positions")
         if self.mode != "evict":
-            raise ValueError(message + f" in mode {self.mode!r}; reset() or use generation_mode='evict'")
+            raise ConfigError(message + f" in mode {self.mode!r}; reset() or use generation_mode='evict'")
         if self.config.positions == "cache":  # positions counted inside the cache stay small
             return
         if message not in self.warnings:  # true positions past the trained range: quality falls
@@ -279,14 +216,14 @@ class ChatSession(ConversationViews):
         check_text("message", message)
         check_text("reply", reply)
         messages = self.messages + [{"role": "user", "content": message},
-                                    {"role": "assistant", "content": self._reply_content(reply)}]
+                                    {"role": "assistant", "content": self.template.reply_content(reply)}]
         user_text = self.render(messages[:-1], add_generation_prompt=True)
         full = self.render(messages)
         if not full.startswith(user_text):
             raise ChatTemplateError("the chat template does not render a reply after its generation prompt; "
                                     "use fmt='transcript'")
         new_user = self._new_tokens(user_text)
-        new_reply = self._encode(full[len(user_text):])
+        new_reply = self.template.encode(full[len(user_text):])
         self._check_room(len(new_user) + len(new_reply))
         first = len(self._ids)
         self.peak_cached = self.num_cached
@@ -325,7 +262,7 @@ class ChatSession(ConversationViews):
         if any(not isinstance(s, str) or not s for s in stops):
             raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
         do_sample, processors = sampling_processors(**sampling)
-        prefix = self._reply_content(reply_prefix) if reply_prefix else ""
+        prefix = self.template.reply_content(reply_prefix) if reply_prefix else ""
         prompt_text = self.render(self.messages + [{"role": "user", "content": message}],
                                   add_generation_prompt=True) + prefix
         new = self._new_tokens(prompt_text)
@@ -361,24 +298,18 @@ class ChatSession(ConversationViews):
 
     def _result(self, tokens, stops, elapsed, prompt_tokens, turn_step, evicted_before) -> dict[str, Any]:
         session = self.session
-        effective = session.effective_config if session is not None else self.config
         body = tokens[:-1] if tokens and tokens[-1] in self.stop_ids else tokens
         generated = self.tokenizer.decode(body, skip_special_tokens=True)
         for s in stops:
             generated = generated.split(s, 1)[0]
         result = generation_result(generated.strip() if self.fmt == "transcript" else generated, tokens, elapsed,
-                                   prompt_tokens, self.cache, self.mode, self.config, effective)
+                                   prompt_tokens, self.cache, self.mode, self.config)
         result.update(warnings=list(self.warnings), turn=self.turn,
                       conversation_tokens=len(self._ids) + len(self._pending))
         if session is not None:
-            result["memory_stats"] = session.memory_stats()
-            result["warnings"] = list(self.warnings) + [w for w in session.warnings if w not in self.warnings]
-            result["evicted_tokens"] = self._evicted() - evicted_before
-            result["peak_kv_cache_tokens"] = self.peak_cached
-            result["memory_state_bytes"] = session.state_bytes()
-            if self.mode == "evict":
-                result["evict_events"] = session.drops_since(turn_step)
-                result["granularity"] = session.granularity
+            result.update(session.results(since=turn_step), evicted_tokens=self._evicted() - evicted_before,
+                          peak_kv_cache_tokens=self.peak_cached,
+                          warnings=list(self.warnings) + [w for w in session.warnings if w not in self.warnings])
         return result
 
     def __repr__(self) -> str:
@@ -387,4 +318,4 @@ class ChatSession(ConversationViews):
                 f"cached={self.num_cached}/{len(self._ids)} tokens)")
 
 
-__all__ = ["FORMATS", "ChatSession", "ChatTemplateError", "sampling_processors"]
+__all__ = ["ChatSession", "ChatTemplateError"]

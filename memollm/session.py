@@ -470,8 +470,9 @@ class MemorySession:
         """The settings that ran: a preset policy (e.g. ``ebbinghaus_tuned``) has its own."""
         return self.policy.config if self.policy is not None else self.config
 
-    def results(self) -> dict[str, Any]:
-        """This session's part of a ``generate`` result: what only this mode knows."""
+    def results(self, since: int | None = None) -> dict[str, Any]:
+        """This session's part of a ``generate`` result: what only this mode knows; with
+        ``since`` (a step count), the evictions from that step on (a chat turn's)."""
         out: dict[str, Any] = {
             "config": self.effective_config.to_dict(),
             "memory_stats": self.memory_stats(),
@@ -481,7 +482,8 @@ class MemorySession:
             "memory_state_bytes": self.state_bytes(),
         }
         if self.mode == "evict":
-            out["evict_events"] = self.drop_log.as_dict() if self.drop_log is not None else self.evict_events
+            out["evict_events"] = (self.drops_since(since) if since is not None else
+                                   self.drop_log.as_dict() if self.drop_log is not None else self.evict_events)
             out["granularity"] = self.granularity
             if self.units > 1:
                 out["kept_positions"] = self.kept_positions()

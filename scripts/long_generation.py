@@ -63,7 +63,7 @@ def main() -> None:
     import torch
 
     from memollm import EbbinghausLLM
-    from memollm.cache import kv_trace
+    from memollm.lessons import kv_trace
 
     torch.set_num_threads(args.threads)
     llm = EbbinghausLLM()

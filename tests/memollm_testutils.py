@@ -18,7 +18,7 @@ def greedy_reference(model, ids: torch.Tensor, n: int, *, drop: dict[int, list[i
                      hide: dict[int, list[int]] | None = None, eos: int | None = None,
                      return_logits: bool = False):
     """Greedy decode ``n`` tokens from ``ids`` ``[1, P]``: the tests' own reference, written apart
-    from ``memollm.cache.decode_loop`` (the lessons' loop) on purpose, so a bug in the library
+    from ``memollm.lessons.decode_loop`` (the lessons' loop) on purpose, so a bug in the library
     cannot make both sides of an equivalence agree.
 
     ``drop`` {step: positions}: before decode step ``step`` (the prefill is step 0), those

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from memollm.cache import SlotLayout, decode_loop, full_attention_layers, kv_heads, memory_layer_ids
+from memollm.cache import SlotLayout, full_attention_layers, kv_heads, memory_layer_ids
+from memollm.lessons import decode_loop
 
 torch.set_num_threads(1)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from memollm.attention import is_attached
-from memollm.cache import kv_trace
+from memollm.lessons import kv_trace
 from memollm.chat import ChatSession, ChatTemplateError
 from memollm.cli import main as cli_main
 from memollm.config import ConfigError

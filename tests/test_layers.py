@@ -17,7 +17,8 @@ LAYERS = [
                                                   # set-up; the one read and decode loop
     {"policies"},                                 # eviction scores
     {"cache", "attention"},                       # mechanics: slots, positions, the attention hook
-    {"session", "views"},                         # one generation's bookkeeping; what a conversation's cache holds
+    {"session", "views", "lessons"},              # one generation's bookkeeping; a conversation's cache; hand loops
+    {"template"},                                 # a conversation as text and tokens
     {"chat"},                                     # a conversation over one session
     {"llm"},                                      # the seed's API
     {"bench", "evaluate"},                        # measurement only

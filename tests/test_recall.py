@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from memollm.cache import kv_trace
+from memollm.lessons import kv_trace
 from memollm.cli import main as cli_main
 from memollm.evaluate.recall import (FACT_KINDS, SMALL_TALK, SPLITS, build_conversation, recall, run_conversation,
                                      table)

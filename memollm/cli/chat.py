@@ -19,7 +19,7 @@ from .common import (UsageError, add_model_args, check_model_args, check_output_
 
 # -- memollm chat ------------------------------------------------------------------------------------
 def add_parser(sub) -> None:
-    from ..chat import FORMATS
+    from ..template import FORMATS
 
     p = sub.add_parser("chat", help="a conversation with one bounded KV cache, turns read from stdin or a file",
                        description="Chat with the model: one turn per line (stdin or --file); the KV cache is kept "

@@ -316,7 +316,7 @@ def plot_masked_raster(forget_events: dict, prompt_tokens: int, steps: int, *,
 def plot_kv_bytes(traces: dict, *, budget_bytes: float | None = None, title: str = "KV-cache size while generating",
                   prompt_tokens: int = 0):
     """KV-cache MiB against generated tokens, one line per labelled trace (list of bytes,
-    one per forward step as recorded by :func:`memollm.cache.kv_trace`)."""
+    one per forward step as recorded by :func:`memollm.lessons.kv_trace`)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for label, values in traces.items():
