@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from typing import Any
 
 MODES = ("baseline", "soft_delete", "sparse_attention", "evict")
@@ -73,6 +73,31 @@ def check_choice(name: str, value: Any, choices) -> str:
 _MIN_STRENGTH = 1e-6
 
 
+def _knob(default: Any, help: str, *, kind: type | None = None, choices: tuple[str, ...] | None = None,
+          low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
+          flag: str | None = None) -> Any:
+    """A ``MemoryConfig`` field with everything said about it once: default, one-line help, the
+    value's kind and bounds (checked by ``__post_init__``) and, where short, its command-line flag.
+    The per-call overrides of ``generate`` and chats and the CLI's flags are read from these."""
+    meta = {"help": help, "kind": kind or type(default), "choices": choices, "low": low, "high": high,
+            "low_open": low_open, "high_open": high_open, "flag": flag}
+    return field(default=default, metadata=meta)
+
+
+def _check_knob(f: Field, value: Any) -> None:
+    m = f.metadata
+    if value is None and f.default is None:
+        return
+    if m["choices"] is not None:
+        check_choice(f.name, value, m["choices"])
+    elif m["kind"] is bool:
+        check_bool(f.name, value)
+    elif m["kind"] is int:
+        check_int(f.name, value, int(m["low"]))
+    elif m["kind"] is float:
+        check_number(f.name, value, low=m["low"], high=m["high"], low_open=m["low_open"], high_open=m["high_open"])
+
+
 @dataclass(frozen=True)
 class MemoryConfig:
     """Every knob of the memory model, validated on construction: the seed's forgetting curve
@@ -124,65 +149,49 @@ class MemoryConfig:
     documents kept apart from the reported ones; decoding (one query a step) is unaffected.
     """
 
-    initial_strength: float = 5.0
-    time_step: float = 0.01
-    reinforce: bool = True
-    reinforce_threshold: float = 1.0
-    strength_gain: float = 1.0
-    spacing: float = 0.0
-    max_strength: float | None = None
-    review: str = "top_p"
-    review_top_p: float = 0.5
-    review_surprise: float = 0.0
-    stability: str = "fsrs"
-    stability_decay: float = 0.2
-    retrievability_gain: float = 2.0
-    trace: str = "max"
-    trace_tau: float = 0.25
-    soft_delete_floor: float = 0.8
-    soft_delete_target: str = "values"
-    sparse_threshold: float = 0.001
-    layer_consensus: float = 0.5
-    memory_layer_fraction: float = 0.5
-    memory_budget: int = 512
-    sink_tokens: int = 4
-    recent_window: int = 32
-    policy: str = "ebbinghaus"
-    granularity: str = "auto"
-    observation_window: int = 16
-    observation_pool: int = 7
-    positions: str = "true"
+    initial_strength: float = _knob(5.0, "strength S0 of a newly read token", low=_MIN_STRENGTH)
+    time_step: float = _knob(0.01, "age added to every cached token per token read", low=0.0, low_open=True)
+    reinforce: bool = _knob(True, "attention reviews tokens (False: the curve alone)")
+    reinforce_threshold: float = _knob(1.0, "review='share': a review needs this many times the uniform share",
+                                       low=0.0, low_open=True)
+    strength_gain: float = _knob(1.0, "strength a review adds (additive) or its scale (fsrs)", low=0.0)
+    spacing: float = _knob(0.0, "additive reviews gain x (1 - R) ** spacing: the spacing effect", low=0.0)
+    max_strength: float | None = _knob(None, "cap on S (none: no cap)", kind=float)
+    review: str = _knob("top_p", "what counts as a review", choices=REVIEWS)
+    review_top_p: float = _knob(0.5, "review='top_p': the keys holding this much of a query's attention",
+                                low=0.0, high=1.0, low_open=True)
+    review_surprise: float = _knob(0.0, "> 0: a review needs this many times the token's running mean share",
+                                   low=0.0)
+    stability: str = _knob("fsrs", "how a review grows strength", choices=STABILITY_RULES)
+    stability_decay: float = _knob(0.2, "fsrs: the gain falls as S ** -stability_decay", low=0.0)
+    retrievability_gain: float = _knob(2.0, "fsrs: the gain grows as exp(retrievability_gain * (1 - R))", low=0.0)
+    trace: str = _knob("max", "eviction ranks by fading attention traces (none: by retention)", choices=TRACES)
+    trace_tau: float = _knob(0.25, "trace time constant, in budgets at S = S0", low=0.0, low_open=True)
+    soft_delete_floor: float = _knob(0.8, "soft_delete: weight floor + (1 - floor) x R", low=0.0, high=1.0)
+    soft_delete_target: str = _knob("values", "soft_delete: weigh the values or bias the logits",
+                                    choices=SOFT_TARGETS)
+    sparse_threshold: float = _knob(0.001, "sparse_attention: mask a token once R falls below this",
+                                    low=0.0, high=1.0, low_open=True, high_open=True)
+    layer_consensus: float = _knob(0.5, "sparse_attention: share of memory layers that must agree to mask",
+                                   low=0.0, high=1.0, low_open=True)
+    memory_layer_fraction: float = _knob(0.5, "the first fraction of full-attention layers that keep memory",
+                                         low=0.0, high=1.0, low_open=True)
+    memory_budget: int = _knob(512, "evict: most tokens the KV cache holds", low=1, flag="--budget")
+    sink_tokens: int = _knob(4, "evict: first positions always kept (attention sinks)", low=0, flag="--sinks")
+    recent_window: int = _knob(32, "evict: newest tokens always kept", low=1, flag="--window")
+    policy: str = _knob("ebbinghaus", "evict: how the tokens in between are ranked, one of memollm.POLICIES")
+    granularity: str = _knob("auto", "who ranks: shared, layer, head (auto: layer for evict)", choices=GRANULARITIES)
+    observation_window: int = _knob(16, "a prompt's last queries whose attention reviews earlier tokens", low=1)
+    observation_pool: int = _knob(7, "max-pool those scores over this many neighbours (odd)", low=1)
+    positions: str = _knob("true", "evict: a new token's position, its true one or its rank in the cache",
+                           choices=POSITION_SCHEMES)
 
     def __post_init__(self) -> None:
-        check_number("initial_strength", self.initial_strength, low=_MIN_STRENGTH)
-        check_number("time_step", self.time_step, low=0.0, low_open=True)
-        check_bool("reinforce", self.reinforce)
-        check_number("reinforce_threshold", self.reinforce_threshold, low=0.0, low_open=True)
-        check_number("strength_gain", self.strength_gain, low=0.0)
-        check_number("spacing", self.spacing, low=0.0)
+        for f in fields(self):  # each field's own check, from its metadata
+            _check_knob(f, getattr(self, f.name))
         if self.max_strength is not None:
             check_number("max_strength", self.max_strength, low=self.initial_strength)
-        check_choice("review", self.review, REVIEWS)
-        check_number("review_top_p", self.review_top_p, low=0.0, high=1.0, low_open=True)
-        check_number("review_surprise", self.review_surprise, low=0.0)
-        check_choice("stability", self.stability, STABILITY_RULES)
-        check_number("stability_decay", self.stability_decay, low=0.0)
-        check_number("retrievability_gain", self.retrievability_gain, low=0.0)
-        check_choice("trace", self.trace, TRACES)
-        check_number("trace_tau", self.trace_tau, low=0.0, low_open=True)
-        check_number("soft_delete_floor", self.soft_delete_floor, low=0.0, high=1.0)
-        check_choice("soft_delete_target", self.soft_delete_target, SOFT_TARGETS)
-        check_number("sparse_threshold", self.sparse_threshold, low=0.0, high=1.0, low_open=True, high_open=True)
-        check_number("layer_consensus", self.layer_consensus, low=0.0, high=1.0, low_open=True)
-        check_number("memory_layer_fraction", self.memory_layer_fraction, low=0.0, high=1.0, low_open=True)
-        check_int("sink_tokens", self.sink_tokens, 0)
-        check_int("recent_window", self.recent_window, 1)
-        check_int("memory_budget", self.memory_budget, 1)
         self.check_budget(self.memory_budget)
-        check_choice("granularity", self.granularity, GRANULARITIES)
-        check_int("observation_window", self.observation_window, 1)
-        check_int("observation_pool", self.observation_pool, 1)
-        check_choice("positions", self.positions, POSITION_SCHEMES)
         if self.observation_pool % 2 == 0:
             raise ConfigError(f"observation_pool must be odd (centred on the token), got {self.observation_pool}")
         if not isinstance(self.policy, str) or self.policy not in POLICIES:
@@ -216,3 +225,7 @@ class MemoryConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+KNOBS: dict[str, Field] = {f.name: f for f in fields(MemoryConfig)}
+"""Every ``MemoryConfig`` field by name, with its help, kind, bounds and flag in ``.metadata``."""

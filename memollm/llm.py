@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -19,7 +19,7 @@ from transformers import DynamicCache
 
 from .attention import attached, exclusive
 from .cache import rotary_embedding
-from .config import MODES, ConfigError, MemoryConfig, check_bool, check_int
+from .config import KNOBS, MODES, ConfigError, MemoryConfig, check_bool, check_int
 from .models import DEFAULT_MODEL, load_model, max_positions, timed
 from .reading import check_sampling, read
 from .session import MemorySession, generation_result
@@ -52,8 +52,8 @@ class GenerateArgs:
     """``generate``'s keyword arguments, parsed and validated once.
 
     Sampling: ``do_sample`` defaults to True when ``temperature``, ``top_p`` or ``top_k`` is
-    given (as in the seed's examples), else greedy. ``memory_budget``, ``sink_tokens``,
-    ``recent_window`` and ``policy`` override the wrapper's ``MemoryConfig`` for one call.
+    given (as in the seed's examples), else greedy. ``memory``: ``MemoryConfig`` fields given by
+    name (``memory_budget``, ``policy``, ...), which override the wrapper's config for one call.
     """
 
     max_new_tokens: int = 50
@@ -63,13 +63,7 @@ class GenerateArgs:
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
-    memory_budget: int | None = None
-    sink_tokens: int | None = None
-    recent_window: int | None = None
-    policy: str | None = None
-    granularity: str | None = None
-    observation_window: int | None = None
-    positions: str | None = None
+    memory: Mapping[str, Any] = field(default_factory=dict)
     prefill_chunk: int | None = None
     config: MemoryConfig | None = None
     seed: int | None = None
@@ -101,17 +95,18 @@ class GenerateArgs:
 
     @classmethod
     def parse(cls, kwargs: dict[str, Any]) -> "GenerateArgs":
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(kwargs) - set(names))
+        """Split ``generate``'s keywords into its own and ``MemoryConfig`` fields; others are a TypeError."""
+        names = [f.name for f in fields(cls) if f.name != "memory"]
+        unknown = sorted(set(kwargs) - set(names) - set(KNOBS))
         if unknown:
-            raise TypeError(f"generate() got unknown argument(s) {unknown}; valid: {names}")
-        return cls(**kwargs)
+            raise TypeError(f"generate() got unknown argument(s) {unknown}; valid: {names} and the MemoryConfig "
+                            f"fields {list(KNOBS)}")
+        memory = {k: v for k, v in kwargs.items() if k in KNOBS}
+        return cls(**{k: v for k, v in kwargs.items() if k not in KNOBS}, memory=memory)
 
     def memory_overrides(self) -> dict[str, Any]:
         """Config changes asked for this call. The eviction knobs only matter in ``evict``."""
-        knobs = {f.name for f in fields(MemoryConfig)}
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name in knobs and getattr(self, f.name) is not None}
+        return {k: v for k, v in self.memory.items() if v is not None}
 
     def sampling(self) -> dict[str, Any]:
         """The sampling keywords for ``model.generate``."""
@@ -198,9 +193,10 @@ class EbbinghausLLM:
         ``sparse_attention`` or ``evict``; returns the seed's result dict.
 
         Keywords (see ``GenerateArgs``): ``temperature``, ``do_sample``, ``top_p``, ``top_k``,
-        ``repetition_penalty``, ``memory_budget``, ``sink_tokens``, ``recent_window``,
-        ``policy``, ``granularity``, ``observation_window``, ``positions``, ``prefill_chunk``, ``config``, ``seed``, ``chat``, ``ignore_eos``,
-        ``return_attention_weights``, ``verbose``, ``stopping_criteria``, ``streamer``.
+        ``repetition_penalty``, ``prefill_chunk``, ``config``, ``seed``, ``chat``, ``ignore_eos``,
+        ``return_attention_weights``, ``verbose``, ``stopping_criteria``, ``streamer``; and any
+        ``MemoryConfig`` field by name (``memory_budget``, ``policy``, ``sink_tokens``, ...), which
+        overrides ``config`` (else the wrapper's config) for this call.
         A list of prompts gives a list of results; prompts run one at a time, so no padding
         ever enters a forgetting cache.
 

@@ -12,9 +12,9 @@ import math
 import sys
 from typing import Any, Iterable, TextIO
 
-from ..config import GRANULARITIES, MODES, POLICIES, MemoryConfig
-from .common import (UsageError, add_model_args, check_model_args, check_output_path, load_llm, name_list,
-                     positive_int, write_output)
+from ..config import MODES, POLICIES
+from .common import (UsageError, add_knob_args, add_model_args, check_knobs, check_model_args, check_output_path,
+                     fraction_list, knobs_of, load_llm, name_list, positive_int, write_output)
 
 
 # -- memollm chat ------------------------------------------------------------------------------------
@@ -26,13 +26,6 @@ def add_parser(sub) -> None:
                                    "across turns and, in evict mode, held to --budget tokens.")
     p.add_argument("--file", default=None, help="read the turns from this UTF-8 file, one per line (default: stdin)")
     p.add_argument("--mode", choices=MODES, default="evict", help="generation mode (default: evict)")
-    p.add_argument("--budget", type=positive_int, default=None,
-                   help="KV-cache budget in tokens for evict mode (default: config, 512)")
-    p.add_argument("--policy", default=None, help="eviction policy for evict mode (default: ebbinghaus)")
-    p.add_argument("--sinks", type=int, default=None, help="attention-sink tokens kept (default: config, 4)")
-    p.add_argument("--window", type=positive_int, default=None, help="recent tokens kept (default: config, 32)")
-    p.add_argument("--granularity", choices=GRANULARITIES, default=None,
-                   help="who ranks cached tokens: shared, layer, head (default: config, auto = layer for evict)")
     p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=positive_int, default=64,
                    help="most new tokens per reply (default: 64)")
     p.add_argument("--system", default=None, help="a system message")
@@ -44,16 +37,12 @@ def add_parser(sub) -> None:
                    help="after each reply, print the conversation as cached, evicted spans shown as '…'")
     p.add_argument("--json", metavar="PATH", default=None, help="also write every turn's result as JSON ('-' = stdout)")
     add_model_args(p)
+    add_knob_args(p)
     p.set_defaults(handler=run)
 
 
 def _check_chat_args(args: argparse.Namespace) -> None:
-    changes = {"memory_budget": args.budget, "policy": args.policy, "sink_tokens": args.sinks,
-               "recent_window": args.window, "granularity": args.granularity}
-    try:  # validate before the (slow) model load
-        MemoryConfig().replace(**{k: v for k, v in changes.items() if v is not None})
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+    check_knobs(args)
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
         raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if args.seed < 0:
@@ -107,9 +96,7 @@ def _turns(lines: Iterable[str], prompt: str | None, err: TextIO):
 def run(args: argparse.Namespace) -> int:
     _check_chat_args(args)
     llm = load_llm(args)
-    options = dict(generation_mode=args.mode, memory_budget=args.budget, policy=args.policy,
-                   sink_tokens=args.sinks, recent_window=args.window, granularity=args.granularity,
-                   system=args.system, seed=args.seed, fmt=args.fmt)
+    options = dict(generation_mode=args.mode, system=args.system, seed=args.seed, fmt=args.fmt, **knobs_of(args))
     sampling = {"temperature": args.temperature} if args.temperature is not None else {}
     out = sys.stderr if args.json == "-" else sys.stdout
     if args.file is not None:
@@ -121,29 +108,14 @@ def run(args: argparse.Namespace) -> int:
         results = chat_lines(llm, sys.stdin, out=out, show_memory=args.show_memory, max_new_tokens=args.max_tokens,
                              prompt=prompt, sampling=sampling, **options)
     if args.json:
-        text = json.dumps(results, indent=1, default=str)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w", encoding="utf-8") as fh:
-                fh.write(text + "\n")
+        write_output(args.json, json.dumps(results, indent=1, default=str))
     return 0
 
 
 # -- memollm eval recall --------------------------------------------------------------------------------
-def _fractions(text: str) -> list[float]:
-    try:
-        values = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0.0 < v < 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected fractions in (0, 1), got {text!r}")
-    return values
-
-
 def add_recall_parser(esub) -> None:
     """``recall`` under ``memollm eval``'s subparsers."""
-    from ..evaluate.recall import POLICIES_COMPARED, SPLITS
+    from ..evaluate.recall import BUDGET_FRACTIONS, POLICIES_COMPARED, RECENT_WINDOW, SPLITS
 
     choices = [p for p in POLICIES if p != "full"]
     default = ",".join(POLICIES_COMPARED)
@@ -152,8 +124,9 @@ def add_recall_parser(esub) -> None:
                                     "about again once or twice, small talk, and every fact asked for at the end; "
                                     "answers and the share of each fact still cached, per policy, budget fraction "
                                     "and number of reviews, with 95%% intervals over conversations.")
-    p.add_argument("--budget-fractions", type=_fractions, default=[0.25, 0.5],
-                   help="KV-cache budgets as fractions of each conversation's length (default: 0.25,0.5)")
+    p.add_argument("--budget-fractions", type=fraction_list(low_open=True, high_open=True),
+                   default=list(BUDGET_FRACTIONS), help="KV-cache budgets as fractions of each conversation's "
+                   f"length (default: {','.join(map(str, BUDGET_FRACTIONS))})")
     p.add_argument("--policies", type=name_list(choices), default=name_list(choices)(default),
                    help=f"evicting policies, comma-separated (default: {default}); 'full' is always added")
     p.add_argument("--cases", type=positive_int, default=30, help="conversations (default: 30)")
@@ -161,8 +134,6 @@ def add_recall_parser(esub) -> None:
                    help=f"conversations from id {SPLITS['report']} (report, default) or from id 0 (tune, for "
                         "choosing wording and settings): the two never overlap")
     p.add_argument("--turns", type=positive_int, default=12, help="user turns before the final questions (default: 12)")
-    p.add_argument("--sinks", type=int, default=None, help="attention-sink tokens kept (default: config, 4)")
-    p.add_argument("--window", type=positive_int, default=16, help="recent tokens every policy keeps (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random policy and the bootstrap (default: 0)")
     p.add_argument("--json", metavar="PATH", default=None,
                    help="write the records (one per policy, budget fraction, conversation and fact) as JSON "
@@ -170,6 +141,7 @@ def add_recall_parser(esub) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
     add_model_args(p)
+    add_knob_args(p, skip=("memory_budget", "policy"), defaults={"recent_window": RECENT_WINDOW})
     p.set_defaults(handler=run_recall)
 
 
@@ -182,18 +154,13 @@ def run_recall(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.turns < 8:
         raise UsageError(f"--turns must be >= 8 (room for 4 facts and their reviews), got {args.turns}")
-    try:
-        MemoryConfig().replace(**{k: v for k, v in (("sink_tokens", args.sinks), ("recent_window", args.window))
-                                  if v is not None})
-    except (TypeError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+    check_knobs(args)
     check_output_path("--json", args.json)
     if args.threads:
         torch.set_num_threads(args.threads)
     llm = load_llm(args)
     result = recall(llm, budget_fractions=args.budget_fractions, policies=args.policies, cases=args.cases,
-                    split=args.split, seed=args.seed, turns=args.turns, sink_tokens=args.sinks,
-                    recent_window=args.window)
+                    split=args.split, seed=args.seed, turns=args.turns, config=llm.config.replace(**knobs_of(args)))
     s = result["settings"]
     out = sys.stderr if args.json == "-" else sys.stdout
     print(f"recall over {s['cases']} {s['split']} conversations ({s['mean_conversation_tokens']:.0f} tokens on "

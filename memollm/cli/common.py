@@ -47,6 +47,73 @@ def name_list(allowed: Sequence[str]) -> Callable[[str], list[str]]:
     return parse
 
 
+def fraction_list(*, low_open: bool = False, high_open: bool = False) -> Callable[[str], list[float]]:
+    """Comma-separated numbers in [0, 1] (ends open as asked), e.g. ``0.25,0.125``."""
+    lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        inside = [(v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1) for v in values]
+        if not values or not all(inside):
+            raise argparse.ArgumentTypeError(f"expected numbers in {lo}0, 1{hi}, got {text!r}")
+        return values
+
+    return parse
+
+
+def _truth(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1", "yes")
+
+
+def add_knob_args(p: argparse.ArgumentParser, *, skip: Sequence[str] = (), defaults: dict | None = None) -> None:
+    """One flag per ``MemoryConfig`` field not in ``skip``: name, help, type and default read from the
+    field (``memollm.config.KNOBS``), so a new knob reaches the command line by itself. ``defaults``:
+    a subcommand's own defaults for some knobs (shown in the help). Read them back with :func:`knobs_of`."""
+    from ..config import KNOBS, MemoryConfig
+
+    base, defaults = MemoryConfig(), defaults or {}
+    names = [name for name in KNOBS if name not in skip]
+    p.set_defaults(knob_names=names)
+    group = p.add_argument_group("memory knobs", "MemoryConfig fields; a flag left out keeps the config's value")
+    for name in names:
+        f = KNOBS[name]
+        m, dashed = f.metadata, "--" + name.replace("_", "-")
+        flags = [m["flag"], dashed] if m["flag"] else [dashed]
+        kwargs: dict = {"dest": name, "default": defaults.get(name)}
+        if m["choices"] is not None:
+            kwargs["choices"] = m["choices"]
+        elif name == "policy":
+            kwargs["metavar"] = "NAME"
+        elif m["kind"] in (int, float):
+            kwargs["type"], kwargs["metavar"] = m["kind"], m["kind"].__name__.upper()
+        elif m["kind"] is bool:
+            kwargs["type"], kwargs["metavar"] = _truth, "BOOL"
+        shown = defaults.get(name, getattr(base, name))
+        kwargs["help"] = f"{m['help']} (default: {'none' if shown is None else shown})"
+        group.add_argument(*flags, **kwargs)
+
+
+def knobs_of(args: argparse.Namespace) -> dict:
+    """The ``MemoryConfig`` fields given on the command line (flags added by :func:`add_knob_args`)."""
+    return {name: getattr(args, name) for name in getattr(args, "knob_names", ()) if getattr(args, name) is not None}
+
+
+def check_knobs(args: argparse.Namespace):
+    """The config the command line asks for, validated before the (slow) model load."""
+    from ..config import MemoryConfig
+
+    try:
+        return MemoryConfig().replace(**knobs_of(args))
+    except TypeError as exc:
+        raise UsageError(str(exc)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, status 2
         self.exit(2, f"{self.prog}: error: {message}\n")

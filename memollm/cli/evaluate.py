@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import torch
 
-from ..config import GRANULARITIES, POLICIES, POSITION_SCHEMES, MemoryConfig
+from ..config import GRANULARITIES, POLICIES, POSITION_SCHEMES
 from ..evaluate import EVICTING, agreement, long_stream, passkey, perplexity, stream_summary, table
 from ..evaluate.retrieval import DEFAULT_LENGTH, DEFAULT_POLICIES, TASKS, retrieval, retrieval_summary
 from ..stats import markdown_table, summarize
 from ..texts import TEXT_SOURCES, load_text
 from ..viz import plot_agreement, plot_passkey, plot_passkey_summary, plot_ppl, plot_stream, save_figure
 from .chat import add_recall_parser
-from .common import (UsageError, add_model_args, check_model_args, int_list, load_llm, name_list, positive_int,
-                     write_output)
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected numbers in [0, 1], got {text!r}")
-    return values
+from .common import (UsageError, add_knob_args, add_model_args, check_knobs, check_model_args, fraction_list, int_list,
+                     knobs_of, load_llm, name_list, positive_int, write_output)
 
 
 def add_parser(sub) -> None:
@@ -36,23 +25,18 @@ def add_parser(sub) -> None:
     esub = ev.add_subparsers(dest="eval_command", required=True, parser_class=type(ev))
     choices = [p for p in POLICIES if p != "full"]
 
-    def common(p, budgets: str, policies: str = ",".join(EVICTING)) -> None:
+    def common(p, budgets: str, policies: str = ",".join(EVICTING), skip: tuple[str, ...] = ()) -> None:
         p.add_argument("--budget", "--budgets", dest="budgets", type=int_list, default=int_list(budgets),
                        help=f"KV-cache budgets in tokens (default: {budgets})")
         p.add_argument("--policies", type=name_list(choices), default=name_list(choices)(policies),
                        help=f"evicting policies, comma-separated (default: {policies}); 'full' is always added")
-        p.add_argument("--sinks", type=int, default=None, help="attention-sink tokens kept (default: config, 4)")
-        p.add_argument("--window", type=positive_int, default=None, help="recent tokens kept (default: config, 32)")
         p.add_argument("--seed", type=int, default=0, help="seed for keys and the random policy (default: 0)")
         p.add_argument("--json", metavar="PATH", default=None, help="write the records as JSON ('-' = stdout)")
         p.add_argument("--no-plot", action="store_true", help="do not write the figure")
-        p.add_argument("--observation-window", type=positive_int, default=None,
-                       help="prompt queries whose attention scores earlier tokens (default: config)")
-        p.add_argument("--observation-pool", type=positive_int, default=None,
-                       help="max-pool scores over this many neighbours, odd (default: config)")
         p.add_argument("--threads", type=positive_int, default=None,
                        help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
         add_model_args(p)
+        add_knob_args(p, skip=("memory_budget", "policy", "granularity", *skip))  # a subcommand sweeps these
 
     def granularity(p) -> None:
         p.add_argument("--granularity", type=name_list(GRANULARITIES), default=["auto"],
@@ -82,14 +66,14 @@ def add_parser(sub) -> None:
     common(p, "128")
     granularity(p)
     p.set_defaults(budgets=None)  # --budget, --budget-fractions or both; 128 tokens when neither
-    p.add_argument("--budget-fractions", type=_float_list, default=[],
+    p.add_argument("--budget-fractions", type=fraction_list(), default=[],
                    help="budgets as fractions of the document, plus the question, e.g. 0.25,0.125 "
                         "(added to --budget; pass --budget '' to use fractions only)")
     p.add_argument("--read", choices=("chunked", "whole"), default="chunked",
                    help="read the prompt in chunks with eviction between them (bounded memory), or whole and "
                         "compress after it (question-aware; peaks at the prompt) (default: chunked)")
     p.add_argument("--lengths", type=int_list, default=[512], help="prompt lengths in tokens (default: 512)")
-    p.add_argument("--depths", type=_float_list, default=[0.1, 0.5, 0.9],
+    p.add_argument("--depths", type=fraction_list(), default=[0.1, 0.5, 0.9],
                    help="needle depths in [0, 1] (default: 0.1,0.5,0.9)")
     p.add_argument("--trials", type=positive_int, default=3, help="seeded keys per case (default: 3)")
     p.add_argument("--prefill-chunk", type=positive_int, default=32,
@@ -103,7 +87,7 @@ def add_parser(sub) -> None:
     p.add_argument("--task", "--tasks", dest="tasks", type=name_list(TASKS), default=list(TASKS),
                    help=f"tasks, comma-separated (default: {','.join(TASKS)})")
     p.add_argument("--cases", type=positive_int, default=8, help="documents per task (default: 8)")
-    p.add_argument("--budget-fractions", type=_float_list, default=[0.25, 0.125],
+    p.add_argument("--budget-fractions", type=fraction_list(), default=[0.25, 0.125],
                    help="budgets as fractions of each document, plus the question (default: 0.25,0.125)")
     p.add_argument("--length", type=positive_int, default=DEFAULT_LENGTH,
                    help=f"prompt tokens per document, about (default: {DEFAULT_LENGTH})")
@@ -126,7 +110,7 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=run_agreement)
 
     p = esub.add_parser("stream", help="perplexity along a stream longer than the context, per position scheme")
-    common(p, "256,1024", "streaming,ebbinghaus")
+    common(p, "256,1024", "streaming,ebbinghaus", skip=("positions",))
     p.add_argument("--tokens", type=positive_int, default=20_000, help="tokens to stream (default: 20000)")
     p.add_argument("--positions", type=name_list(POSITION_SCHEMES), default=list(POSITION_SCHEMES),
                    help="position schemes: true, cache (default: both)")
@@ -157,7 +141,7 @@ def add_parser(sub) -> None:
 def _check_args(args) -> None:
     if getattr(args, "budget_fractions", None) is not None and args.budgets is None:
         args.budgets = [] if args.budget_fractions else [128]
-    cfg = _config(args)
+    cfg = check_knobs(args)
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     penalty = getattr(args, "repetition_penalty", 1.0)
@@ -184,13 +168,6 @@ def _finish(args, records: list[dict], value: str, figure: str, plot) -> None:
         print(f"figure: {path}", file=sys.stderr)
 
 
-def _config(args) -> MemoryConfig:
-    """The memory knobs given on the command line, validated before the model loads."""
-    changes = {"sink_tokens": args.sinks, "recent_window": args.window,
-               "observation_window": args.observation_window, "observation_pool": args.observation_pool}
-    return MemoryConfig().replace(**{k: v for k, v in changes.items() if v is not None})
-
-
 def _print_summary(records: list[dict], value: str, *, lower_is_better: bool, interval: str = "bootstrap",
                    item: str = "passage", by=("policy", "granularity", "budget")) -> list[dict]:
     rows = summarize([r for r in records if r["policy"] != "full"], value, by=by, item=item,
@@ -200,11 +177,6 @@ def _print_summary(records: list[dict], value: str, *, lower_is_better: bool, in
     return rows
 
 
-def _overrides(args) -> dict:
-    changes = {"observation_window": args.observation_window, "observation_pool": args.observation_pool}
-    return {k: v for k, v in changes.items() if v is not None}
-
-
 def run_ppl(args) -> int:
     _check_args(args)
     text = load_text(args.text_file) if args.text_file else None
@@ -212,8 +184,7 @@ def run_ppl(args) -> int:
     records = perplexity(llm, budgets=args.budgets, policies=args.policies, max_tokens=args.max_tokens,
                          segments=args.segments, text=text, split=args.split,
                          sources=None if args.text_file else args.sources, granularities=args.granularity,
-                         sink_tokens=args.sinks, recent_window=args.window, chunk=args.chunk, seed=args.seed,
-                         config=llm.config.replace(**_overrides(args)))
+                         chunk=args.chunk, seed=args.seed, config=llm.config.replace(**knobs_of(args)))
     what = args.text_file or " + ".join(args.sources)
     print(f"perplexity, {args.segments} passage(s) x {args.max_tokens} tokens per source ({what}, {args.split} "
           f"split), chunk {args.chunk}, model {llm.model_name}")
@@ -232,8 +203,8 @@ def run_passkey(args) -> int:
     llm = _load(args)
     records = passkey(llm, budgets=args.budgets, budget_fractions=args.budget_fractions, lengths=args.lengths,
                       depths=args.depths, trials=args.trials, policies=args.policies, read=args.read,
-                      granularities=args.granularity, sink_tokens=args.sinks, recent_window=args.window,
-                      prefill_chunk=args.prefill_chunk, seed=args.seed, config=llm.config.replace(**_overrides(args)))
+                      granularities=args.granularity, prefill_chunk=args.prefill_chunk, seed=args.seed,
+                      config=llm.config.replace(**knobs_of(args)))
     print(f"passkey accuracy over {args.trials} keys per case, lengths {args.lengths}, depths {args.depths}, "
           f"prompt read {args.read}; the question comes after the document")
     print(table(records, "accuracy"))
@@ -262,7 +233,7 @@ def run_retrieval(args) -> int:
     llm = _load(args)
     records = retrieval(llm, tasks=args.tasks, cases=args.cases, budget_fractions=args.budget_fractions,
                         policies=args.policies, split=args.split, length=args.length, granularity=args.granularity,
-                        seed=args.seed, text=text, config=_config_for(llm, args))
+                        seed=args.seed, text=text, config=llm.config.replace(**knobs_of(args)))
     what = args.text_file or "docs + prose"
     print(f"retrieval over {args.cases} independent documents per task ({what}, {args.split} split, about "
           f"{args.length} tokens), read whole and compressed after it, model {llm.model_name}")
@@ -278,20 +249,14 @@ def run_retrieval(args) -> int:
     return 0
 
 
-def _config_for(llm, args):
-    """The loaded model's config with the command line's memory knobs."""
-    changes = {"sink_tokens": args.sinks, "recent_window": args.window, **_overrides(args)}
-    return llm.config.replace(**{k: v for k, v in changes.items() if v is not None})
-
-
 def run_agreement(args) -> int:
     _check_args(args)
     text = load_text(args.text_file)
     llm = _load(args)
     records = agreement(llm, budgets=args.budgets, policies=args.policies, prompt_tokens=args.prompt_tokens,
-                        new_tokens=args.new_tokens, segments=args.segments, text=text, sink_tokens=args.sinks,
-                        recent_window=args.window, prefill_chunk=args.prefill_chunk, seed=args.seed,
-                        repetition_penalty=args.repetition_penalty)
+                        new_tokens=args.new_tokens, segments=args.segments, text=text,
+                        prefill_chunk=args.prefill_chunk, seed=args.seed, repetition_penalty=args.repetition_penalty,
+                        config=llm.config.replace(**knobs_of(args)))
     print(f"greedy agreement with the full cache over {args.new_tokens} generated tokens "
           f"({records[0]['distinct_generated']:.0%} of them distinct)")
     print(table(records, "agreement", fmt="{:.3f}"))
@@ -305,7 +270,7 @@ def run_stream(args) -> int:
     records = long_stream(llm, tokens=args.tokens, budgets=args.budgets, schemes=args.positions,
                           policies=args.policies, window=args.every, chunk=args.chunk, source=args.source,
                           split=args.split, seed=args.seed,
-                          config=llm.config.replace(granularity=args.granularity, **_overrides(args)))
+                          config=llm.config.replace(granularity=args.granularity, **knobs_of(args)))
     print(f"perplexity in windows of {args.every} tokens along a {args.tokens}-token stream of {args.source} "
           f"({args.split} split, chunk {args.chunk}), model {llm.model_name}, context {llm.max_positions}")
     windows = [r for r in records if r["evaluation"] == "stream"]

@@ -8,8 +8,9 @@ import math
 import shutil
 import sys
 
-from ..config import MODES, MemoryConfig
-from .common import UsageError, add_model_args, check_model_args, check_output_path, load_llm, positive_int, write_output
+from ..config import MODES
+from .common import (UsageError, add_knob_args, add_model_args, check_knobs, check_model_args, check_output_path,
+                     knobs_of, load_llm, positive_int, write_output)
 
 
 def add_parser(sub) -> None:
@@ -22,13 +23,12 @@ def add_parser(sub) -> None:
                    help="new tokens to generate (default: 50)")
     add_model_args(p)
     p.add_argument("--compare", action="store_true", help="run every mode and print one table")
-    p.add_argument("--budget", type=positive_int, default=None, help="KV-cache budget in tokens for evict mode")
-    p.add_argument("--policy", default=None, help="eviction policy for evict mode (default: ebbinghaus)")
     p.add_argument("--seed", type=int, default=None, help="random seed (sampling, random policy)")
     p.add_argument("--temperature", type=float, default=None, help="sample with this temperature")
     p.add_argument("--no-chat", action="store_true", help="send the prompt as raw text, no chat template")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the result(s) as JSON ('-' = stdout)")
     p.add_argument("--verbose", action="store_true", help="show progress and details")
+    add_knob_args(p)
     p.set_defaults(handler=run_generate)
 
 
@@ -51,8 +51,7 @@ def compare_table(results: list[dict]) -> str:
 def run_generate(args: argparse.Namespace) -> int:
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    MemoryConfig().replace(**{k: v for k, v in (("memory_budget", args.budget), ("policy", args.policy))
-                              if v is not None})  # validate before the (slow) model load
+    check_knobs(args)
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
         raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if not args.prompt.strip():
@@ -60,8 +59,8 @@ def run_generate(args: argparse.Namespace) -> int:
     check_output_path("--json", args.json)
     check_model_args(args)
     llm = load_llm(args)
-    kwargs = dict(max_new_tokens=args.max_tokens, memory_budget=args.budget, policy=args.policy, seed=args.seed,
-                  temperature=args.temperature, chat=False if args.no_chat else None, verbose=args.verbose)
+    kwargs = dict(max_new_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature,
+                  chat=False if args.no_chat else None, verbose=args.verbose, **knobs_of(args))
     modes = MODES if args.compare else (args.mode,)
     results = [llm.generate(args.prompt, generation_mode=m, **kwargs) for m in modes]
     if args.compare:

@@ -55,6 +55,8 @@ SPLITS = {"tune": 0, "report": 100_000}
 """First conversation id of each split: ``tune`` for choosing settings, ``report`` for the numbers."""
 
 BUDGET_FRACTIONS = (0.25, 0.5)
+RECENT_WINDOW = 16
+"""Recent tokens every policy keeps here: short, so that a fact survives by its rank, not by recency."""
 SYSTEM = "A conversation between a user and a helpful assistant."
 
 SMALL_TALK = [
@@ -340,7 +342,7 @@ def _kept(tok, conv: Conversation, fact: int, seqs: list[int], starts: dict[int,
 # -- the measurement ---------------------------------------------------------------------------------
 def recall(llm, budget_fractions: Sequence[float] = BUDGET_FRACTIONS, policies: Sequence = POLICIES_COMPARED,
            cases: int = 30, *, split: str = "report", seed: int = 0, turns: int = 12, sink_tokens: int | None = None,
-           recent_window: int | None = 16, config=None, progress: bool = True) -> dict[str, Any]:
+           recent_window: int | None = RECENT_WINDOW, config=None, progress: bool = True) -> dict[str, Any]:
     """Recall of several facts at the end of ``cases`` conversations, per policy and budget fraction.
 
     ``policies``: evicting policy names (or ``(label, name, MemoryConfig)`` variants); ``full``
