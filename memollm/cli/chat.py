@@ -140,6 +140,7 @@ def add_recall_parser(esub) -> None:
                         "('-' = stdout)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
+    p.add_argument("--no-plot", action="store_true", help="do not write figures/eval_recall.png")
     add_model_args(p)
     add_knob_args(p, skip=("memory_budget", "policy"), defaults={"recent_window": RECENT_WINDOW})
     p.set_defaults(handler=run_recall)
@@ -171,4 +172,8 @@ def run_recall(args: argparse.Namespace) -> int:
         print(table(result, value), file=out)
     if args.json:
         write_output(args.json, records_json(result["records"]))
+    if not args.no_plot:
+        from ..viz import plot_recall, save_figure
+
+        print(f"figure: {save_figure(plot_recall(result), 'eval_recall')}", file=out)
     return 0

@@ -294,7 +294,9 @@ def run_stream(args) -> int:
         d = row["vs_baseline"]
         cells.append("–" if d is None else f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]")
         print("| " + " | ".join(str(c) for c in cells) + " |")
-    _finish(args, records, "perplexity", "eval_stream", lambda recs: plot_stream(recs, context=llm.max_positions))
+    granularity = llm.config.replace(granularity=args.granularity).granularity_for("evict")
+    _finish(args, records, "perplexity", "eval_stream",
+            lambda recs: plot_stream(recs, context=llm.max_positions, granularity=granularity))
     return 0
 
 

@@ -420,45 +420,6 @@ def plot_conversation(snapshots: Sequence[dict], boundaries: Sequence[tuple[str,
 
 
 
-def plot_stream_schemes(records: list[dict], *, context: int | None = None, granularity: str = "layer",
-                        labels: dict[str, str] | None = None):
-    """Perplexity along a long stream (``memollm eval stream`` records): one panel per position
-    scheme (true positions, positions inside the cache), one colour per policy, one line style per
-    budget, the full cache in both; ``context`` (the trained positions) is a labelled vertical line.
-    Records of other granularities are left out (``streaming`` has none: it ranks by position).
-    ``labels`` renames policies in the legend."""
-    plt = _plt()
-    labels = labels or {}
-    recs = [r for r in records if r["evaluation"] == "stream"]
-    full = sorted((r["window_start"], r["perplexity"]) for r in recs if r["policy"] == "full")
-    mine = [r for r in recs if r["policy"] != "full" and r.get("granularity", granularity) == granularity]
-    policies = list(dict.fromkeys(r["policy"] for r in mine))
-    budgets = sorted({r["budget"] for r in mine})
-    styles = dict(zip(budgets, ("-", "--", ":", "-.")))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
-    for ax, scheme, title in zip(axes, ("true", "cache"), ("true positions", "positions inside the cache")):
-        if full:
-            ax.plot(*zip(*full), color="black", lw=2, label="full cache")
-        for i, policy in enumerate(policies):
-            for budget in budgets:
-                pts = sorted((r["window_start"], r["perplexity"]) for r in mine
-                             if (r["policy"], r["positions"], r["budget"]) == (policy, scheme, budget))
-                if pts:
-                    ax.plot(*zip(*pts), color=f"C{i}", ls=styles[budget], marker=".",
-                            label=f"{labels.get(policy, policy)}, budget {budget}")
-        if context:
-            ax.axvline(context, color="grey", lw=1.5, ls=":", label=f"trained context ({context:,})")
-        ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel("position in the stream (window start, tokens)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("perplexity of the window")
-    handles, names = axes[1].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
-    return fig
-
-
 def plot_generation_memory(result: dict, *, context: int | None = None):
     """Memory along one long generation (``scripts/long_generation.py``'s JSON): the KV cache and
     the process's resident memory against position, ``context`` a labelled vertical line."""

@@ -202,45 +202,45 @@ def plot_agreement(records: list[dict], ax=None):
     return ax.figure
 
 
-def plot_stream(records: list[dict], *, context: int | None = None):
-    """Perplexity against position along a long stream: one panel per budget, one line per policy,
-    position scheme (dashed: true positions) and, where a panel has several, granularity; the full
-    cache in every panel (``context``: the model's trained positions, a vertical line)."""
+def plot_stream(records: list[dict], *, context: int | None = None, granularity: str = "layer",
+                labels: dict[str, str] | None = None):
+    """Perplexity along a long stream (``memollm eval stream`` records): one panel per position
+    scheme (true positions, positions inside the cache), one colour per policy, one line style per
+    budget, the full cache in both; ``context`` (the trained positions) is a labelled vertical line.
+    Records of other granularities are left out (``streaming`` has none: it ranks by position).
+    ``labels`` renames policies in the legend."""
     import matplotlib.pyplot as plt
 
+    labels = labels or {}
     recs = [r for r in records if r["evaluation"] == "stream"]
     full = sorted((r["window_start"], r["perplexity"]) for r in recs if r["policy"] == "full")
-    budgets = sorted({r["budget"] for r in recs if r["policy"] != "full"})
-    fig, axes = plt.subplots(1, max(1, len(budgets)), figsize=(5.6 * max(1, len(budgets)), 4.2),
-                             sharey=True, squeeze=False)
-    colors = {p: f"C{i}" for i, p in enumerate(dict.fromkeys(r["policy"] for r in recs if r["policy"] != "full"))}
-    for ax, budget in zip(axes[0], budgets or [None]):
-        mine = [r for r in recs if r["policy"] != "full" and r["budget"] == budget]
-        several = len({r.get("granularity") for r in mine}) > 1
+    mine = [r for r in recs if r["policy"] != "full" and r.get("granularity", granularity) == granularity]
+    policies = list(dict.fromkeys(r["policy"] for r in mine))
+    budgets = sorted({r["budget"] for r in mine})
+    styles = dict(zip(budgets, ("-", "--", ":", "-.")))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    for ax, scheme, title in zip(axes, ("true", "cache"), ("true positions", "positions inside the cache")):
         if full:
-            ax.plot(*zip(*full), color="black", lw=2, marker=".", label="full cache")
-        lines: dict[tuple, list] = {}
-        for key in dict.fromkeys((r["policy"], r["positions"], r.get("granularity")) for r in mine):
-            lines[key] = sorted((r["window_start"], r["perplexity"]) for r in mine
-                                if (r["policy"], r["positions"], r.get("granularity")) == key)
-        for (policy, scheme, granularity), pts in lines.items():
-            same = [g for (p, s, g), other in lines.items() if (p, s) == (policy, scheme) and other == pts]
-            if same[0] != granularity:
-                continue  # identical to a line drawn already (streaming ignores the granularity)
-            label = f"{policy}, positions={scheme}" + (f", {granularity}" if several and len(same) == 1 else "")
-            ax.plot(*zip(*pts), marker=".", color=colors[policy], label=label, ls="-" if scheme == "cache" else "--",
-                    alpha=0.5 if len(same) == 1 and several and granularity != "layer" else 1.0)
-        ax.set_yscale("log")
+            ax.plot(*zip(*full), color="black", lw=2, label="full cache")
+        for i, policy in enumerate(policies):
+            for budget in budgets:
+                pts = sorted((r["window_start"], r["perplexity"]) for r in mine
+                             if (r["policy"], r["positions"], r["budget"]) == (policy, scheme, budget))
+                if pts:
+                    ax.plot(*zip(*pts), color=f"C{i}", ls=styles[budget], marker=".",
+                            label=f"{labels.get(policy, policy)}, budget {budget}")
         if context:
-            ax.axvline(context, color="grey", lw=1, ls=":")
-            ax.annotate(f"trained context ({context:,})", (context, 0), xycoords=("data", "axes fraction"),
-                        xytext=(3, 4), textcoords="offset points", fontsize=7, color="grey")
+            ax.axvline(context, color="grey", lw=1.5, ls=":", label=f"trained context ({context:,})")
+        ax.set_yscale("log")
+        ax.set_title(title)
         ax.set_xlabel("position in the stream (window start, tokens)")
-        ax.set_title(f"KV budget {budget} tokens" if budget else "full cache")
-        ax.legend(fontsize=7, loc="upper left")
-    axes[0][0].set_ylabel("perplexity of the window")
-    fig.suptitle("Streaming past the context window", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("perplexity of the window")
+    handles, names = axes[1].get_legend_handles_labels()
     fig.tight_layout()
+    # below the panels, as many rows as it needs (saved and shown with bbox_inches="tight")
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(names)), fontsize=9,
+               frameon=False)
     return fig
 
 
