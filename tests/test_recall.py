@@ -10,7 +10,7 @@ import pytest
 from memollm.lessons import kv_trace
 from memollm.cli import main as cli_main
 from memollm.evaluate.recall import (FACT_KINDS, SMALL_TALK, SPLITS, build_conversation, recall, run_conversation,
-                                     table)
+                                     recall_table)
 from memollm_testutils import assert_clean, one_thread
 
 _one_thread = one_thread()
@@ -91,7 +91,7 @@ def test_a_tiny_recall_run_writes_one_record_per_policy_fraction_conversation_an
         if r["policy"] != "full":
             assert r["budget"] == round(r["budget_fraction"] * r["conversation_tokens"])
     assert set(result["summary"]) >= {"correct", "kept_share"}
-    text = table(result, "kept_share")
+    text = recall_table(result, "kept_share")
     assert "| streaming | 0.25 |" in text and "| full | full |" in text
     json.dumps(result, allow_nan=False)  # strict JSON
     from memollm.viz import plot_recall

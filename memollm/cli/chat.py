@@ -149,7 +149,7 @@ def add_recall_parser(esub) -> None:
 def run_recall(args: argparse.Namespace) -> int:
     import torch
 
-    from ..evaluate.recall import VALUES, recall, records_json, table
+    from ..evaluate.recall import VALUES, recall, recall_table, records_json
 
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
@@ -169,7 +169,7 @@ def run_recall(args: argparse.Namespace) -> int:
           f"model {llm.model_name}; {s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU)", file=out)
     for value, title in VALUES.items():
         print(f"\n{title}, by number of reviews (95% bootstrap interval over conversations):", file=out)
-        print(table(result, value), file=out)
+        print(recall_table(result, value), file=out)
     if args.json:
         write_output(args.json, records_json(result["records"]))
     if not args.no_plot:

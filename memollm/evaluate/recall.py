@@ -430,7 +430,7 @@ def recall_summary(records: Sequence[dict], *, seed: int = 0) -> dict[str, list[
     return out
 
 
-def table(result, value: str = "correct") -> str:
+def recall_table(result, value: str = "correct") -> str:
     """A markdown table of ``value`` (a key of ``VALUES``); ``result``: what ``recall`` returns, or its records."""
     from ..stats import markdown_table
 
@@ -445,6 +445,6 @@ def records_json(records: Sequence[dict]) -> str:
     return "[\n" + ",\n".join(json.dumps(r, allow_nan=False) for r in records) + "\n]\n"
 
 
-__all__ = ["BUDGET_FRACTIONS", "FACT_KINDS", "POLICIES_COMPARED", "SMALL_TALK", "SPLITS", "Conversation", "Fact",
+__all__ = ["BUDGET_FRACTIONS", "FACT_KINDS", "POLICIES_COMPARED", "RECENT_WINDOW", "SMALL_TALK", "SPLITS", "Conversation", "Fact",
            "build_conversation", "conversation_means", "records_json", "recall", "recall_summary", "run_conversation",
-           "table"]
+           "recall_table"]
