@@ -2,7 +2,7 @@
 
 Every variant is one block of batch rows in the same streamed run (StreamingLLM protocol,
 token by token), next to streaming / h2o / tova as references, so all see the same tokens.
-The reported numbers (README, notebook 06) come from the *report* split, which this
+The reported numbers (README, notebook 07) come from the *report* split, which this
 script never reads.
 
     .venv/bin/python scripts/tune_ebbinghaus.py --round 1 --budgets 64,128 --max-tokens 512 \

@@ -98,7 +98,7 @@ def _paired(runs: Sequence[dict[str, Any]], a: tuple[str, int], b: tuple[str, in
 
 def targets(records: Sequence[dict[str, Any]], budget: int = DEFAULT_BUDGET,
             runs: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """The project's speed targets (issue 4), each as a measured ratio, where the records hold
+    """The speed bounds the README holds the benchmark to, each as a measured ratio, where the records hold
     what it needs: bookkeeping costs at 1024 tokens, eviction's speed-up and memory cut at the
     longest context, flat eviction cost across contexts, Ebbinghaus scoring against streaming.
 
@@ -138,7 +138,7 @@ def targets(records: Sequence[dict[str, Any]], budget: int = DEFAULT_BUDGET,
                 cost = _paired(runs, (ebb, c), (stream, c)) or e["ms_per_token"] / s["ms_per_token"]
                 add(f"ebbinghaus ms/token / streaming at {c} tokens", cost, "<= 1.10", cost <= 1.10)
         shared = Case("evict", "ebbinghaus", budget, "shared").label
-        for g in ("layer", "head"):  # per-layer or per-head ranking against one shared ranking (issue 14)
+        for g in ("layer", "head"):  # per-layer or per-head ranking against one shared ranking
             lab = Case("evict", "ebbinghaus", budget, g).label
             e, s = at.get((lab, top)), at.get((shared, top))
             if e and s:

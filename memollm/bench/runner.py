@@ -1,6 +1,6 @@
 """Running the fair benchmark: warm-up, interleaved rounds, the machine it ran on.
 
-``run_benchmark`` is the method the README and notebook 05 quote; ``run_naive`` is the
+``run_benchmark`` is the method the README and notebook 06 quote; ``run_naive`` is the
 seed's method (one cold run per mode in fixed order), kept to show why it misleads.
 """
 

@@ -95,7 +95,7 @@ def run_bench(args) -> int:
     print((format_markdown if args.markdown else format_table)(fair.records), file=out)
     goals = targets(fair.records, args.budget[0], fair.to_json()["runs"])
     if goals:
-        print("\nTargets (issue 4), as ratios measured in this run:", file=out)
+        print("\nBounds, as ratios measured in this run:", file=out)
         print(format_targets(goals), file=out)
     records = [r for res in results for r in res.records]
     if args.json:
@@ -125,7 +125,7 @@ def _replot(args) -> int:
     print(table(fair))
     goals = targets(fair, args.budget[0], data.get("runs"))
     if goals:
-        print("\nTargets (issue 4), as ratios measured in that run:\n" + format_targets(goals))
+        print("\nBounds, as ratios measured in that run:\n" + format_targets(goals))
     if not args.no_plots and fair:
         print("\nfigures: " + ", ".join(save_bench_plots(fair, args.plot_prefix)))
     return 0

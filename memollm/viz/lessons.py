@@ -338,6 +338,7 @@ def plot_logit_difference(diff, *, title: str = "evicted cache without true posi
     values = [float(d) for d in diff]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.bar(range(len(values)), values, color="crimson")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
     ax.set_xlabel("generation step (0 = after the prompt, before any eviction)")
     ax.set_ylabel("max |logit difference|")
     ax.set_title(title, fontsize=10)
