@@ -249,49 +249,18 @@ class EbbinghausLLM:
         return []
 
     def _generate_one(self, prompt: str, args: GenerateArgs) -> dict[str, Any]:
-        mode = args.generation_mode
-        overrides = args.memory_overrides()
-        warnings: list[str] = []
-        try:
-            cfg = self.resolve_config(args.config, **overrides)
-        except ConfigError as exc:
-            if mode == "evict" or "memory_budget" not in overrides:
-                raise
-            # the budget does nothing outside evict: a budget only evict would reject is no error here
-            cfg = self.resolve_config(args.config, **{k: v for k, v in overrides.items() if k != "memory_budget"})
-            warnings.append(f"memory_budget ignored in {mode!r} (it only applies to evict): {exc}")
+        cfg, warnings = self._config_for(args)
         ids = self.encode(prompt, args.chat)
-        prompt_len = ids.shape[1]
         prompt_ids = ids[0].tolist()
-        warnings += self._check_length(prompt_len, args, cfg)
+        warnings += self._check_length(len(prompt_ids), args, cfg)
         if args.seed is not None:
             torch.manual_seed(args.seed)
-        gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=args.max_new_tokens, return_dict_in_generate=True, use_cache=True,
-            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=args.stopping_criteria,
-            streamer=args.streamer, **args.sampling())
-        if args.ignore_eos:
-            gen_kwargs["min_new_tokens"] = args.max_new_tokens
-        session = None
-        if mode != "baseline":
-            session = MemorySession(self.model, mode, cfg, seed=args.seed or 0, record=args.return_attention_weights)
-        with tqdm(total=args.max_new_tokens, desc=mode, leave=False, disable=not args.verbose) as progress:
-            with exclusive(self.model), timed(self.device) as clock:
-                if session is None:
-                    gen_kwargs["streamer"] = _ProgressStreamer(progress, args.streamer)
-                    out = self.model.generate(ids, **gen_kwargs)
-                else:
-                    session.progress = progress
-                    with attached(self.model, session), _quiet_length_reminder(session.rotary is not None):
-                        if args.prefill_chunk is not None and prompt_len > args.prefill_chunk:
-                            cfg.check_budget(cfg.memory_budget, args.prefill_chunk)
-                            ids = self._prefill_in_chunks(ids, args.prefill_chunk, session, gen_kwargs)
-                        out = self.model.generate(ids, **gen_kwargs)
-        elapsed = clock.seconds
-        new = out.sequences[0, ids.shape[1]:]
-        cache = getattr(out, "cache", None)
+        session = None if args.generation_mode == "baseline" else MemorySession(
+            self.model, args.generation_mode, cfg, seed=args.seed or 0, record=args.return_attention_weights)
+        out, fed, elapsed = self._run(ids, args, cfg, session)
+        new = out.sequences[0, fed:]
         result = generation_result(self.tokenizer.decode(new, skip_special_tokens=True), new.tolist(), elapsed,
-                                   prompt_len, cache, mode, cfg)
+                                   len(prompt_ids), getattr(out, "cache", None), args.generation_mode, cfg)
         if session is not None:
             result.update(session.results())
         result["warnings"] = warnings + result["warnings"]
@@ -302,11 +271,47 @@ class EbbinghausLLM:
                 tw["tokens"] = [self.tokenizer.decode([all_ids[p]]) for p in tw["positions"]]
             result["token_weights"] = tw
         if args.verbose:  # the caller asked to see it: stderr, and the log for those who collect it
-            summary = (f"{mode}: {result['num_tokens']} tokens in {elapsed:.2f}s "
+            summary = (f"{args.generation_mode}: {result['num_tokens']} tokens in {elapsed:.2f}s "
                        f"({result['tokens_per_second']:.1f} tok/s), KV cache {result['kv_cache_tokens']} tokens")
             log.info(summary)
             tqdm.write(summary, file=sys.stderr)
         return result
+
+    def _config_for(self, args: GenerateArgs) -> tuple[MemoryConfig, list[str]]:
+        """This call's config, and a warning where a budget was given to a mode that has none."""
+        overrides = args.memory_overrides()
+        try:
+            return self.resolve_config(args.config, **overrides), []
+        except ConfigError as exc:
+            if args.generation_mode == "evict" or "memory_budget" not in overrides:
+                raise
+            # the budget does nothing outside evict: a budget only evict would reject is no error here
+            cfg = self.resolve_config(args.config, **{k: v for k, v in overrides.items() if k != "memory_budget"})
+            return cfg, [f"memory_budget ignored in {args.generation_mode!r} (it only applies to evict): {exc}"]
+
+    def _run(self, ids: torch.Tensor, args: GenerateArgs, cfg: MemoryConfig, session: MemorySession | None):
+        """``model.generate`` on ``ids``, with ``session`` attached (after a chunked prefill if asked);
+        returns its output, how many ids it was fed, and the seconds it took."""
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=args.max_new_tokens, return_dict_in_generate=True, use_cache=True,
+            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=args.stopping_criteria,
+            streamer=args.streamer, **args.sampling())
+        if args.ignore_eos:
+            gen_kwargs["min_new_tokens"] = args.max_new_tokens
+        with tqdm(total=args.max_new_tokens, desc=args.generation_mode, leave=False,
+                  disable=not args.verbose) as progress:
+            with exclusive(self.model), timed(self.device) as clock:
+                if session is None:
+                    gen_kwargs["streamer"] = _ProgressStreamer(progress, args.streamer)
+                    out = self.model.generate(ids, **gen_kwargs)
+                else:
+                    session.progress = progress
+                    with attached(self.model, session), _quiet_length_reminder(session.rotary is not None):
+                        if args.prefill_chunk is not None and ids.shape[1] > args.prefill_chunk:
+                            cfg.check_budget(cfg.memory_budget, args.prefill_chunk)
+                            ids = self._prefill_in_chunks(ids, args.prefill_chunk, session, gen_kwargs)
+                        out = self.model.generate(ids, **gen_kwargs)
+        return out, ids.shape[1], clock.seconds
 
     @torch.no_grad()
     def _prefill_in_chunks(self, ids: torch.Tensor, chunk: int, session: MemorySession,
