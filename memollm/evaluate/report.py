@@ -261,10 +261,12 @@ def forest_rows(tables: list[Table], policy: str) -> list[dict[str, Any]]:
                 settings = [str(v) if k == "granularity" else f"{k[:3]} {v}"
                             for k, v in zip(t.spec.settings, t.settings) if v is not None]
                 budget = f"{t.budget:g}" if isinstance(t.budget, float) else str(t.budget)
+                # true positions past the trained context differ by tens: their own panel keeps the others readable
+                where = " (true positions)" if dict(zip(t.spec.settings, t.settings)).get("positions") == "true" else ""
                 rows.append({"label": " · ".join([t.task, *settings, f"B={budget}", f"vs {r.peer}"]),
                              "mean": r.diff.mean, "low": r.diff.low, "high": r.diff.high, "n": r.diff.n,
                              "marked": r.verdict in ("wins", "loses"), "verdict": r.verdict,
-                             "panel": f"Δ {t.spec.metric}: {policy} − best peer ({better} is better)"})
+                             "panel": f"Δ {t.spec.metric}{where}: {policy} − best peer ({better} is better)"})
     return rows
 
 
