@@ -123,13 +123,16 @@ def test_cli_eval_help_and_usage_errors(capsys):
     assert exc.value.code == 2
 
 
-def test_plots(make_tiny, tmp_path):
+def test_evaluation_plots_show_each_policy():
     import matplotlib
 
     matplotlib.use("Agg")
     recs = [{"evaluation": "ppl", "policy": p, "budget": b, "perplexity": 10.0 + b / 100, "perplexity_after_budget": 9.0}
             for p in ("h2o", "full") for b in (64, 128)]
-    assert viz.plot_ppl(recs) is not None  # one passage, no streaming: means
+    ax = viz.plot_ppl(recs).axes[0]  # one passage, no streaming: means
+    assert ax.get_ylabel() == "perplexity after budget" and "lower is better" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["h2o"]  # the full cache is not a policy
+    assert ax.lines[0].get_ydata().tolist() == [9.0, 9.0]  # one point per budget
     paired = [{"evaluation": "ppl", "policy": p, "budget": b, "passage": f"docs/{i}",
                "perplexity_after_budget": 9.0 + i + (p == "h2o")} for p in ("h2o", "streaming") for b in (64, 128)
               for i in range(3)]
@@ -137,9 +140,13 @@ def test_plots(make_tiny, tmp_path):
     assert "streaming" in ax.get_ylabel() and [t.get_text() for t in ax.get_legend().get_texts()] == ["h2o"]
     pk = [{"evaluation": "passkey", "policy": "h2o", "budget": 64, "length": 200, "depth": 0.5, "accuracy": 0.5},
           {"evaluation": "passkey", "policy": "full", "budget": None, "length": 200, "depth": 0.5, "accuracy": 1.0}]
-    assert viz.plot_passkey(pk) is not None
+    ax = viz.plot_passkey(pk).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["h2o", "full"]
+    assert [t.get_text() for t in ax.texts] == ["0.50", "1.00"]  # the full cache counts at every budget
     ag = [{"evaluation": "agreement", "policy": "h2o", "budget": 64, "agreement": 0.8}]
-    assert viz.plot_agreement(ag) is not None
+    ax = viz.plot_agreement(ag).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["h2o"]
+    assert ax.lines[0].get_xdata().tolist() == [64] and ax.lines[0].get_ydata().tolist() == [0.8]
     stream = [{"evaluation": "stream", "policy": "full", "positions": "true", "budget": None, "window_start": w,
                "perplexity": 10.0} for w in (0, 100)]
     stream += [{"evaluation": "stream", "policy": p, "positions": s, "budget": b, "granularity": g, "window_start": w,

@@ -120,7 +120,7 @@ def test_prefill_chunk_needs_evict(llm):
         llm.generate(LONG, 2, "evict", memory_budget=40, prefill_chunk=16)  # 4 sinks + 32 recent + 16 > 40
 
 
-def test_cache_positions_silence_the_misleading_length_reminder(make_tiny):
+def test_cache_positions_silence_the_misleading_length_reminder():
     """transformers reminds that a generation "exceeded the model's predefined maximum length" by
     counting tokens; with positions="cache" no position exceeds the budget, so the reminder is
     filtered out during such a call (and only then)."""
