@@ -1,5 +1,5 @@
 """Behaviour found by trying to break the API: each case here once ran silently wrong or failed
-deep inside the library (the architecture issue's list)."""
+deep inside the library."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def test_context_prompt_has_the_requested_length(tokenizer):
     assert abs(len(tokenizer(long).input_ids) - 200) <= 1
 
 
-def test_one_record_per_case_and_context_with_the_issue_fields(result):
+def test_one_record_per_case_and_context_with_every_required_field(result):
     records = result.records
     assert len(records) == 5 * 2
     assert {(r["label"], r["context_tokens"]) for r in records} == {

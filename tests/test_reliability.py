@@ -1,4 +1,4 @@
-"""Issue 6: faults, non-finite scores, concurrent use, long runs and safe loading never
+"""Faults, non-finite scores, concurrent use, long runs and safe loading never
 corrupt the model or give silently wrong output."""
 
 from __future__ import annotations
