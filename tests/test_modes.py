@@ -204,15 +204,6 @@ def _no_template(llm):
     return EbbinghausLLM(model=llm.model, tokenizer=tok)
 
 
-@pytest.mark.parametrize("name,value", [("initial_strength", 0.0), ("initial_strength", math.inf),
-                                        ("time_step", -1.0), ("time_step", math.nan),
-                                        ("soft_delete_floor", 1.2), ("sparse_threshold", 1.0)])
-def test_replace_names_a_bad_memory_parameter(name, value):
-    """No bad value reaches generate: a config is checked when it is made, by replace too."""
-    with pytest.raises(ValueError, match=name):
-        MemoryConfig().replace(**{name: value})
-
-
 def test_unknown_keyword_is_rejected_with_the_valid_ones(tiny):
     with pytest.raises(TypeError, match=r"max_tokens.*valid:.*max_new_tokens.*generation_mode"):
         tiny.generate(PROMPT, max_tokens=5)
@@ -339,22 +330,3 @@ def test_demo_shim_reports_errors_without_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "memory_budget" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_load_model_validates_device_and_dtype_before_loading():
-    from memollm import load_model
-
-    with pytest.raises(ValueError, match="device"):
-        load_model(device="nonsense")
-    with pytest.raises(ValueError, match="dtype"):
-        load_model(dtype="float8")
-    with pytest.raises(ValueError, match="device"):
-        EbbinghausLLM(device="nonsense")
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_asking_for_a_missing_gpu_is_a_clear_error():
-    from memollm import load_model
-
-    with pytest.raises(ValueError, match="not available here"):
-        load_model(device="cuda")

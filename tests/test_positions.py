@@ -16,33 +16,6 @@ PROMPT = "The quick brown fox jumps over the lazy dog while the cat sleeps."
 ROTARY = ["llama", "qwen2", "qwen3", "mistral", "phi3", "gpt_neox"]  # gpt_neox: partial rotary (25% of channels)
 
 
-@torch.no_grad()
-def _layer0_keys(llm, ids, offset):
-    cache = DynamicCache(config=llm.model.config)
-    n = ids.shape[1]
-    llm.model(ids, cache=cache, use_cache=True, position_ids=torch.arange(offset, offset + n)[None])
-    return cache.layers[0].keys
-
-
-@pytest.mark.parametrize("arch", ROTARY)
-def test_rerotating_a_key_equals_computing_it_at_the_new_position(make_tiny, arch):
-    """Layer 0's keys depend only on the token and its position: an independent reference."""
-    llm = make_tiny(arch)
-    ids = llm.encode(PROMPT, chat=False)
-    far, near = _layer0_keys(llm, ids, 700), _layer0_keys(llm, ids, 3)
-    shift = torch.full((1, 1, ids.shape[1]), 3 - 700)
-    torch.testing.assert_close(rerotate(far, shift, rotary_embedding(llm.model)), near, atol=2e-5, rtol=1e-4)
-
-
-def test_bundled_model_rerotation_and_per_head_turns(llm):
-    ids = llm.encode(PROMPT, chat=False)
-    far, near = _layer0_keys(llm, ids, 5000), _layer0_keys(llm, ids, 10)
-    n, heads = ids.shape[1], far.shape[1]
-    shift = torch.full((1, heads, n), 10 - 5000)  # one turn per KV head, as per-head eviction needs
-    # angles of ~5,000 radians carry float32 rounding of ~1e-4 in the reference itself
-    torch.testing.assert_close(rerotate(far, shift, rotary_embedding(llm.model)), near, atol=2e-3, rtol=1e-3)
-
-
 @pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
 def test_nothing_evicted_gives_baseline_tokens(llm, granularity):
     base = llm.generate(PROMPT, 10, ignore_eos=True)
