@@ -59,19 +59,6 @@ def test_a_policy_without_scores_says_what_is_missing(tiny, temporary_policy):
         tiny.generate(PROMPT, 20, "evict", policy="no_scores", **EVICT)
 
 
-def test_result_config_is_what_ran(tiny):
-    tuned = tiny.generate(PROMPT, 3, "evict", policy="ebbinghaus_tuned", **EVICT)["config"]
-    assert {k: tuned[k] for k in EBBINGHAUS_TUNED} == EBBINGHAUS_TUNED and tuned["memory_budget"] == 24
-    assert tiny.generate(PROMPT, 3, "evict", policy="ebbinghaus_fixed", **EVICT)["config"]["reinforce"] is False
-
-
-def test_the_budget_is_no_error_where_it_does_nothing(tiny):
-    r = tiny.generate(PROMPT, 3, "soft_delete", chat=False, memory_budget=5)
-    assert r["num_tokens"] == 3 and any("memory_budget ignored" in w for w in r["warnings"])
-    with pytest.raises(ValueError, match="memory_budget"):
-        tiny.generate(PROMPT, 3, "evict", chat=False, memory_budget=5)
-
-
 def test_generate_inside_a_running_generation_fails_clearly(tiny):
     class Reenter:
         def put(self, value):
@@ -88,23 +75,6 @@ def test_generate_inside_a_running_generation_fails_clearly(tiny):
         with pytest.raises(RuntimeError, match="inside a running generation"):
             tiny.generate(PROMPT, 2, mode, streamer=Reenter(), **kwargs)
         assert_clean(tiny.model)
-
-
-def test_verbose_shows_progress_in_every_mode(tiny, capsys, monkeypatch):
-    import memollm.llm
-
-    counted = []
-
-    class Bar(memollm.llm.tqdm):  # tqdm that remembers how far it got
-        def close(self):
-            counted.append(self.n)
-            super().close()
-
-    monkeypatch.setattr(memollm.llm, "tqdm", Bar)
-    for mode in ("baseline", "evict"):
-        tiny.generate(PROMPT, 4, mode, verbose=True, **(EVICT if mode == "evict" else dict(chat=False)))
-        assert f"{mode}: 4 tokens" in capsys.readouterr().err
-    assert counted and set(counted) == {4}  # every bar reached the number of new tokens
 
 
 def test_cli_reports_user_errors_in_one_line_and_bugs_with_a_traceback(monkeypatch, capsys):

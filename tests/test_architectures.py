@@ -202,14 +202,6 @@ def test_all_sliding_model_gets_a_clear_error(tokenizer):
     assert_clean(llm.model)
 
 
-def test_memory_config_layers_follow_the_fraction(make_tiny):
-    llm = make_tiny("qwen2")
-    r = llm.generate(PROMPT, 3, "soft_delete", chat=False, config=MemoryConfig(memory_layer_fraction=0.75))
-    assert set(r["memory_stats"]) == {"layer_0", "layer_1", "layer_2"}
-    r = llm.generate(PROMPT, 3, "soft_delete", chat=False, config=MemoryConfig(memory_layer_fraction=1.0))
-    assert set(r["memory_stats"]) == {f"layer_{i}" for i in range(4)}
-
-
 def test_sparse_equivalence_holds_with_reinforcement(make_tiny):
     """With reinforcement on, attended tokens regain strength and escape the mask; the result
     still equals dropping exactly the masked positions."""
