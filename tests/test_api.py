@@ -23,60 +23,6 @@ def tiny(make_tiny):
     return make_tiny("llama")
 
 
-@pytest.fixture
-def temporary_policy():
-    added = []
-
-    def register(name, cls):
-        register_policy(name)(cls)
-        added.append(name)
-        return cls
-
-    yield register
-    for name in added:
-        POLICIES.pop(name, None)
-
-
-@pytest.mark.parametrize("shape", ["one", "short", "list"])
-def test_a_policy_with_badly_shaped_scores_gets_a_value_error_naming_it(tiny, temporary_policy, shape):
-    class Bad(Policy):
-        def scores(self, positions):
-            if shape == "one":
-                return torch.ones(1, 1)
-            if shape == "short":
-                return torch.ones(positions.shape[0], positions.shape[1] - 3)
-            return positions.tolist()
-
-    temporary_policy("bad_scores", Bad)
-    with pytest.raises(ValueError, match="policy 'bad_scores'.*shape"):
-        tiny.generate(PROMPT, 20, "evict", policy="bad_scores", **EVICT)
-    assert_clean(tiny.model)
-
-
-def test_a_policy_without_scores_says_what_is_missing(tiny, temporary_policy):
-    temporary_policy("no_scores", type("NoScores", (Policy,), {}))
-    with pytest.raises(NotImplementedError, match="no_scores.*must define scores"):
-        tiny.generate(PROMPT, 20, "evict", policy="no_scores", **EVICT)
-
-
-def test_generate_inside_a_running_generation_fails_clearly(tiny):
-    class Reenter:
-        def put(self, value):
-            tiny.generate("Hi.", 2, chat=False)
-
-        def end(self):
-            pass
-
-    for mode in ("baseline", "evict"):
-        kwargs = EVICT if mode == "evict" else dict(chat=False)
-        if mode == "baseline":
-            tiny.generate(PROMPT, 2, streamer=Reenter(), **kwargs)  # no session attached: harmless, allowed
-            continue
-        with pytest.raises(RuntimeError, match="inside a running generation"):
-            tiny.generate(PROMPT, 2, mode, streamer=Reenter(), **kwargs)
-        assert_clean(tiny.model)
-
-
 def test_cli_reports_user_errors_in_one_line_and_bugs_with_a_traceback(monkeypatch, capsys):
     import memollm.cli
     from memollm.cli import generate as gen_cli
