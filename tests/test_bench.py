@@ -162,38 +162,3 @@ def test_clock_memory_and_bandwidth_helpers(tiny):
     assert run.new_tokens == 3 and run.decode_seconds > 0 and run.total_seconds >= run.prefill_seconds
     with pytest.raises(ValueError):
         time_generation(tiny, "x", Case("baseline"), 1)
-
-
-def test_cli_bench_writes_json_and_csv(tiny, tmp_path, monkeypatch, capsys):
-    import memollm.cli
-
-    monkeypatch.setattr(memollm.cli.bench, "load_llm", lambda args: tiny)
-    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
-    code = memollm.cli.main(["bench", "--contexts", "20,40", "--new-tokens", "3", "--repeats", "1", "--warmup", "0",
-                             "--modes", "baseline,evict", "--budget", str(BUDGET), "--naive", "--naive-context", "16",
-                             "--json", str(out_json), "--csv", str(out_csv), "--no-plots", "--quiet"])
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "Naive (seed-style)" in printed and "Fair:" in printed and "bandwidth" in printed
-    data = json.loads(out_json.read_text())
-    assert sorted({r["method"] for r in data["records"]}) == ["fair", "naive"]
-    assert len([r for r in data["records"] if r["method"] == "fair"]) == 2 * 2
-    assert len(list(csv.DictReader(open(out_csv)))) == 2 * 2 + 2
-    assert memollm.cli.main(["bench", "--replot", str(out_json), "--no-plots"]) == 0  # tables again, no runs
-    again = capsys.readouterr().out
-    assert "seed-style" in again and f"evict/ebbinghaus/{BUDGET}" in again
-    assert memollm.cli.main(["bench", "--replot", str(out_json), "--no-plots", "--markdown"]) == 0
-    assert "|---|" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("argv", [["--contexts", "0"], ["--modes", "turbo"], ["--new-tokens", "1"],
-                                  ["--budget", "3"], ["--policies", "nope"], ["--warmup", "-1"]])
-def test_cli_bench_rejects_bad_options_in_one_line(argv, capsys, monkeypatch):
-    import memollm.cli
-
-    monkeypatch.setattr(memollm.cli.bench, "load_llm", lambda args: pytest.fail("loaded a model for a bad option"))
-    with pytest.raises(SystemExit) as exc:
-        code = memollm.cli.main(["bench", *argv])
-        raise SystemExit(code)
-    assert exc.value.code == 2
-    assert "Traceback" not in capsys.readouterr().err

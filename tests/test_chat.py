@@ -420,35 +420,3 @@ def test_boundaries_mark_each_message(tiny):
     starts = [p for _, p in chat.boundaries]
     assert roles == ["user", "assistant"] * 2
     assert starts == sorted(starts) and starts[0] == 0
-
-
-# -- the command line ---------------------------------------------------------------------------------------
-def test_chat_lines_prints_each_reply_and_what_is_cached(tiny):
-    import io
-
-    from memollm.cli.chat import chat_lines
-
-    out, err = io.StringIO(), io.StringIO()
-    results = chat_lines(tiny, ["Hello there.\n", "\n", LONG + "\n"], out=out, err=err, show_memory=True,
-                         max_new_tokens=4, generation_mode="evict", memory_budget=40, sink_tokens=4,
-                         recent_window=8)
-    assert [r["turn"] for r in results] == [1, 2]  # the blank line is skipped
-    assert out.getvalue().count("[cached] ") == 2 and "…" in out.getvalue().split("[cached] ")[-1]
-    assert "[turn 2]" in err.getvalue() and "evicted this turn" in err.getvalue()
-    assert_clean(tiny.model)
-
-
-def test_chat_command_runs_from_a_file_and_rejects_bad_flags(tiny, tmp_path, monkeypatch, capsys):
-    from memollm.cli import chat as chat_cli
-
-    monkeypatch.setattr(chat_cli, "load_llm", lambda args: tiny)
-    turns = tmp_path / "turns.txt"
-    turns.write_text("Hello there.\nWhat did I say?\n")
-    out = tmp_path / "chat.json"
-    assert cli_main(["chat", "--file", str(turns), "--budget", "40", "--window", "8", "--max-tokens", "3",
-                          "--json", str(out)]) == 0
-    assert [r["turn"] for r in json.loads(out.read_text())] == [1, 2]
-    for bad in (["--budget", "3"], ["--policy", "lru"], ["--temperature", "0"], ["--file", str(tmp_path / "no")],
-                ["--file", str(turns), "--mode", "baseline", "--budget", "40"]):
-        assert cli_main(["chat", *bad]) == 2
-        assert "error" in capsys.readouterr().err

@@ -111,18 +111,6 @@ def test_stream_rejects_a_budget_without_room_for_the_chunk(make_tiny):
         E.stream(llm, torch.zeros(1, 50, dtype=torch.long), ["full"], budget=40, sink_tokens=4, recent_window=8)
 
 
-def test_cli_eval_help_and_usage_errors(capsys):
-    for cmd in ("ppl", "passkey", "agreement"):
-        with pytest.raises(SystemExit) as exc:
-            main(["eval", cmd, "--help"])
-        assert exc.value.code == 0
-    assert main(["eval", "ppl", "--budgets", "16"]) == 2  # below sinks + window + 1
-    assert "memory_budget must be >= sink_tokens + recent_window + 1 = 37, got 16" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["eval", "ppl", "--policies", "nope"])
-    assert exc.value.code == 2
-
-
 def test_evaluation_plots_show_each_policy():
     import matplotlib
 
@@ -202,19 +190,3 @@ def test_stream_summary_means_and_pairs_windows():
     assert rows["streaming"]["after"] == 12.5 and rows["streaming"]["worst_after"] == 13.0  # starts 200, 300
     assert rows["streaming"]["vs_baseline"] is None
     assert rows["ebbinghaus"]["vs_baseline"][0] == pytest.approx(1.0)
-
-
-def test_stream_command_reads_the_chosen_half_and_prints_the_summary(make_tiny, tmp_path, monkeypatch, capsys):
-    from memollm.cli import evaluate as eval_cli
-
-    tiny = make_tiny("llama")  # 1,024 positions: a 1,200-token stream runs past them
-    monkeypatch.setattr(eval_cli, "load_llm", lambda args: tiny)
-    out = tmp_path / "stream.json"
-    assert main(["eval", "stream", "--tokens", "1200", "--every", "400", "--budget", "64", "--chunk", "16",
-                 "--sinks", "4", "--window", "8", "--policies", "streaming,ebbinghaus", "--positions", "cache",
-                 "--source", "prose", "--split", "tune", "--no-plot", "--json", str(out)]) == 0
-    records = json.loads(out.read_text())
-    assert {(r["source"], r["split"]) for r in records} == {("prose", "tune")}
-    assert {r["policy"] for r in records} == {"full", "streaming", "ebbinghaus"}
-    text = capsys.readouterr().out
-    assert "prose (tune split, chunk 16)" in text and "| ebbinghaus | cache | 64 | layer |" in text

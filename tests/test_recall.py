@@ -103,19 +103,3 @@ def test_a_tiny_recall_run_writes_one_record_per_policy_fraction_conversation_an
         recall(tiny, cases=1, split="test", progress=False)
     with pytest.raises(ValueError, match="budget_fractions"):
         recall(tiny, cases=1, budget_fractions=[1.5], progress=False)
-
-
-def test_recall_command_writes_records(tiny, tmp_path, monkeypatch, capsys):
-    from memollm.cli import chat as chat_cli
-
-    monkeypatch.setattr(chat_cli, "load_llm", lambda args: tiny)
-    out = tmp_path / "recall.json"
-    assert cli_main(["eval", "recall", "--cases", "1", "--budget-fractions", "0.5", "--policies", "streaming",
-                     "--split", "tune", "--threads", "1", "--json", str(out)]) == 0
-    records = json.loads(out.read_text())
-    assert {r["policy"] for r in records} == {"full", "streaming"} and {r["split"] for r in records} == {"tune"}
-    assert "answer correct" in capsys.readouterr().out
-    for bad in (["--turns", "3"], ["--seed", "-1"]):
-        assert cli_main(["eval", "recall", *bad]) == 2
-    with pytest.raises(SystemExit, match="2"):  # argparse refuses it while parsing
-        cli_main(["eval", "recall", "--budget-fractions", "1.5"])
