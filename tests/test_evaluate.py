@@ -19,24 +19,6 @@ TEXT = ("Eviction keeps a fixed number of tokens in the cache. The policy decide
 POLICIES = ["ebbinghaus", "streaming", "h2o"]
 
 
-def test_text_splits_do_not_overlap(tokenizer):
-    report = text_segments(tokenizer, TEXT, 40, 2, "report")
-    tune = text_segments(tokenizer, TEXT, 40, 2, "tune")
-    n = tokenizer(TEXT, add_special_tokens=False, return_tensors="pt").input_ids.shape[1]
-    assert report.shape == tune.shape == (2, 40)
-    assert torch.equal(report.flatten(), tokenizer(TEXT, add_special_tokens=False, return_tensors="pt")
-                       .input_ids[0, :80])
-    assert torch.equal(tune.flatten(), tokenizer(TEXT, add_special_tokens=False, return_tensors="pt")
-                       .input_ids[0, n // 2: n // 2 + 80])
-    with pytest.raises(ValueError):
-        text_segments(tokenizer, TEXT, 10_000, 1)
-
-
-def test_default_text_is_cpython_docs():
-    text = default_text()
-    assert len(text) > 100_000 and "assert" in text
-
-
 def test_stream_without_eviction_equals_full_cache(make_tiny):
     llm = make_tiny("llama")
     ids = text_segments(llm.tokenizer, TEXT, 48, 2)
