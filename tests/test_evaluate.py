@@ -93,44 +93,6 @@ def test_stream_rejects_a_budget_without_room_for_the_chunk(make_tiny):
         E.stream(llm, torch.zeros(1, 50, dtype=torch.long), ["full"], budget=40, sink_tokens=4, recent_window=8)
 
 
-def test_evaluation_plots_show_each_policy():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    recs = [{"evaluation": "ppl", "policy": p, "budget": b, "perplexity": 10.0 + b / 100, "perplexity_after_budget": 9.0}
-            for p in ("h2o", "full") for b in (64, 128)]
-    ax = viz.plot_ppl(recs).axes[0]  # one passage, no streaming: means
-    assert ax.get_ylabel() == "perplexity after budget" and "lower is better" in ax.get_title()
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["h2o"]  # the full cache is not a policy
-    assert ax.lines[0].get_ydata().tolist() == [9.0, 9.0]  # one point per budget
-    paired = [{"evaluation": "ppl", "policy": p, "budget": b, "passage": f"docs/{i}",
-               "perplexity_after_budget": 9.0 + i + (p == "h2o")} for p in ("h2o", "streaming") for b in (64, 128)
-              for i in range(3)]
-    ax = viz.plot_ppl(paired).axes[0]
-    assert "streaming" in ax.get_ylabel() and [t.get_text() for t in ax.get_legend().get_texts()] == ["h2o"]
-    pk = [{"evaluation": "passkey", "policy": "h2o", "budget": 64, "length": 200, "depth": 0.5, "accuracy": 0.5},
-          {"evaluation": "passkey", "policy": "full", "budget": None, "length": 200, "depth": 0.5, "accuracy": 1.0}]
-    ax = viz.plot_passkey(pk).axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["h2o", "full"]
-    assert [t.get_text() for t in ax.texts] == ["0.50", "1.00"]  # the full cache counts at every budget
-    ag = [{"evaluation": "agreement", "policy": "h2o", "budget": 64, "agreement": 0.8}]
-    ax = viz.plot_agreement(ag).axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["h2o"]
-    assert ax.lines[0].get_xdata().tolist() == [64] and ax.lines[0].get_ydata().tolist() == [0.8]
-    stream = [{"evaluation": "stream", "policy": "full", "positions": "true", "budget": None, "window_start": w,
-               "perplexity": 10.0} for w in (0, 100)]
-    stream += [{"evaluation": "stream", "policy": p, "positions": s, "budget": b, "granularity": g, "window_start": w,
-                "perplexity": 11.0 + w + (p == "ebbinghaus") * (g == "layer")} for p in ("streaming", "ebbinghaus")
-               for s in ("true", "cache")
-               for b, g in ((64, "shared"), (64, "layer"), (128, "shared")) for w in (0, 100)]
-    fig = viz.plot_stream(stream, context=150)
-    assert [ax.get_title() for ax in fig.axes] == ["KV budget 64 tokens", "KV budget 128 tokens"]
-    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
-    assert legends[0][0] == "full cache" and "ebbinghaus, positions=cache, layer" in legends[0]
-    assert "streaming, positions=cache" in legends[0] and len(legends[0]) == 7  # equal lines drawn once, unnamed
-    assert "ebbinghaus, positions=cache" in legends[1] and len(legends[1]) == 5  # one granularity: not named
-
-
 @pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
 def test_one_prefill_for_every_policy_equals_reading_the_prompt_per_policy(make_tiny, granularity):
     """passkey(read="whole") prefills once and hands copies to every policy (adopt_prefill): the

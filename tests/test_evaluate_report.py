@@ -118,25 +118,3 @@ def test_no_records_at_all(report, tmp_path):
     assert report.main(["--figures", str(tmp_path)]) == 0
     assert "No evaluation records were found." in (tmp_path / "quality_report.md").read_text()
     assert not (tmp_path / "quality_forest.png").exists()
-
-
-def test_plot_forest_rows_and_errors():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from memollm.viz import plot_forest
-
-    rows = [{"label": "ppl · B=64", "mean": -0.5, "low": -0.9, "high": -0.1, "n": 8, "marked": True,
-             "verdict": "wins", "panel": "Δ perplexity"},
-            {"label": "ppl · B=128", "mean": 0.1, "low": float("nan"), "high": float("nan"), "n": 1,
-             "panel": "Δ perplexity"},
-            {"label": "passkey · B=0.25", "mean": 0.2, "low": -0.1, "high": 0.5, "n": 10, "panel": "Δ accuracy"}]
-    fig = plot_forest(rows, title="test")
-    assert len([ax for ax in fig.axes if ax.get_xlabel()]) == 2 and fig.get_figwidth() == 8.0
-    plt.close(fig)
-    with pytest.raises(ValueError, match="at least one row"):
-        plot_forest([])
-    with pytest.raises(ValueError, match="lacks"):
-        plot_forest([{"label": "x", "mean": 0.0}])
