@@ -68,7 +68,7 @@ package metadata is missing (a source tree on ``sys.path`` that was never instal
 REPO_REVISION: str = "main"
 """The revision a notebook's Colab badge opens and its set-up cell installs: the main branch, so
 notebook and library always come from the same place. (A release tag ``vX.Y.Z`` may replace it
-once the tag exists; tests/test_notebook.py checks that it does.)"""
+once the tag exists; tests/test_notebooks.py checks that it does.)"""
 
 GLOSSARY = "notebooks/GLOSSARY.md"
 """The glossary's path in the repository; notebooks link its entries with :func:`glossary_url`."""

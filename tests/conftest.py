@@ -1,4 +1,5 @@
-"""Shared fixtures: the bundled model (loaded once) and tiny random models per architecture."""
+"""Shared fixtures: the bundled model (loaded once), tiny random models per architecture, and one
+small benchmark run (records that test_bench.py and test_viz.py both read)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,19 @@ def make_tiny(tokenizer):
         return built[arch]
 
     return make
+
+
+BENCH_BUDGET = 40  # >= sink_tokens + recent_window + 1 with the default config
+
+
+@pytest.fixture(scope="session")
+def bench_result(make_tiny):
+    """One fair benchmark on the tiny Llama: every mode, evict with two policies at ``BENCH_BUDGET``,
+    contexts of 24 and 64 tokens, 5 new tokens, 2 rounds (run once)."""
+    from memollm import MODES
+    from memollm.bench.runner import run_benchmark
+    from memollm.bench.timing import make_cases
+
+    cases = make_cases(MODES, ["ebbinghaus", "streaming"], [BENCH_BUDGET])
+    return run_benchmark(make_tiny("llama"), [24, 64], cases, new_tokens=5, repeats=2, warmup=1, bandwidth=1e10,
+                         progress=False)

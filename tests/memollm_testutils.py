@@ -1,6 +1,7 @@
-"""Reference implementations the equivalence tests compare memollm against.
+"""Reference implementations the equivalence tests compare memollm against, and helpers and texts
+several test modules share.
 
-Each one is written without memollm's session or attention function: a plain greedy loop
+Each reference is written without memollm's session or attention function: a plain greedy loop
 over the model's forward with an explicit ``DynamicCache`` and true ``position_ids``.
 """
 
@@ -12,6 +13,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from memollm.attention import is_attached
+
+# A conversation (test_chat.py, test_views.py, test_cli.py): short turns, and a message longer than a small budget.
+TURNS = ["Hello! My name is Ada and I live in Lisbon.", "What is the capital of France?",
+         "Tell me a short fact about cats.", "What is my name?"]
+LONG = ("Here is a long message so that one turn alone does not fit in the budget: " +
+        "the quick brown fox jumps over the lazy dog, " * 6).strip()
 
 
 def greedy_reference(model, ids: torch.Tensor, n: int, *, drop: dict[int, list[int]] | None = None,

@@ -1,4 +1,5 @@
-"""Unit tests of the forgetting curve, the config, and the cache / attention helpers."""
+"""memollm.memory: the forgetting curve (retention, EbbinghausMemory): aging, reinforcement, the
+review, stability and trace rules, soft weights, layer consensus, state size and statistics."""
 
 from __future__ import annotations
 
@@ -8,70 +9,13 @@ import pytest
 import torch
 
 from memollm import EbbinghausMemory, MemoryConfig, retention
-from memollm.attention import add_logit_bias, combine_mask, received_attention
-from memollm.cache import gather_cache, kv_cache_bytes, select_keep
 from memollm.config import SEED_RULE
 from memollm_testutils import one_thread
 
 _one_thread = one_thread()
 
 
-# -- config --------------------------------------------------------------------------------
-def test_defaults_are_the_seeds():
-    cfg = MemoryConfig()
-    assert cfg.initial_strength == 5.0
-    assert cfg.time_step == 0.01
-    assert cfg.soft_delete_floor == 0.8
-    assert cfg.sparse_threshold == 0.001
-    assert cfg.layer_consensus == 0.5
-    assert cfg.memory_layer_fraction == 0.5
-    assert cfg.memory_layers(30) == list(range(15))
-    assert cfg.memory_layers(1) == [0]  # always at least one memory layer
-
-
-BAD_CONFIGS = [
-    ("initial_strength", 0.0), ("initial_strength", -1.0), ("initial_strength", math.nan),
-    ("initial_strength", math.inf), ("time_step", 0.0), ("time_step", -0.01), ("time_step", math.nan),
-    ("time_step", math.inf), ("soft_delete_floor", -0.1), ("soft_delete_floor", 1.5),
-    ("soft_delete_floor", math.nan), ("sparse_threshold", 0.0), ("sparse_threshold", 1.0),
-    ("sparse_threshold", -0.5), ("sparse_threshold", math.nan), ("layer_consensus", 0.0),
-    ("layer_consensus", 1.1), ("memory_layer_fraction", 0.0), ("memory_layer_fraction", 2.0),
-    ("strength_gain", -1.0), ("strength_gain", math.inf), ("reinforce_threshold", 0.0),
-    ("sink_tokens", -1), ("sink_tokens", 1.5), ("recent_window", 0), ("memory_budget", 0),
-    ("memory_budget", True), ("soft_delete_target", "keys"), ("policy", "no-such-policy"),
-    ("spacing", -1.0), ("spacing", math.nan), ("max_strength", 1.0), ("max_strength", "20"),
-    ("review", "glance"), ("review_top_p", 0.0), ("review_top_p", 1.5), ("review_surprise", -1.0),
-    ("stability", "multiplicative"), ("stability_decay", -0.1), ("retrievability_gain", math.inf),
-    ("trace", "min"), ("trace_tau", 0.0),
-]
-
-
-@pytest.mark.parametrize("name,value", BAD_CONFIGS, ids=[f"{n}={v}" for n, v in BAD_CONFIGS])
-def test_bad_config_value_names_the_parameter(name, value):
-    with pytest.raises(ValueError, match=name):
-        MemoryConfig(**{name: value})
-
-
-def test_budget_must_hold_sinks_window_and_one_more():
-    MemoryConfig(memory_budget=4 + 32 + 1, sink_tokens=4, recent_window=32)  # the smallest allowed
-    with pytest.raises(ValueError, match="memory_budget must be >= sink_tokens \\+ recent_window \\+ 1 = 37"):
-        MemoryConfig(memory_budget=36, sink_tokens=4, recent_window=32)
-
-
-def test_config_is_frozen_and_replace_validates():
-    cfg = MemoryConfig()
-    with pytest.raises(Exception):
-        cfg.time_step = 1.0  # type: ignore[misc]
-    assert cfg.replace(time_step=0.5).time_step == 0.5
-    assert cfg.time_step == 0.01
-    with pytest.raises(ValueError, match="time_step"):
-        cfg.replace(time_step=-1)
-    with pytest.raises(TypeError, match="bogus.*valid:.*time_step"):
-        cfg.replace(bogus=1)
-    assert MemoryConfig(**cfg.to_dict()) == cfg
-
-
-# -- forgetting curve ----------------------------------------------------------------------
+# -- forgetting curve --------------------------------------------------------------------------
 def test_retention_formula():
     age = torch.tensor([0.0, 1.0, 5.0, 50.0])
     strength = torch.tensor([5.0, 5.0, 5.0, 5.0])
@@ -205,78 +149,7 @@ def test_stats_summarise_each_memory_layer():
     assert s["masked_tokens"] == 0
 
 
-# -- cache helpers -------------------------------------------------------------------------
-def test_select_keep_protects_sinks_and_window():
-    positions = torch.arange(10)[None]
-    scores = torch.tensor([[0.0, 0.0, 9.0, 1.0, 8.0, 2.0, 7.0, 0.0, 0.0, 0.0]])
-    keep, fallback = select_keep(scores, positions, 6, sink_tokens=2, recent_window=2)
-    assert not fallback
-    assert keep.tolist() == [[0, 1, 2, 4, 8, 9]]
-
-
-def test_select_keep_falls_back_to_recency_on_non_finite_scores():
-    positions = torch.arange(10)[None]
-    for bad in (math.nan, math.inf, -math.inf):
-        scores = torch.rand(1, 10)
-        scores[0, 3] = bad
-        keep, fallback = select_keep(scores, positions, 6, sink_tokens=2, recent_window=2)
-        assert fallback
-        assert keep.tolist() == [[0, 1, 6, 7, 8, 9]]
-
-
-def test_gather_cache_and_bytes():
-    from transformers import DynamicCache, LlamaConfig
-
-    cfg = LlamaConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32)
-    cache = DynamicCache(config=cfg)
-    for i in range(2):
-        k = torch.arange(2 * 2 * 6 * 8, dtype=torch.float32).reshape(2, 2, 6, 8)
-        cache.update(k, k + 1000, i)
-    assert kv_cache_bytes(cache) == 2 * 2 * (2 * 2 * 6 * 8) * 4
-    assert kv_cache_bytes(None) == 0
-    ref = cache.layers[0].keys.clone()
-    keep = torch.tensor([[0, 2, 5], [1, 3, 4]])
-    gather_cache(cache, keep)
-    assert cache.get_seq_length() == 3
-    for row in range(2):
-        torch.testing.assert_close(cache.layers[1].keys[row], ref[row][:, keep[row]])
-        torch.testing.assert_close(cache.layers[1].values[row], ref[row][:, keep[row]] + 1000)
-
-
-# -- attention helpers ---------------------------------------------------------------------
-def test_combine_mask_keeps_causality_and_hides_keys():
-    allowed = torch.tensor([[True, False, True, True]])
-    m = combine_mask(None, allowed, q_len=2, kv_len=4, dtype=torch.float32)
-    assert m.shape == (1, 1, 2, 4)
-    assert m[0, 0].tolist() == [[True, False, True, False], [True, False, True, True]]
-    float_mask = torch.zeros(1, 1, 1, 4)
-    out = combine_mask(float_mask, allowed, 1, 4, torch.float32)
-    assert out[0, 0, 0, 1] == torch.finfo(torch.float32).min and out[0, 0, 0, 0] == 0
-
-
-def test_logit_bias_is_a_log_weight():
-    w = torch.tensor([[0.5, 1.0, 0.25]])
-    mask = add_logit_bias(None, torch.log(w), q_len=1, kv_len=3, dtype=torch.float32)
-    logits = torch.zeros(3)
-    p = torch.softmax(logits + mask[0, 0, 0], -1)
-    torch.testing.assert_close(p, w[0] / w.sum())
-
-
-def test_received_attention_matches_eager_softmax_with_gqa():
-    torch.manual_seed(0)
-    q = torch.randn(1, 6, 3, 8)  # 6 query heads, 2 KV heads: groups of 3
-    k = torch.randn(1, 2, 5, 8)
-    got = received_attention(q, k, None, 0.3)
-    k_all = k.repeat_interleave(3, dim=1)
-    a = torch.softmax(q[:, :, -1:] @ k_all.transpose(-1, -2) * 0.3, -1)[:, :, 0]  # [1, heads, kv]
-    torch.testing.assert_close(got, a.mean(1))
-    assert got.sum().item() == pytest.approx(1.0)
-    hide = torch.tensor([True, False, True, True, True])[None, None, None, :].expand(1, 1, 3, 5)
-    masked = received_attention(q, k, hide, 0.3)
-    assert masked[0, 1] == 0 and masked.sum().item() == pytest.approx(1.0)
-
-
-# -- rules from memory research ---------------------------------------------------------------
+# -- rules from memory research ----------------------------------------------------------------
 def _mem(**changes) -> EbbinghausMemory:
     """A memory with the seed's rule plus ``changes``, so each test isolates one rule."""
     return EbbinghausMemory(1, MemoryConfig(sink_tokens=1, **{**SEED_RULE, **changes}))
@@ -355,10 +228,3 @@ def test_sum_trace_adds_uses_over_three_time_constants():
     assert mem.trace.shape[0] == 3
     assert torch.allclose(mem.trace_score()[0, 0], torch.tensor([3.0, 3.0]))  # 2 uses x 0.5 x 3 scales
     assert mem.nbytes == 2 * 4 * 5  # strength, age and three traces, 4 bytes each per token
-
-
-def test_default_rule_is_the_one_chosen_on_the_tune_split_and_the_seed_preset_restores_the_seeds():
-    cfg = MemoryConfig()
-    assert (cfg.review, cfg.stability, cfg.trace, cfg.review_surprise) == ("top_p", "fsrs", "max", 0.0)
-    seed = cfg.replace(**SEED_RULE)
-    assert (seed.review, seed.stability, seed.trace, seed.review_surprise) == ("share", "additive", "none", 0.0)

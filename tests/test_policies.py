@@ -6,13 +6,16 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from memollm import MemoryConfig
+from memollm import MemoryConfig, register_policy
 from memollm.attention import attached
-from memollm.policies import POLICIES, PolicyRows, make_policy
+from memollm.policies import POLICIES, Policy, PolicyRows, make_policy
 from memollm.session import MemorySession
+from memollm_testutils import assert_clean
 
 EVICTING = [p for p in POLICIES if POLICIES[p].evicts and not p.startswith("_")]
 PROMPT = "Spaced repetition keeps what is used and lets the rest fade away. " * 3
+FOX_CAT = "The quick brown fox jumps over the lazy dog while the cat sleeps."
+EVICT = dict(chat=False, memory_budget=24, sink_tokens=2, recent_window=4, ignore_eos=True)
 
 
 def test_registry_has_the_peers_and_presets():
@@ -188,3 +191,45 @@ def test_presets_apply_their_rule_and_the_seed_preset_pins_the_seeds():
     trace.append(1, 3)
     trace.observe(_received([0.2, 0.7, 0.1]), 3)
     assert torch.allclose(trace.scores(torch.arange(3)[None]), torch.tensor([[0.2, 0.7, 0.1]]))
+
+
+# -- the policy contract, through generate -----------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(make_tiny):
+    return make_tiny("llama")
+
+
+@pytest.fixture
+def temporary_policy():
+    added = []
+
+    def register(name, cls):
+        register_policy(name)(cls)
+        added.append(name)
+        return cls
+
+    yield register
+    for name in added:
+        POLICIES.pop(name, None)
+
+
+@pytest.mark.parametrize("shape", ["one", "short", "list"])
+def test_a_policy_with_badly_shaped_scores_gets_a_value_error_naming_it(tiny, temporary_policy, shape):
+    class Bad(Policy):
+        def scores(self, positions):
+            if shape == "one":
+                return torch.ones(1, 1)
+            if shape == "short":
+                return torch.ones(positions.shape[0], positions.shape[1] - 3)
+            return positions.tolist()
+
+    temporary_policy("bad_scores", Bad)
+    with pytest.raises(ValueError, match="policy 'bad_scores'.*shape"):
+        tiny.generate(FOX_CAT, 20, "evict", policy="bad_scores", **EVICT)
+    assert_clean(tiny.model)
+
+
+def test_a_policy_without_scores_says_what_is_missing(tiny, temporary_policy):
+    temporary_policy("no_scores", type("NoScores", (Policy,), {}))
+    with pytest.raises(NotImplementedError, match="no_scores.*must define scores"):
+        tiny.generate(FOX_CAT, 20, "evict", policy="no_scores", **EVICT)

@@ -1,5 +1,5 @@
-"""Issue 6, point 1: invariants of the memory, the eviction choice and the masks, tested
-with hypothesis over random operation sequences and parameters."""
+"""Invariants of the memory, the eviction choice and the masks, tested with hypothesis over random
+operation sequences and parameters."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 6: faults, non-finite scores, concurrent use, long runs and safe loading never
+"""Faults, non-finite scores, concurrent and re-entrant use, long runs and safe loading never
 corrupt the model or give silently wrong output."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ _one_thread = one_thread()
 PROMPT = "The quick brown fox jumps over the lazy dog. The dog sleeps while the fox runs."
 MEMORY_MODES = ("soft_delete", "sparse_attention", "evict")
 EVICT = dict(memory_budget=16, sink_tokens=2, recent_window=4)
+FOX_CAT = "The quick brown fox jumps over the lazy dog while the cat sleeps."
+EVICT_TINY = dict(chat=False, memory_budget=24, sink_tokens=2, recent_window=4, ignore_eos=True)
 
 
 def _fresh_model(tokenizer, arch="llama"):
@@ -257,6 +259,30 @@ def test_two_wrappers_of_one_model_are_serialised_too(subject):
     sequential = {i: llm.generate(PROMPT, 16, m, chat=False, **kw)["token_ids"] for i, (m, kw) in enumerate(JOBS)}
     assert _run_threads([llm, other]) == sequential
     assert_clean(llm.model)
+
+
+# -- re-entrant use ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(make_tiny):
+    return make_tiny("llama")
+
+
+def test_generate_inside_a_running_generation_fails_clearly(tiny):
+    class Reenter:
+        def put(self, value):
+            tiny.generate("Hi.", 2, chat=False)
+
+        def end(self):
+            pass
+
+    for mode in ("baseline", "evict"):
+        kwargs = EVICT_TINY if mode == "evict" else dict(chat=False)
+        if mode == "baseline":
+            tiny.generate(FOX_CAT, 2, streamer=Reenter(), **kwargs)  # no session attached: harmless, allowed
+            continue
+        with pytest.raises(RuntimeError, match="inside a running generation"):
+            tiny.generate(FOX_CAT, 2, mode, streamer=Reenter(), **kwargs)
+        assert_clean(tiny.model)
 
 
 # -- long runs -----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""memollm.texts: two kinds of offline text and disjoint report/tune passages from each."""
+"""memollm.texts: two kinds of offline text, disjoint report/tune passages from each, segments of a text
+and prompts of a given length."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from memollm import texts
-from memollm.texts import TEXT_SOURCES, passages, split_ids
+from memollm.texts import TEXT_SOURCES, context_prompt, default_text, passages, split_ids, text_segments
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -145,3 +146,34 @@ def test_spread_order():
         order = texts._spread(n)
         assert sorted(order) == list(range(n))
         assert texts._spread(n, 3) == order[:3]
+
+
+# -- segments and prompts ----------------------------------------------------------------------
+TEXT = ("Eviction keeps a fixed number of tokens in the cache. The policy decides which ones stay. "
+        "Attention sinks and a recent window are always kept. ") * 20
+
+
+def test_text_splits_do_not_overlap(tokenizer):
+    report = text_segments(tokenizer, TEXT, 40, 2, "report")
+    tune = text_segments(tokenizer, TEXT, 40, 2, "tune")
+    n = tokenizer(TEXT, add_special_tokens=False, return_tensors="pt").input_ids.shape[1]
+    assert report.shape == tune.shape == (2, 40)
+    assert torch.equal(report.flatten(), tokenizer(TEXT, add_special_tokens=False, return_tensors="pt")
+                       .input_ids[0, :80])
+    assert torch.equal(tune.flatten(), tokenizer(TEXT, add_special_tokens=False, return_tensors="pt")
+                       .input_ids[0, n // 2: n // 2 + 80])
+    with pytest.raises(ValueError):
+        text_segments(tokenizer, TEXT, 10_000, 1)
+
+
+def test_default_text_is_cpython_docs():
+    text = default_text()
+    assert len(text) > 100_000 and "assert" in text
+
+
+def test_context_prompt_has_the_requested_length(tokenizer):
+    for n in (1, 17, 128, 500):
+        prompt = context_prompt(tokenizer, n)
+        assert abs(len(tokenizer(prompt).input_ids) - n) <= 1
+    long = context_prompt(tokenizer, 200, text="short text. ")  # a short text is repeated
+    assert abs(len(tokenizer(long).input_ids) - 200) <= 1

@@ -1,0 +1,116 @@
+"""memollm.viz: what each figure shows (titles, labels, legends, lines, cells) for records and
+simulations, and that figures are saved through save_figure."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from memollm import MemoryConfig, viz  # noqa: E402
+from memollm.config import SEED_RULE  # noqa: E402
+from memollm.viz import save_bench_plots  # noqa: E402
+from memollm.viz.rules import plot_review_rules, retention_under_routine, strength_after_reviews  # noqa: E402
+
+
+# -- rules: the review-rule lessons simulate what the memory does ------------------------------
+SEED = MemoryConfig(sink_tokens=1, **SEED_RULE)
+
+
+def test_seed_rule_adds_the_same_strength_whatever_the_gap():
+    assert strength_after_reviews(SEED, 5).tolist() == strength_after_reviews(SEED, 300).tolist()
+    assert strength_after_reviews(SEED, 5)[-1] == 5.0 + 5 * 3.0  # S0 + reviews x gain x share
+
+
+def test_fsrs_rewards_spacing():
+    fsrs = SEED.replace(stability="fsrs")
+    massed, spaced = strength_after_reviews(fsrs, 5), strength_after_reviews(fsrs, 300)
+    assert massed[-1] < 6.0 < 20.0 < spaced[-1]
+
+
+def test_surprise_lets_a_routine_token_fade():
+    assert retention_under_routine(SEED).min() == 1.0  # reviewed at every step: never ages
+    assert retention_under_routine(SEED.replace(review_surprise=2.0))[-1] < 0.8
+
+
+def test_figure_has_two_labelled_panels():
+    fig = plot_review_rules()
+    left, right = fig.axes
+    assert len(left.get_legend().get_texts()) == 3 and len(right.get_lines()) == 2
+
+
+# -- results: bench and evaluation figures -----------------------------------------------------
+def test_evaluation_plots_show_each_policy():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    recs = [{"evaluation": "ppl", "policy": p, "budget": b, "perplexity": 10.0 + b / 100, "perplexity_after_budget": 9.0}
+            for p in ("h2o", "full") for b in (64, 128)]
+    ax = viz.plot_ppl(recs).axes[0]  # one passage, no streaming: means
+    assert ax.get_ylabel() == "perplexity after budget" and "lower is better" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["h2o"]  # the full cache is not a policy
+    assert ax.lines[0].get_ydata().tolist() == [9.0, 9.0]  # one point per budget
+    paired = [{"evaluation": "ppl", "policy": p, "budget": b, "passage": f"docs/{i}",
+               "perplexity_after_budget": 9.0 + i + (p == "h2o")} for p in ("h2o", "streaming") for b in (64, 128)
+              for i in range(3)]
+    ax = viz.plot_ppl(paired).axes[0]
+    assert "streaming" in ax.get_ylabel() and [t.get_text() for t in ax.get_legend().get_texts()] == ["h2o"]
+    pk = [{"evaluation": "passkey", "policy": "h2o", "budget": 64, "length": 200, "depth": 0.5, "accuracy": 0.5},
+          {"evaluation": "passkey", "policy": "full", "budget": None, "length": 200, "depth": 0.5, "accuracy": 1.0}]
+    ax = viz.plot_passkey(pk).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["h2o", "full"]
+    assert [t.get_text() for t in ax.texts] == ["0.50", "1.00"]  # the full cache counts at every budget
+    ag = [{"evaluation": "agreement", "policy": "h2o", "budget": 64, "agreement": 0.8}]
+    ax = viz.plot_agreement(ag).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["h2o"]
+    assert ax.lines[0].get_xdata().tolist() == [64] and ax.lines[0].get_ydata().tolist() == [0.8]
+    stream = [{"evaluation": "stream", "policy": "full", "positions": "true", "budget": None, "window_start": w,
+               "perplexity": 10.0} for w in (0, 100)]
+    stream += [{"evaluation": "stream", "policy": p, "positions": s, "budget": b, "granularity": g, "window_start": w,
+                "perplexity": 11.0 + w + (p == "ebbinghaus") * (g == "layer")} for p in ("streaming", "ebbinghaus")
+               for s in ("true", "cache")
+               for b, g in ((64, "shared"), (64, "layer"), (128, "shared")) for w in (0, 100)]
+    fig = viz.plot_stream(stream, context=150)  # one granularity drawn (layer): a panel per position scheme
+    assert [ax.get_title() for ax in fig.axes] == ["true positions", "positions inside the cache"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "full cache", "streaming, budget 64", "ebbinghaus, budget 64", "trained context (150)"]
+    cache_panel = {line.get_label(): [float(y) for y in line.get_ydata()] for line in fig.axes[1].lines}
+    assert cache_panel["ebbinghaus, budget 64"] == [12.0, 112.0]  # the layer records, not the shared ones
+    shared = viz.plot_stream(stream, granularity="shared")
+    assert "streaming, budget 128" in [t.get_text() for t in shared.legends[0].get_texts()]
+
+
+def test_plots_are_written_through_save_figure(bench_result, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    monkeypatch.setenv("MEMOLLM_FIGURES", str(tmp_path))
+    paths = save_bench_plots(bench_result.records, prefix="bench_test")
+    assert sorted(p.split("/")[-1] for p in paths) == ["bench_test_kv_memory.png", "bench_test_speedup.png",
+                                                       "bench_test_tokens_per_second.png"]
+    assert all((tmp_path / p.split("/")[-1]).stat().st_size > 1000 for p in paths)
+
+
+# -- forest: paired differences ----------------------------------------------------------------
+def test_plot_forest_rows_and_errors():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from memollm.viz import plot_forest
+
+    rows = [{"label": "ppl · B=64", "mean": -0.5, "low": -0.9, "high": -0.1, "n": 8, "marked": True,
+             "verdict": "wins", "panel": "Δ perplexity"},
+            {"label": "ppl · B=128", "mean": 0.1, "low": float("nan"), "high": float("nan"), "n": 1,
+             "panel": "Δ perplexity"},
+            {"label": "passkey · B=0.25", "mean": 0.2, "low": -0.1, "high": 0.5, "n": 10, "panel": "Δ accuracy"}]
+    fig = plot_forest(rows, title="test")
+    assert len([ax for ax in fig.axes if ax.get_xlabel()]) == 2 and fig.get_figwidth() == 8.0
+    plt.close(fig)
+    with pytest.raises(ValueError, match="at least one row"):
+        plot_forest([])
+    with pytest.raises(ValueError, match="lacks"):
+        plot_forest([{"label": "x", "mean": 0.0}])
