@@ -77,6 +77,12 @@ BENCH_BUDGET = 40  # >= sink_tokens + recent_window + 1 with the default config
 
 
 @pytest.fixture(scope="session")
+def tiny(make_tiny):
+    """A seeded random Llama-shaped model with the bundled tokenizer: fast, and exact to compare."""
+    return make_tiny("llama")
+
+
+@pytest.fixture(scope="session")
 def bench_result(make_tiny):
     """One fair benchmark on the tiny Llama: every mode, evict with two policies at ``BENCH_BUDGET``,
     contexts of 24 and 64 tokens, 5 new tokens, 2 rounds (run once)."""

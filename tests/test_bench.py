@@ -21,11 +21,6 @@ REQUIRED = ("mode", "policy", "budget", "context_tokens", "new_tokens", "tokens_
             "prefill_seconds", "peak_memory_bytes", "kv_cache_bytes", "device")
 
 
-@pytest.fixture(scope="module")
-def tiny(make_tiny):
-    return make_tiny("llama")
-
-
 # -- timing ------------------------------------------------------------------------------------
 def test_cases_put_baseline_first_and_expand_evict_per_policy_and_budget():
     cases = make_cases(["evict", "soft_delete", "baseline"], ["ebbinghaus", "h2o"], [64, 128])

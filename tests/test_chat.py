@@ -21,11 +21,6 @@ from memollm_testutils import LONG, TURNS, assert_clean, one_thread
 _one_thread = one_thread()
 
 
-@pytest.fixture(scope="module")
-def tiny(make_tiny):
-    return make_tiny("llama")
-
-
 def _prompt_ids(chat: ChatSession, message: str) -> list[int]:
     """The chat template applied to the whole history plus ``message``, as token ids."""
     text = chat.render(chat.messages + [{"role": "user", "content": message}], add_generation_prompt=True)

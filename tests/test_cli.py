@@ -25,11 +25,6 @@ BUDGET = 40  # >= sink_tokens + recent_window + 1 with the default config
 
 
 @pytest.fixture(scope="module")
-def tiny(make_tiny):
-    return make_tiny("llama")
-
-
-@pytest.fixture(scope="module")
 def model_dir(tiny, tmp_path_factory):
     """The tiny model saved as a local folder (safetensors), as a user would pass with --model."""
     path = tmp_path_factory.mktemp("tiny-llama")

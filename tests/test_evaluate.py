@@ -286,11 +286,6 @@ def test_retrieval_end_to_end(llm):
 
 
 # -- recall: facts in a conversation (a tiny random Llama: its answers are noise) --------------
-@pytest.fixture(scope="module")
-def tiny(make_tiny):
-    return make_tiny("llama")
-
-
 def test_facts_and_reviews_land_in_their_turns(tokenizer):
     seen_reviews, seen_sizes = set(), set()
     for c in range(12):

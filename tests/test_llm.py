@@ -24,11 +24,6 @@ SEED_KEYS = {"generated_text", "num_tokens", "generation_time", "memory_stats", 
 
 
 @pytest.fixture(scope="module")
-def tiny(make_tiny):
-    return make_tiny("llama")
-
-
-@pytest.fixture(scope="module")
 def prompt_len(tiny):
     return tiny.encode(PROMPT, chat=False).shape[1]
 

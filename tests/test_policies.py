@@ -194,11 +194,6 @@ def test_presets_apply_their_rule_and_the_seed_preset_pins_the_seeds():
 
 
 # -- the policy contract, through generate -----------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny(make_tiny):
-    return make_tiny("llama")
-
-
 @pytest.fixture
 def temporary_policy():
     added = []

@@ -262,11 +262,6 @@ def test_two_wrappers_of_one_model_are_serialised_too(subject):
 
 
 # -- re-entrant use ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny(make_tiny):
-    return make_tiny("llama")
-
-
 def test_generate_inside_a_running_generation_fails_clearly(tiny):
     class Reenter:
         def put(self, value):

@@ -23,11 +23,6 @@ EVICT = dict(chat=False, memory_budget=24, sink_tokens=2, recent_window=4, ignor
 
 
 @pytest.fixture(scope="module")
-def tiny(make_tiny):
-    return make_tiny("llama")
-
-
-@pytest.fixture(scope="module")
 def prompt_len(tiny):
     return tiny.encode(PROMPT, chat=False).shape[1]
 

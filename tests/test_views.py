@@ -12,11 +12,6 @@ from memollm_testutils import LONG, TURNS, one_thread
 _one_thread = one_thread()
 
 
-@pytest.fixture(scope="module")
-def tiny(make_tiny):
-    return make_tiny("llama")
-
-
 @pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
 def test_views_agree_with_the_units_the_session_keeps(tiny, granularity):
     chat = ChatSession(tiny, "evict", memory_budget=40, sink_tokens=4, recent_window=8, granularity=granularity)
