@@ -216,12 +216,15 @@ def test_recall_command_writes_records(tiny, tmp_path, monkeypatch, capsys):
     from memollm.cli import chat as chat_cli
 
     monkeypatch.setattr(chat_cli, "load_llm", lambda args: tiny)
+    monkeypatch.setenv("MEMOLLM_FIGURES", str(tmp_path))  # the figure goes here, not into the checkout
     out = tmp_path / "recall.json"
     assert main(["eval", "recall", "--cases", "1", "--budget-fractions", "0.5", "--policies", "streaming",
-                     "--split", "tune", "--threads", "1", "--json", str(out)]) == 0
+                     "--split", "tune", "--threads", "1", "--window", "8", "--json", str(out)]) == 0
     records = json.loads(out.read_text())
     assert {r["policy"] for r in records} == {"full", "streaming"} and {r["split"] for r in records} == {"tune"}
-    assert "answer correct" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "answer correct" in printed and "window 8)" in printed  # --window reaches the run, not recall's 16
+    assert (tmp_path / "eval_recall.png").stat().st_size > 0
     for bad in (["--turns", "3"], ["--seed", "-1"]):
         assert main(["eval", "recall", *bad]) == 2
     with pytest.raises(SystemExit, match="2"):  # argparse refuses it while parsing

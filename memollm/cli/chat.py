@@ -161,7 +161,8 @@ def run_recall(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     llm = load_llm(args)
     result = recall(llm, budget_fractions=args.budget_fractions, policies=args.policies, cases=args.cases,
-                    split=args.split, seed=args.seed, turns=args.turns, config=llm.config.replace(**knobs_of(args)))
+                    split=args.split, seed=args.seed, turns=args.turns, recent_window=args.recent_window,
+                    config=llm.config.replace(**knobs_of(args)))  # recall's own window unless --window says
     s = result["settings"]
     out = sys.stderr if args.json == "-" else sys.stdout
     print(f"recall over {s['cases']} {s['split']} conversations ({s['mean_conversation_tokens']:.0f} tokens on "
