@@ -117,7 +117,8 @@ class MemoryConfig:
     ``stability="fsrs"`` multiplies S by ``1 + strength_gain * S ** -stability_decay *
     (exp(retrievability_gain * (1 - R)) - 1)``; ``trace="max"`` / ``"sum"`` ranks tokens for
     eviction by attention traces that fade with time constant ``trace_tau * memory_budget *
-    S / S0`` tokens. The defaults (top-p reviews, FSRS stability, max traces) were chosen on
+    S / S0`` tokens, and ``encoding`` > 0 counts reading a token as its first use (a trace of
+    ``encoding / memory_budget``, as ACT-R counts a memory's creation). The defaults (top-p reviews, FSRS stability, max traces) were chosen on
     the tune split with ``scripts/search_review_rule.py`` (README, Quality);
     ``SEED_RULE`` (``review="share"``, ``stability="additive"``,
     ``trace="none"``) is the seed's rule, and the ``ebbinghaus_seed`` policy runs it.
@@ -167,6 +168,7 @@ class MemoryConfig:
     retrievability_gain: float = _knob(2.0, "fsrs: the gain grows as exp(retrievability_gain * (1 - R))", low=0.0)
     trace: str = _knob("max", "eviction ranks by fading attention traces (none: by retention)", choices=TRACES)
     trace_tau: float = _knob(0.25, "trace time constant, in budgets at S = S0", low=0.0, low_open=True)
+    encoding: float = _knob(0.0, "trace a token gets when read, in uniform shares of a full cache", low=0.0)
     soft_delete_floor: float = _knob(0.8, "soft_delete: weight floor + (1 - floor) x R", low=0.0, high=1.0)
     soft_delete_target: str = _knob("values", "soft_delete: weigh the values or bias the logits",
                                     choices=SOFT_TARGETS)

@@ -55,6 +55,10 @@ class EbbinghausMemory:
        ``"sum"`` adds them up over three time constants ``tau / 4, tau, 4 tau`` (a power-law
        forgetting curve as in ACT-R's base-level activation, kept online). A token whose
        attention never passes a review bar is then still ranked by how much it received.
+       With ``encoding`` > 0, reading a token is its first use (ACT-R counts a memory's
+       creation as one): it starts with a trace of ``encoding / memory_budget`` (that many
+       uniform shares of a full cache), so a fresh token that no query has retrieved yet fades
+       from a head start instead of being ranked last.
 
     Reinforcement only ever raises R; without it R only falls.
     """
@@ -105,9 +109,19 @@ class EbbinghausMemory:
         self.age = torch.cat([self.age + n * cfg.time_step, new_age], dim=-1)
         self.strength = torch.cat([self.strength, new_strength], dim=-1)
         if self.trace is not None:
-            self.trace = torch.cat([self.trace, self.trace.new_zeros(*self.trace.shape[:-1], n)], dim=-1)
+            self.trace = torch.cat([self.trace, self._encoded(n).expand(*self.trace.shape[:-1], n)], dim=-1)
         if self.expected is not None:  # a new token's expected share is the uniform one
             self.expected = torch.cat([self.expected, self.expected.new_ones(self.num_layers, batch, n)], dim=-1)
+
+    def _encoded(self, n: int) -> torch.Tensor:
+        """``[scales, 1, 1, n]``: the trace reading leaves on ``n`` new tokens, faded by their
+        ages within the pass (as if read one at a time, like the ages)."""
+        cfg = self.config
+        if cfg.encoding == 0:
+            return self.trace.new_zeros(1, 1, 1, n)
+        scales = torch.tensor(self.TRACE_SCALES[cfg.trace], device=self.trace.device).view(-1, 1, 1, 1)
+        ages = torch.arange(n - 1, -1, -1, device=self.trace.device, dtype=torch.float32)
+        return cfg.encoding / cfg.memory_budget * torch.exp(-ages / (scales * cfg.trace_tau * cfg.memory_budget))
 
     def _tau(self) -> torch.Tensor:
         """Trace time constants in tokens, ``[scales, layers, batch, tokens]``."""

@@ -68,6 +68,11 @@ def variants(base: MemoryConfig) -> list:
         "trace_max0.25+top_p": {"trace": "max", "trace_tau": 0.25, "review": "top_p"},
         "trace_sum0.25+top_p+fsrs": {"trace": "sum", "trace_tau": 0.25, "review": "top_p", "stability": "fsrs"},
     }
+    default = v["trace_max0.25+top_p+fsrs"]
+    for e in (1, 4, 16, 64):  # reading a token is its first use: a trace of e uniform shares of a full cache
+        v[f"trace_max0.25+top_p+fsrs+enc{e}"] = {**default, "encoding": float(e)}
+    v["trace_max0.125+top_p+fsrs"] = {**default, "trace_tau": 0.125}
+    v["trace_max0.25_no_reviews"] = {"trace": "max", "trace_tau": 0.25, "reinforce": False}  # tau stays at S0's
     return [(label, "ebbinghaus", base.replace(**{**SEED_RULE, **changes})) for label, changes in v.items()]
 
 

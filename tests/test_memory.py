@@ -220,6 +220,18 @@ def test_max_trace_keeps_the_strongest_retrieval_fading_with_age():
     assert mem.trace.shape[-1] == 2 and torch.allclose(mem.trace_score()[0, 0], torch.tensor([0.1, 0.7]) * math.exp(-1))
 
 
+def test_encoding_is_a_first_trace_faded_by_age_within_the_pass():
+    mem = _mem(trace="max", trace_tau=0.25, memory_budget=64, encoding=8.0, reinforce=False)  # tau = 16 tokens
+    mem.append(1, 3)  # read in one pass: the newest token 0 tokens old, the first 2
+    first = 8.0 / 64 * torch.exp(-torch.tensor([2.0, 1.0, 0.0]) / 16)
+    assert torch.allclose(mem.trace_score()[0, 0], first)
+    mem.reinforce(_att([0.05, 0.9, 0.05]), 3)  # a retrieval above the first trace replaces it
+    assert torch.allclose(mem.trace_score()[0, 0], torch.maximum(first, torch.tensor([0.05, 0.9, 0.05])))
+    mem.append(1, 1)  # one token later everything has faded by exp(-1/16); the new one starts fresh
+    assert torch.isclose(mem.trace_score()[0, 0, 3], torch.tensor(8.0 / 64))
+    assert torch.isclose(mem.trace_score()[0, 0, 1], torch.tensor(0.9 * math.exp(-1 / 16)))
+
+
 def test_sum_trace_adds_uses_over_three_time_constants():
     mem = _mem(trace="sum")
     mem.append(1, 2)
