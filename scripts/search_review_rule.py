@@ -24,10 +24,26 @@ fp32, one thread on a shared 2-core CPU):
 4. ``ppl`` again for two ablations of the winner (12 minutes): without top-p it is as good
    (-1.14 / -0.32), without FSRS worse (-0.88 / -0.16). The default became traces + top-p +
    FSRS: the only combination ahead of tova with an interval excluding zero at both budgets.
+5. ``encoding`` (reading a token is its first use, a trace of e / budget), the default plus
+   ``enc1/4/16/64`` (``figures/search_review_rule_encoding_*.json``): on the 8,000-token stream
+   every encoding was ahead of streaming (enc1 -0.25 [-0.48, -0.02]; the default -0.20) and
+   enc16/64 held no old slots in a median layer, but retrieval fell (passkey 25%: enc4 0.4,
+   enc16 0.2 against 0.9; vartrack 25%: enc16 0.0 against 0.875) and tune perplexity moved by
+   at most 0.06. On a 20,000-token tune stream (``--tokens 20000 --budgets 256,1024``, 23
+   minutes) the default was +0.20 [-0.02, +0.42] against streaming at 256, enc1 +0.14, enc4
+   +0.16; all within 0.05 of streaming at 1,024. Not adopted.
+6. Two ablations on that 20,000-token stream (256) and on ppl/retrieval: ``trace_max0.125+top_p
+   +fsrs`` -0.00 [-0.21, +0.21] and ``trace_max0.25_no_reviews`` (strength fixed at S0) +0.00
+   [-0.19, +0.19] against streaming; ppl at 256 -0.37 and -0.40 against tova (the default
+   -0.30), at 128 -1.01 and -1.18; retrieval identical (``figures/search_review_rule_ablation_*``).
+   ``trace_tau=0.125`` was run on the report split (README, Quality) and did not carry over, so
+   the default keeps 0.25.
 
     .venv/bin/python scripts/search_review_rule.py ppl --budgets 128,256 --json ppl.json
     .venv/bin/python scripts/search_review_rule.py retrieval --only seed,fsrs,... --json retrieval.json
     .venv/bin/python scripts/search_review_rule.py stream --budgets 256 --chunk 64 --json stream.json
+    .venv/bin/python scripts/search_review_rule.py stream --tokens 20000 --budgets 256,1024 --chunk 64 \
+        --only seed,trace_max0.25+top_p+fsrs,trace_max0.25+top_p+fsrs+enc1,trace_max0.25+top_p+fsrs+enc4 --json s.json
     .venv/bin/python scripts/search_review_rule.py ppl --records figures/search_review_rule_ppl.json
 
 The variants are written relative to the seed's rule (``SEED_RULE``), so they stay the same
