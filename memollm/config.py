@@ -118,10 +118,11 @@ class MemoryConfig:
     (exp(retrievability_gain * (1 - R)) - 1)``; ``trace="max"`` / ``"sum"`` ranks tokens for
     eviction by attention traces that fade with time constant ``trace_tau * memory_budget *
     S / S0`` tokens, and ``encoding`` > 0 counts reading a token as its first use (a trace of
-    ``encoding / memory_budget``, as ACT-R counts a memory's creation). The defaults (top-p reviews, FSRS stability, max traces) were chosen on
-    the tune split with ``scripts/search_review_rule.py`` (README, Quality);
-    ``SEED_RULE`` (``review="share"``, ``stability="additive"``,
-    ``trace="none"``) is the seed's rule, and the ``ebbinghaus_seed`` policy runs it.
+    ``encoding / memory_budget``, as ACT-R counts a memory's creation). The defaults (top-p
+    reviews, FSRS stability, max traces, no encoding) were chosen on the tune split with
+    ``scripts/search_review_rule.py`` (README, Quality); ``SEED_RULE`` (``review="share"``,
+    ``stability="additive"``, ``trace="none"``) is the seed's rule, and the ``ebbinghaus_seed``
+    policy runs it.
     Soft delete: weights ``floor + (1 - floor) * R`` in [floor, 1], applied to the values
     (the seed's choice) or as a log-bias on the attention logits.
     Sparse attention: a token is masked once ``R < sparse_threshold`` in at least
