@@ -103,32 +103,34 @@ class EbbinghausMemory:
                 self.expected = torch.empty(self.num_layers, batch, 0, device=dev)
         if self.trace is not None and self.num_tokens:  # traces fade while the new tokens are read
             self.trace = self.trace * torch.exp(-n / self._tau())
-        new_age = (torch.arange(n - 1, -1, -1, device=dev, dtype=torch.float32) * cfg.time_step)
-        new_age = new_age.expand(self.num_layers, batch, n)
+        read_ago = torch.arange(n - 1, -1, -1, device=dev, dtype=torch.float32)  # tokens read since each new one
+        new_age = (read_ago * cfg.time_step).expand(self.num_layers, batch, n)
         new_strength = torch.full((self.num_layers, batch, n), float(cfg.initial_strength), device=dev)
         self.age = torch.cat([self.age + n * cfg.time_step, new_age], dim=-1)
         self.strength = torch.cat([self.strength, new_strength], dim=-1)
         if self.trace is not None:
-            self.trace = torch.cat([self.trace, self._encoded(n).expand(*self.trace.shape[:-1], n)], dim=-1)
+            self.trace = torch.cat([self.trace, self._encoded(read_ago).expand(*self.trace.shape[:-1], n)], dim=-1)
         if self.expected is not None:  # a new token's expected share is the uniform one
             self.expected = torch.cat([self.expected, self.expected.new_ones(self.num_layers, batch, n)], dim=-1)
 
-    def _encoded(self, n: int) -> torch.Tensor:
-        """``[scales, 1, 1, n]``: the trace reading leaves on ``n`` new tokens, faded by their
-        ages within the pass (as if read one at a time, like the ages)."""
+    def _encoded(self, read_ago: torch.Tensor) -> torch.Tensor:
+        """``[scales, 1, 1, n]``: the trace reading leaves on ``n`` new tokens, faded by the
+        ``read_ago`` tokens read since each (as if read one at a time, like the ages)."""
         cfg = self.config
         if cfg.encoding == 0:
-            return self.trace.new_zeros(1, 1, 1, n)
-        scales = torch.tensor(self.TRACE_SCALES[cfg.trace], device=self.trace.device).view(-1, 1, 1, 1)
-        ages = torch.arange(n - 1, -1, -1, device=self.trace.device, dtype=torch.float32)
-        return cfg.encoding / cfg.memory_budget * torch.exp(-ages / (scales * cfg.trace_tau * cfg.memory_budget))
+            return self.trace.new_zeros(1, 1, 1, read_ago.shape[0])
+        tau = self._scales() * cfg.trace_tau * cfg.memory_budget  # a new token's strength is S0
+        return cfg.encoding / cfg.memory_budget * torch.exp(-read_ago / tau)
+
+    def _scales(self) -> torch.Tensor:
+        """``[scales, 1, 1, 1]``: the traces' time constants in units of ``tau``."""
+        return torch.tensor(self.TRACE_SCALES[self.config.trace], device=self.strength.device).view(-1, 1, 1, 1)
 
     def _tau(self) -> torch.Tensor:
         """Trace time constants in tokens, ``[scales, layers, batch, tokens]``."""
         cfg = self.config
         base = cfg.trace_tau * cfg.memory_budget * self.strength / cfg.initial_strength
-        scales = torch.tensor(self.TRACE_SCALES[cfg.trace], device=base.device)
-        return scales.view(-1, 1, 1, 1) * base
+        return self._scales() * base
 
     def reviewed(self, received: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
         """Which tokens this step's attention reviews (bool, like ``received``)."""
