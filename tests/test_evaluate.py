@@ -88,6 +88,11 @@ def test_stream_summary_means_and_pairs_windows():
     assert rows["ebbinghaus"]["vs_baseline"][0] == pytest.approx(1.0)
 
 
+def test_old_share_is_min_median_max_over_layers():
+    record = {"evaluation": "stream_kept", "old_share_by_layer": [0.5, 0.0, 0.25, 1.0, 0.125]}
+    assert E.old_share(record) == (0.0, 0.25, 1.0)
+
+
 # -- passkey -----------------------------------------------------------------------------------
 def test_passkey_prompt_hides_the_key_at_the_depth(tokenizer):
     shallow = E.passkey_ids(tokenizer, 300, 0.1, 12345)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import GRANULARITIES, POLICIES, POSITION_SCHEMES
-from ..evaluate import EVICTING, agreement, long_stream, passkey, perplexity, stream_summary, table
+from ..evaluate import EVICTING, agreement, long_stream, old_share, passkey, perplexity, stream_summary, table
 from ..evaluate.retrieval import DEFAULT_LENGTH, DEFAULT_POLICIES, TASKS, retrieval, retrieval_summary
 from ..stats import markdown_table, summarize
 from ..texts import TEXT_SOURCES, load_text
@@ -280,9 +280,7 @@ def run_stream(args) -> int:
           "(min / median / max over layers):")
     for r in records:
         if r["evaluation"] == "stream_kept":
-            share = sorted(r["old_share_by_layer"])
-            print(f"  {r['policy']}/{r['positions']}/{r['budget']}: {share[0]:.2f} / {share[len(share) // 2]:.2f} / "
-                  f"{share[-1]:.2f}")
+            print(f"  {r['policy']}/{r['positions']}/{r['budget']}: " + " / ".join(f"{v:.2f}" for v in old_share(r)))
     context = llm.max_positions or args.tokens
     print(f"\nmean window perplexity before (windows ending in {context // 2:,}-{context:,}) and after the trained "
           "context, and the paired difference to streaming over all windows [95% bootstrap interval over windows]:")

@@ -124,6 +124,12 @@ def old_share_by_unit(session, before: int) -> list[list[float]]:
     return old.float().round(decimals=3).tolist()
 
 
+def old_share(record: dict) -> tuple[float, float, float]:
+    """(min, median, max) over layers of a ``stream_kept`` record's share of old slots."""
+    share = sorted(record["old_share_by_layer"])
+    return share[0], share[len(share) // 2], share[-1]
+
+
 def stream_summary(records: Sequence[dict], context: int, *, baseline: str = "streaming") -> list[dict]:
     """One row per line of a ``long_stream`` run (policy, positions, budget, granularity).
 
