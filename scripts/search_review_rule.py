@@ -38,16 +38,28 @@ fp32, one thread on a shared 2-core CPU):
    -0.30), at 128 -1.01 and -1.18; retrieval identical (``figures/search_review_rule_ablation_*``).
    ``trace_tau=0.125`` was run on the report split (README, Quality) and did not carry over, so
    the default keeps 0.25.
+7. Saturation (``figures/search_review_rule_saturation_*.json``): stage 6 blamed the reviews'
+   growing strength, so two ways to bound it, on the default: a cap ``max_strength`` of 10 or 20
+   (twice or four times S0) and FSRS's gain falling as ``1 / S`` instead of ``S ** -0.2``
+   (``stability_decay=1``). On the 20,000-token tune stream at 256 (40 windows, 22 minutes):
+   cap10 +0.04 [-0.16, +0.24], cap20 +0.09 [-0.11, +0.29], decay1 +0.02 [-0.18, +0.23] against
+   streaming (the default +0.20 [-0.02, +0.42]); at 1,024 all four -0.03. Tune perplexity (10
+   minutes): the caps equal the default to 0.001, decay1 -1.15 [-2.00, -0.29] at 128 and -0.37
+   [-0.69, -0.05] at 256 against tova (the default -1.14 and -0.30). Retrieval: all four gave the
+   same answers as tova. decay1 was best on all three, so ``stability_decay=1`` became the default.
 
     .venv/bin/python scripts/search_review_rule.py ppl --budgets 128,256 --json ppl.json
     .venv/bin/python scripts/search_review_rule.py retrieval --only seed,fsrs,... --json retrieval.json
     .venv/bin/python scripts/search_review_rule.py stream --budgets 256 --chunk 64 --json stream.json
     .venv/bin/python scripts/search_review_rule.py stream --tokens 20000 --budgets 256,1024 --chunk 64 \
         --only seed,trace_max0.25+top_p+fsrs,trace_max0.25+top_p+fsrs+enc1,trace_max0.25+top_p+fsrs+enc4 --json s.json
+    .venv/bin/python scripts/search_review_rule.py stream --tokens 20000 --budgets 256,1024 --chunk 64 \
+        --only trace_max0.25+top_p+fsrs,trace_max0.25+top_p+fsrs+cap10,trace_max0.25+top_p+fsrs+cap20,\
+trace_max0.25+top_p+fsrs+decay1 --json figures/search_review_rule_saturation_stream20k.json
     .venv/bin/python scripts/search_review_rule.py ppl --records figures/search_review_rule_ppl.json
 
-The variants are written relative to the seed's rule (``SEED_RULE``), so they stay the same
-whatever ``MemoryConfig``'s defaults are.
+The variants are written relative to the seed's rule (``SEED_RULE``) and the FSRS saturation that
+stages 1-6 used (``SEARCHED_FSRS``), so they stay the same whatever ``MemoryConfig``'s defaults are.
 """
 
 from __future__ import annotations
@@ -64,6 +76,8 @@ from memollm import evaluate as E
 from memollm.stats import paired
 
 PEERS = ["streaming", "tova", "h2o", "snapkv"]
+SEARCHED_FSRS = {"stability_decay": 0.2}
+"""FSRS's saturation as stages 1-6 ran it (the default until stage 7): a variant sets its own to differ."""
 
 
 def variants(base: MemoryConfig) -> list:
@@ -89,7 +103,11 @@ def variants(base: MemoryConfig) -> list:
         v[f"trace_max0.25+top_p+fsrs+enc{e}"] = {**default, "encoding": float(e)}
     v["trace_max0.125+top_p+fsrs"] = {**default, "trace_tau": 0.125}
     v["trace_max0.25_no_reviews"] = {"trace": "max", "trace_tau": 0.25, "reinforce": False}  # tau stays at S0's
-    return [(label, "ebbinghaus", base.replace(**{**SEED_RULE, **changes})) for label, changes in v.items()]
+    for cap in (10, 20):  # strength saturates at a cap: a trace's time constant at most cap / S0 times S0's
+        v[f"trace_max0.25+top_p+fsrs+cap{cap}"] = {**default, "max_strength": float(cap)}
+    v["trace_max0.25+top_p+fsrs+decay1"] = {**default, "stability_decay": 1.0}  # FSRS's gain falls as 1 / S
+    return [(label, "ebbinghaus", base.replace(**{**SEED_RULE, **SEARCHED_FSRS, **changes}))
+            for label, changes in v.items()]
 
 
 def compare(records: list[dict], value: str, unit: str, by: tuple[str, ...], reference: str = "tova",
@@ -105,10 +123,10 @@ def compare(records: list[dict], value: str, unit: str, by: tuple[str, ...], ref
             units = sorted(vals)
             mean = sum(vals.values()) / len(vals)
             if ref is None or label == reference or sorted(ref) != units:
-                print(f"  {label:28s} {mean:8.3f}")
+                print(f"  {label:34s} {mean:8.3f}")
                 continue
             d = paired([vals[u] for u in units], [ref[u] for u in units])
-            print(f"  {label:28s} {mean:8.3f}  {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] n={d.n}")
+            print(f"  {label:34s} {mean:8.3f}  {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] n={d.n}")
 
 
 def run(llm, args, policies: list, budgets: list[int]) -> list[dict]:
@@ -164,8 +182,8 @@ def main() -> None:
         print("\nshare of each layer's slots (sinks aside) older than four budgets at the end: median / max")
         for r in records:
             if r["evaluation"] == "stream_kept":
-                share = sorted(r["old_share_by_layer"])
-                print(f"  {r['policy']:28s} {share[len(share) // 2]:.2f} / {share[-1]:.2f}")
+                _, median, most = E.old_share(r)
+                print(f"  {r['policy']:28s} {median:.2f} / {most:.2f}")
     print(f"\n{time.perf_counter() - start:.0f} s")
 
 
