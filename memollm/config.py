@@ -119,10 +119,10 @@ class MemoryConfig:
     eviction by attention traces that fade with time constant ``trace_tau * memory_budget *
     S / S0`` tokens, and ``encoding`` > 0 counts reading a token as its first use (a trace of
     ``encoding / memory_budget``, as ACT-R counts a memory's creation). The defaults (top-p
-    reviews, FSRS stability, max traces, no encoding) were chosen on the tune split with
-    ``scripts/search_review_rule.py`` (README, Quality); ``SEED_RULE`` (``review="share"``,
-    ``stability="additive"``, ``trace="none"``) is the seed's rule, and the ``ebbinghaus_seed``
-    policy runs it.
+    reviews, FSRS stability whose gain falls as 1 / S, max traces, no encoding) were chosen on
+    the tune split with ``scripts/search_review_rule.py`` (README, Quality); ``SEED_RULE``
+    (``review="share"``, ``stability="additive"``, ``trace="none"``) is the seed's rule, and
+    the ``ebbinghaus_seed`` policy runs it.
     Soft delete: weights ``floor + (1 - floor) * R`` in [floor, 1], applied to the values
     (the seed's choice) or as a log-bias on the attention logits.
     Sparse attention: a token is masked once ``R < sparse_threshold`` in at least
@@ -165,7 +165,7 @@ class MemoryConfig:
     review_surprise: float = _knob(0.0, "> 0: a review needs this many times the token's running mean share",
                                    low=0.0)
     stability: str = _knob("fsrs", "how a review grows strength", choices=STABILITY_RULES)
-    stability_decay: float = _knob(0.2, "fsrs: the gain falls as S ** -stability_decay", low=0.0)
+    stability_decay: float = _knob(1.0, "fsrs: the gain falls as S ** -stability_decay", low=0.0)
     retrievability_gain: float = _knob(2.0, "fsrs: the gain grows as exp(retrievability_gain * (1 - R))", low=0.0)
     trace: str = _knob("max", "eviction ranks by fading attention traces (none: by retention)", choices=TRACES)
     trace_tau: float = _knob(0.25, "trace time constant, in budgets at S = S0", low=0.0, low_open=True)

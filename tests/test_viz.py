@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from memollm import MemoryConfig, viz  # noqa: E402
@@ -27,7 +28,9 @@ def test_seed_rule_adds_the_same_strength_whatever_the_gap():
 def test_fsrs_rewards_spacing():
     fsrs = SEED.replace(stability="fsrs")
     massed, spaced = strength_after_reviews(fsrs, 5), strength_after_reviews(fsrs, 300)
-    assert massed[-1] < 6.0 < 20.0 < spaced[-1]
+    assert massed[-1] < 5.5 < 10.0 < spaced[-1]  # five massed reviews barely move S0 = 5; five spaced double it
+    gains = np.diff(spaced)
+    assert (gains > 0).all() and (np.diff(gains) < 0).all()  # and it saturates: each review adds less
 
 
 def test_surprise_lets_a_routine_token_fade():
