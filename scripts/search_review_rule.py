@@ -183,7 +183,7 @@ def main() -> None:
         for r in records:
             if r["evaluation"] == "stream_kept":
                 _, median, most = E.old_share(r)
-                print(f"  {r['policy']:28s} {median:.2f} / {most:.2f}")
+                print(f"  {r['policy']:34s} {median:.2f} / {most:.2f}")
     print(f"\n{time.perf_counter() - start:.0f} s")
 
 

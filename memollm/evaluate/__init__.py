@@ -11,6 +11,6 @@ from .retrieval import TASKS, retrieval, retrieval_cases, retrieval_summary
 from ..texts import default_text, text_segments  # the text helpers lessons reach through ``E``
 
 __all__ = ["EVICTING", "FILLER", "INTRO", "QUESTION", "StreamResult", "agreement", "default_text", "eval_config",
-           "full_logprobs", "long_stream", "old_share", "passkey", "passkey_budget", "passkey_ids", "perplexity", "ppl", "stream",
-           "stream_summary", "table", "text_segments", "TASKS", "retrieval", "retrieval_cases",
+           "full_logprobs", "long_stream", "old_share", "passkey", "passkey_budget", "passkey_ids", "perplexity",
+           "ppl", "stream", "stream_summary", "table", "text_segments", "TASKS", "retrieval", "retrieval_cases",
            "retrieval_summary"]
