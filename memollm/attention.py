@@ -90,8 +90,12 @@ def attached(model: torch.nn.Module, session) -> Iterator[None]:
     Holds the model's lock (``exclusive``) for the whole block, registers the attention
     function on every attention module and the session's forward pre/post hooks on the
     model; everything is removed in ``finally``, also on errors and ``KeyboardInterrupt``.
+    ``session=None`` (``baseline``) only holds the lock.
     """
     with exclusive(model):
+        if session is None:
+            yield
+            return
         with _attached(model, session):
             yield
 

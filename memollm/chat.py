@@ -15,9 +15,10 @@ eviction, as in ``generate(..., generation_mode="evict")``.
 
 Settings. A chat resolves its config as ``generate`` does (``granularity="auto"`` ranks per
 layer in ``evict``; a user turn read in one pass is reviewed by its last
-``observation_window`` queries). A knob the chosen mode cannot use is refused with a
-``ConfigError``, never dropped. The views (``cached_positions``, ``retention``, ...) show the
-union over the layers unless asked for one ``layer``.
+``observation_window`` queries). A knob the chosen mode cannot use is refused with the same
+``ConfigError`` as in ``generate`` (``MemoryConfig.check_mode``), never dropped. The views
+(``cached_positions``, ``retention``, ...) show the union over the layers unless asked for one
+``layer``.
 
 This module sits below ``memollm.llm``: it takes the ``EbbinghausLLM`` duck-typed
 (``.model``, ``.tokenizer``, ``.config``, ``.resolve_config``).
@@ -33,31 +34,13 @@ from transformers import DynamicCache
 
 from .attention import attached, exclusive
 from .config import MODES, ConfigError, MemoryConfig, check_int
-from .models import max_positions, timed
+from .models import max_positions, stop_token_ids, timed
 from .reading import decode, read, room, sampling_processors
 from .session import MemorySession, generation_result
 from .template import ChatTemplateError, Template
 from .views import ConversationViews, check_text
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "do_sample", "repetition_penalty")
-EVICT_KNOBS = ("memory_budget", "policy", "sink_tokens", "recent_window", "positions")
-"""Knobs only eviction reads: the other modes keep every token in the cache."""
-
-
-def chat_config(llm, mode: str, config: MemoryConfig | None, knobs: dict[str, Any]) -> MemoryConfig:
-    """The config a chat in ``mode`` runs at: ``llm.resolve_config`` as in ``generate``; a knob the
-    mode never reads is a ``ConfigError`` naming it, so no setting is silently dropped."""
-    given = sorted(k for k, v in knobs.items() if v is not None)
-    cfg = llm.resolve_config(config, **{k: knobs[k] for k in given})  # unknown names and bad values first
-    unused = {k: "it keeps every token and no memory state" for k in given} if mode == "baseline" else {}
-    if mode in ("soft_delete", "sparse_attention"):
-        unused = {k: "only eviction reads it; this mode keeps every token" for k in given if k in EVICT_KNOBS}
-    if mode == "soft_delete" and "granularity" in given:
-        unused["granularity"] = "soft_delete weighs every memory layer by its own retention"
-    if unused:
-        k = next(iter(unused))
-        raise ConfigError(f"{k} does nothing in generation_mode={mode!r}: {unused[k]}")
-    return cfg
 
 
 class ChatSession(ConversationViews):
@@ -100,12 +83,9 @@ class ChatSession(ConversationViews):
         self.prefill_chunk = prefill_chunk
         knobs.update(memory_budget=memory_budget, policy=policy, sink_tokens=sink_tokens,
                      recent_window=recent_window)
-        self.config: MemoryConfig = chat_config(llm, generation_mode, config, knobs)
-        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if self.tokenizer.eos_token_id is not None:
-            eos.append(self.tokenizer.eos_token_id)
-        self.stop_ids = frozenset(int(e) for e in eos)
+        # a knob the mode never reads is a ConfigError naming it, as in generate
+        self.config: MemoryConfig = llm.resolve_config(config, generation_mode, **knobs)
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.max_positions: int | None = max_positions(self.model)
         self.reset()
 

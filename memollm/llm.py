@@ -1,50 +1,31 @@
-"""``EbbinghausLLM``: the seed's API on top of ``model.generate``.
+"""``EbbinghausLLM``: the seed's API (``generate`` and its result dict) on the package's one
+read and decode loop (``memollm.reading``).
 
-Every mode runs inside ``model.generate`` with sdpa attention. ``baseline`` is plain
-``model.generate``; the other modes attach a per-call ``MemorySession`` (hooks plus a
-registered attention function) that is removed in ``finally``.
+Every mode reads the prompt into a ``DynamicCache`` and decodes token by token with sdpa
+attention; ``baseline`` gives ``model.generate``'s tokens (a test checks it). The other modes
+attach a per-call ``MemorySession`` (hooks plus a registered attention function) that is
+removed in ``finally``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from .attention import attached, exclusive
+from .attention import attached
 from .cache import rotary_embedding
 from .config import KNOBS, MODES, ConfigError, MemoryConfig, check_bool, check_int
-from .models import DEFAULT_MODEL, load_model, max_positions, timed
-from .reading import check_sampling, read
+from .models import DEFAULT_MODEL, load_model, max_positions, stop_token_ids, timed
+from .reading import decode, read, room, sampling_processors
 from .session import MemorySession, generation_result
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _quiet_length_reminder(active: bool) -> Iterator[None]:
-    """With ``positions="cache"`` no position ever exceeds the budget, but transformers' length
-    reminder ("exceeded the model's predefined maximum length") counts tokens, not positions:
-    inside the block it is filtered out, so it cannot mislead."""
-    if not active:
-        yield
-        return
-    logger = logging.getLogger("transformers.generation.stopping_criteria")
-
-    def keep(record: logging.LogRecord) -> bool:
-        return "predefined maximum length" not in record.getMessage()
-
-    logger.addFilter(keep)
-    try:
-        yield
-    finally:
-        logger.removeFilter(keep)
 
 
 @dataclass(frozen=True)
@@ -52,8 +33,9 @@ class GenerateArgs:
     """``generate``'s keyword arguments, parsed and validated once.
 
     Sampling: ``do_sample`` defaults to True when ``temperature``, ``top_p`` or ``top_k`` is
-    given (as in the seed's examples), else greedy. ``memory``: ``MemoryConfig`` fields given by
-    name (``memory_budget``, ``policy``, ...), which override the wrapper's config for one call.
+    given (as in the seed's examples), else greedy (parsed once, by
+    ``memollm.reading.sampling_processors``). ``memory``: ``MemoryConfig`` fields given by name
+    (``memory_budget``, ``policy``, ...), which override the wrapper's config for one call.
     """
 
     max_new_tokens: int = 50
@@ -80,7 +62,8 @@ class GenerateArgs:
         check_int("max_new_tokens", self.max_new_tokens, 1)
         if self.seed is not None:
             check_int("seed", self.seed, 0)
-        check_sampling(self.temperature, self.top_p, self.top_k, self.do_sample, self.repetition_penalty)
+        object.__setattr__(self, "sampling", sampling_processors(  # (do_sample, logits processors)
+            self.temperature, self.top_p, self.top_k, self.do_sample, self.repetition_penalty))
         for name in ("ignore_eos", "return_attention_weights", "verbose"):
             check_bool(name, getattr(self, name))
         if self.chat is not None:
@@ -105,24 +88,8 @@ class GenerateArgs:
         return cls(**{k: v for k, v in kwargs.items() if k not in KNOBS}, memory=memory)
 
     def memory_overrides(self) -> dict[str, Any]:
-        """Config changes asked for this call. The eviction knobs only matter in ``evict``."""
+        """Config changes asked for this call."""
         return {k: v for k, v in self.memory.items() if v is not None}
-
-    def sampling(self) -> dict[str, Any]:
-        """The sampling keywords for ``model.generate``."""
-        do_sample = self.do_sample
-        if do_sample is None:
-            do_sample = any(v is not None for v in (self.temperature, self.top_p, self.top_k))
-        out: dict[str, Any] = {"do_sample": bool(do_sample)}
-        if do_sample:
-            out.update(temperature=1.0 if self.temperature is None else self.temperature,
-                       top_p=1.0 if self.top_p is None else self.top_p,
-                       top_k=0 if self.top_k is None else self.top_k)
-        else:  # neutralise sampling fields a model's generation_config may carry
-            out.update(temperature=None, top_p=None, top_k=None)
-        if self.repetition_penalty is not None:
-            out["repetition_penalty"] = self.repetition_penalty
-        return out
 
 
 class EbbinghausLLM:
@@ -213,12 +180,18 @@ class EbbinghausLLM:
             return [self._generate_one(p, args) for p in prompt]
         return self._generate_one(prompt, args)
 
-    def resolve_config(self, config: MemoryConfig | None = None, **overrides: Any) -> MemoryConfig:
+    def resolve_config(self, config: MemoryConfig | None = None, mode: str | None = None,
+                       **overrides: Any) -> MemoryConfig:
+        """``config`` (else the wrapper's) with ``overrides`` applied; for a ``mode``, a knob that the
+        mode never reads is a ``ConfigError`` (``MemoryConfig.check_mode``), as in chats and commands."""
         base = config or self.config
         if not isinstance(base, MemoryConfig):
             raise TypeError(f"config must be a MemoryConfig, got {type(base).__name__}")
         changes = {k: v for k, v in overrides.items() if v is not None}
-        return base.replace(**changes) if changes else base
+        cfg = base.replace(**changes) if changes else base
+        if mode is not None:
+            cfg.check_mode(mode, changes)
+        return cfg
 
     def _check_length(self, prompt_len: int, args: GenerateArgs, cfg: MemoryConfig) -> list[str]:
         """Generation limits, said up front; returns the warnings for a run past the trained positions.
@@ -249,25 +222,23 @@ class EbbinghausLLM:
         return []
 
     def _generate_one(self, prompt: str, args: GenerateArgs) -> dict[str, Any]:
-        cfg, warnings = self._config_for(args)
+        cfg = self.resolve_config(args.config, args.generation_mode, **args.memory_overrides())
         ids = self.encode(prompt, args.chat)
-        prompt_ids = ids[0].tolist()
-        warnings += self._check_length(len(prompt_ids), args, cfg)
+        warnings = self._check_length(ids.shape[1], args, cfg)
         if args.seed is not None:
             torch.manual_seed(args.seed)
         session = None if args.generation_mode == "baseline" else MemorySession(
             self.model, args.generation_mode, cfg, seed=args.seed or 0, record=args.return_attention_weights)
-        out, fed, elapsed = self._run(ids, args, cfg, session)
-        new = out.sequences[0, fed:]
-        result = generation_result(self.tokenizer.decode(new, skip_special_tokens=True), new.tolist(), elapsed,
-                                   len(prompt_ids), getattr(out, "cache", None), args.generation_mode, cfg)
+        new, cache, elapsed = self._run(ids, args, cfg, session)
+        result = generation_result(self.tokenizer.decode(new, skip_special_tokens=True), new, elapsed,
+                                   ids.shape[1], cache, args.generation_mode, cfg)
         if session is not None:
             result.update(session.results())
         result["warnings"] = warnings + result["warnings"]
         if args.return_attention_weights:
             tw = session.token_weights() if session else None
             if tw is not None:
-                all_ids = prompt_ids + new.tolist()
+                all_ids = ids[0].tolist() + new
                 tw["tokens"] = [self.tokenizer.decode([all_ids[p]]) for p in tw["positions"]]
             result["token_weights"] = tw
         if args.verbose:  # the caller asked to see it: stderr, and the log for those who collect it
@@ -277,58 +248,34 @@ class EbbinghausLLM:
             tqdm.write(summary, file=sys.stderr)
         return result
 
-    def _config_for(self, args: GenerateArgs) -> tuple[MemoryConfig, list[str]]:
-        """This call's config, and a warning where a budget was given to a mode that has none."""
-        overrides = args.memory_overrides()
-        try:
-            return self.resolve_config(args.config, **overrides), []
-        except ConfigError as exc:
-            if args.generation_mode == "evict" or "memory_budget" not in overrides:
-                raise
-            # the budget does nothing outside evict: a budget only evict would reject is no error here
-            cfg = self.resolve_config(args.config, **{k: v for k, v in overrides.items() if k != "memory_budget"})
-            return cfg, [f"memory_budget ignored in {args.generation_mode!r} (it only applies to evict): {exc}"]
-
     def _run(self, ids: torch.Tensor, args: GenerateArgs, cfg: MemoryConfig, session: MemorySession | None):
-        """``model.generate`` on ``ids``, with ``session`` attached (after a chunked prefill if asked);
-        returns its output, how many ids it was fed, and the seconds it took."""
-        gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=args.max_new_tokens, return_dict_in_generate=True, use_cache=True,
-            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=args.stopping_criteria,
-            streamer=args.streamer, **args.sampling())
-        if args.ignore_eos:
-            gen_kwargs["min_new_tokens"] = args.max_new_tokens
-        with tqdm(total=args.max_new_tokens, desc=args.generation_mode, leave=False,
-                  disable=not args.verbose) as progress:
-            with exclusive(self.model), timed(self.device) as clock:
-                if session is None:
-                    gen_kwargs["streamer"] = _ProgressStreamer(progress, args.streamer)
-                    out = self.model.generate(ids, **gen_kwargs)
-                else:
-                    session.progress = progress
-                    with attached(self.model, session), _quiet_length_reminder(session.rotary is not None):
-                        if args.prefill_chunk is not None and ids.shape[1] > args.prefill_chunk:
-                            cfg.check_budget(cfg.memory_budget, args.prefill_chunk)
-                            ids = self._prefill_in_chunks(ids, args.prefill_chunk, session, gen_kwargs)
-                        out = self.model.generate(ids, **gen_kwargs)
-        return out, ids.shape[1], clock.seconds
-
-    @torch.no_grad()
-    def _prefill_in_chunks(self, ids: torch.Tensor, chunk: int, session: MemorySession,
-                           gen_kwargs: dict[str, Any]) -> torch.Tensor:
-        """Read all but the prompt's last token in chunks (the attached session evicts between
-        them), and return the ids to hand ``generate`` with the filled cache.
-
-        ``generate`` feeds only what its cache does not hold, judged by the cache's length, so
-        it gets the last ``held + 1`` prompt tokens: it feeds the final one, and its repetition
-        penalty sees the recent prompt. The session supplies the true positions.
-        """
+        """Read ``ids`` into a new cache (``prefill_chunk`` tokens a pass if asked) and decode, with
+        ``session`` attached; returns the new token ids, the cache and the seconds it took."""
         cache = DynamicCache(config=self.model.config)
-        session.own_positions = True
-        n = ids.shape[1]
-        read(lambda x: self.model(x, cache=cache, use_cache=True).logits, ids[:, :n - 1], chunk=chunk)
-        gen_kwargs["cache"] = cache
-        return ids[:, n - 1 - cache.get_seq_length():]
+        chunk = args.prefill_chunk if args.prefill_chunk is not None and ids.shape[1] > args.prefill_chunk else None
+        if chunk is not None:
+            cfg.check_budget(cfg.memory_budget, chunk)
+        do_sample, processors = args.sampling
+        stop_ids = () if args.ignore_eos else stop_token_ids(self.model, self.tokenizer)
+
+        read_so_far = [0]
+
+        def step(x: torch.Tensor) -> torch.Tensor:
+            """Read ``x`` at its true positions (a session counting positions in the cache re-ranks them)."""
+            start = read_so_far[0]
+            read_so_far[0] += x.shape[1]
+            pos = torch.arange(start, start + x.shape[1], device=x.device)[None]
+            return self.model(x, cache=cache, use_cache=True, position_ids=pos).logits
+
+        with tqdm(total=args.max_new_tokens, desc=args.generation_mode, leave=False,
+                  disable=not args.verbose) as progress, torch.no_grad():
+            on_token = _Observers(progress, args.streamer, args.stopping_criteria, ids)
+            with attached(self.model, session), timed(self.device) as clock:
+                logits = read(step, ids, chunk=chunk)
+                out = decode(step, logits, args.max_new_tokens, processors=processors, context=ids,
+                             do_sample=do_sample, stop_ids=stop_ids, on_token=on_token)
+            on_token.end()
+        return out.row(), cache, clock.seconds
 
     def chat(self, generation_mode: str = "evict", **options: Any):
         """A conversation that keeps one bounded KV cache across turns (see ``memollm.chat``)."""
@@ -343,20 +290,21 @@ class EbbinghausLLM:
 __all__ = ["EbbinghausLLM", "DEFAULT_MODEL"]
 
 
-class _ProgressStreamer:
-    """Advances a progress bar per generated token in ``baseline`` (which has no session),
-    forwarding to the caller's streamer. ``generate`` first puts the prompt: not counted."""
+class _Observers:
+    """What sees each new token: the progress bar, the caller's streamer (``model.generate``'s
+    protocol: the prompt first, then each token, then ``end()``) and stopping criteria."""
 
-    def __init__(self, progress, inner=None) -> None:
-        self.progress, self.inner, self.started = progress, inner, False
+    def __init__(self, progress, streamer, criteria, prompt: torch.Tensor) -> None:
+        self.progress, self.streamer, self.criteria = progress, streamer, criteria
+        if streamer is not None:
+            streamer.put(prompt.cpu())
 
-    def put(self, value) -> None:
-        if self.started:
-            self.progress.update(1)
-        self.started = True
-        if self.inner is not None:
-            self.inner.put(value)
+    def __call__(self, ids: torch.Tensor, scores: torch.Tensor) -> bool:
+        self.progress.update(1)
+        if self.streamer is not None:
+            self.streamer.put(ids[:, -1].cpu())
+        return self.criteria is not None and bool(self.criteria(ids, scores).all())
 
     def end(self) -> None:
-        if self.inner is not None:
-            self.inner.end()
+        if self.streamer is not None:
+            self.streamer.end()

@@ -86,6 +86,15 @@ class timed:
         self.seconds = time.perf_counter() - self._start
 
 
+def stop_token_ids(model: torch.nn.Module, tokenizer) -> frozenset[int]:
+    """The tokens that end a generation: the model's generation config's EOS ids and the tokenizer's."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        eos.append(tokenizer.eos_token_id)
+    return frozenset(int(e) for e in eos)
+
+
 def max_positions(model: torch.nn.Module) -> int | None:
     """The positions the model was trained on (its context), or None where its config does not say."""
     cfg = model.config.get_text_config()

@@ -13,8 +13,8 @@ averaged over the memory layers and one set of slots serves all layers):
 * StreamingLLM (Xiao et al., 2023): attention sinks + the most recent tokens, nothing else.
 * H2O (Zhang et al., 2023): "heavy hitters", the tokens with the largest attention summed
   over all steps so far, with the newest half of the budget kept as recent tokens (the
-  paper's split; ``h2o_window32`` keeps only the shared 32-token ``recent_window``). The
-  paper ranks per head; here the heads of a layer are averaged.
+  paper's split). The paper ranks per head, as ``granularity="head"`` does; with ``"layer"``
+  the heads of a layer are averaged.
 * TOVA (Oren et al., 2024): keeps the tokens the *newest* query attends to most (attention
   averaged over heads), with no accumulation.
 * SnapKV (Li et al., 2024): the pooled attention of an observation window of queries (the
@@ -107,7 +107,7 @@ class _PerTokenState(Policy):
 @register_policy("ebbinghaus")
 class EbbinghausPolicy(Policy):
     """The forgetting curve ranks: by the fading attention traces (the default, ``trace="max"``),
-    or by the retention R a little ahead (the seed's rule); mean over the memory layers."""
+    or by the retention R a little ahead (``trace="none"``); mean over the memory layers."""
 
     needs_attention = True
     settings: dict = {}  # a preset's MemoryConfig changes (a subclass sets them; the result reports them)
@@ -115,7 +115,7 @@ class EbbinghausPolicy(Policy):
     def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
         config = config.replace(**self.settings) if self.settings else config
         super().__init__(config, num_layers)
-        self.memory = EbbinghausMemory(num_layers, config, device=device)
+        self.memory = EbbinghausMemory(num_layers, config, traces=True, device=device)
 
     def append(self, batch, n):
         self.memory.append(batch, n)
@@ -137,68 +137,11 @@ class EbbinghausPolicy(Policy):
         return retention(self.memory.age + horizon, self.memory.strength).mean(0)
 
 
-@register_policy("ebbinghaus_fixed")
-class EbbinghausFixedPolicy(EbbinghausPolicy):
-    """Ablation: strength never grows, so R is pure exponential age decay."""
+@register_policy("ebbinghaus_seed")
+class EbbinghausSeedPolicy(EbbinghausPolicy):
+    """The seed's rule: any above-uniform glance is a review, strength adds up, retention ranks."""
 
-    needs_attention = False
-    settings = {**SEED_RULE, "reinforce": False}
-
-
-EBBINGHAUS_TUNED = {"reinforce_threshold": 0.5, "initial_strength": 20.0}
-"""Settings tuned on the *tune* split (second half of ``pydoc_data.topics``) with
-``scripts/tune_ebbinghaus.py`` for SmolLM2-135M at budgets 64 and 128 (perplexity after the
-budget, token by token) on top of the seed's review rule, which the preset pins."""
-
-
-@register_policy("ebbinghaus_tuned")
-class EbbinghausTunedPolicy(EbbinghausPolicy):
-    """Ebbinghaus with tuned settings: reinforce at half the uniform share, S0 = 20."""
-
-    settings = {**SEED_RULE, **EBBINGHAUS_TUNED}
-
-
-EBBINGHAUS_SPACED = {"spacing": 1.0}
-"""The spacing effect: a review's gain times ``1 - R``. Set a priori (not tuned)."""
-EBBINGHAUS_SPACED_CAPPED = {"spacing": 1.0, "max_strength": 20.0}
-"""The spacing effect and a cap at four times the seed's S0. Set a priori (not tuned)."""
-
-
-@register_policy("ebbinghaus_spaced")
-class EbbinghausSpacedPolicy(EbbinghausPolicy):
-    """Ablation: Ebbinghaus with the spacing effect (gain times 1 - R at the review)."""
-
-    settings = {**SEED_RULE, **EBBINGHAUS_SPACED}
-
-
-@register_policy("ebbinghaus_spaced_capped")
-class EbbinghausSpacedCappedPolicy(EbbinghausPolicy):
-    """Ablation: the spacing effect plus a strength cap (S <= 20)."""
-
-    settings = {**SEED_RULE, **EBBINGHAUS_SPACED_CAPPED}
-
-
-RULE_PRESETS = {
-    "ebbinghaus_seed": SEED_RULE,
-    "ebbinghaus_retrieval": {**SEED_RULE, "review": "top_p"},
-    "ebbinghaus_surprise": {**SEED_RULE, "review_surprise": 2.0},
-    "ebbinghaus_fsrs": {**SEED_RULE, "stability": "fsrs"},
-    "ebbinghaus_trace": {**SEED_RULE, "trace": "max"},
-    "ebbinghaus_actr": {**SEED_RULE, "trace": "sum"},
-}
-"""Named presets for ablations: the seed's rule, and the seed's rule with one rule from memory
-research (``MemoryConfig``'s ``review``, ``review_surprise``, ``stability``, ``trace``) each.
-The default ``ebbinghaus`` combines top-p reviews, FSRS stability and max traces."""
-
-
-def _preset(name: str, settings: dict) -> None:
-    doc = ", ".join(f"{k}={v!r}" for k, v in settings.items())
-    register_policy(name)(type(f"_{name.title().replace('_', '')}Policy", (EbbinghausPolicy,),
-                               {"settings": settings, "__doc__": f"Ebbinghaus preset: {doc}."}))
-
-
-for _name, _settings in RULE_PRESETS.items():
-    _preset(_name, _settings)
+    settings = SEED_RULE
 
 
 @register_policy("streaming")
@@ -209,20 +152,15 @@ class StreamingPolicy(Policy):
         return positions.float()
 
 
-@register_policy("h2o_window32")
-class H2OWindowPolicy(_PerTokenState):
-    """H2O's heavy hitters with only the shared recent window (32 tokens) as recent tokens."""
+@register_policy("h2o")
+class H2OPolicy(_PerTokenState):
+    """H2O as in its paper: the newest half of the budget is kept as recent tokens, the other
+    half goes to the heavy hitters (attention accumulated over all steps)."""
 
     needs_attention = True
 
     def observe(self, received, visible):
         self.state = self.state + received.float().mean(0)
-
-
-@register_policy("h2o")
-class H2OPolicy(H2OWindowPolicy):
-    """H2O as in its paper: the newest half of the budget is kept as recent tokens, the other
-    half goes to the heavy hitters (attention accumulated over all steps)."""
 
     def scores(self, positions):
         recent = max(1, self.config.memory_budget // 2)

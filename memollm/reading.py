@@ -1,9 +1,9 @@
 """Reading token ids into a KV cache and decoding from it: the package's one read loop and
 one decode loop.
 
-Chats, generate's chunked prefill, the evaluations and the lessons' hand-written loop all read
-through :func:`read` and decode through :func:`decode`, so the room rule, the logits
-processors and the stop rules are written once. The model call is the caller's ``step``: it
+``generate``, chats, the evaluations and the lessons all read through :func:`read` and decode
+through :func:`decode`, so the room rule, the sampling keywords, the logits processors and
+the stop rules are written once. The model call is the caller's ``step``: it
 knows its cache, the positions it passes and the session attached to the model, so this
 module needs nothing but the config.
 """
@@ -104,13 +104,16 @@ def decode(step: Step, first_logits: torch.Tensor, max_new_tokens: int, *,
            processors: LogitsProcessorList | None = None, context: torch.Tensor | None = None,
            do_sample: bool = False, generator: torch.Generator | None = None,
            stop_ids: Collection[int] = (), stop_strings: Sequence[str] = (),
-           detokenize: Callable[[list[int]], str] | None = None, keep_logits: bool = False) -> Decoded:
+           detokenize: Callable[[list[int]], str] | None = None, keep_logits: bool = False,
+           on_token: Callable[[torch.Tensor, torch.Tensor], bool] | None = None) -> Decoded:
     """Up to ``max_new_tokens`` tokens per row after ``first_logits`` ``[rows, vocab]``; every
     token but the last is fed back with ``step``.
 
     ``processors`` see ``context`` (e.g. the prompt, ``[rows, k]``) followed by the tokens
     generated so far. Sampling draws from ``generator``. ``stop_ids`` and ``stop_strings``
     (checked on ``detokenize(tokens)``) end a single row early; the stopping token is kept.
+    ``on_token(ids, scores)`` sees the context and every token so far after each new one (a
+    streamer, a stopping criterion, a progress bar); returning True stops there.
     """
     rows = first_logits.shape[0]
     if (stop_ids or stop_strings) and rows != 1:
@@ -129,8 +132,11 @@ def decode(step: Step, first_logits: torch.Tensor, max_new_tokens: int, *,
         else:
             nxt = scores.argmax(-1, keepdim=True)
         generated = torch.cat([generated, nxt], dim=-1)
+        halt = on_token is not None and on_token(torch.cat([seen, generated], dim=-1), scores)
         if stop_ids and int(nxt[0, 0]) in stop_ids:
             stopped = True
+            break
+        if halt:
             break
         if stop_strings and any(s in detokenize(generated[0].tolist()) for s in stop_strings):
             break

@@ -88,13 +88,14 @@ class MemorySession:
     """Per-call state for one of the modes ``soft_delete``, ``sparse_attention``, ``evict``."""
 
     def __init__(self, model: torch.nn.Module, mode: str, config: MemoryConfig, *, seed: int = 0,
-                 record: bool = False, progress: Any = None, policy: Policy | None = None,
+                 record: bool = False, policy: Policy | None = None,
                  layout: SlotLayout | None = None) -> None:
         """``policy``: an already built eviction policy (e.g. ``memollm.policies.PolicyRows``,
         one policy per batch row); by default ``config.policy`` is built. ``layout``: the slot
         layout for ``model``, ``config`` and ``mode``, if already worked out."""
         if mode not in MODES or mode == "baseline":
             raise ValueError(f"a MemorySession needs one of {MODES[1:]}, got {mode!r}")
+        config.check_mode(mode)
         self.mode, self.config = mode, config
         device = next(model.parameters()).device
         self.layout = layout = layout or SlotLayout.of(model, config, mode)
@@ -128,7 +129,6 @@ class MemorySession:
                 raise ConfigError(f"positions='cache' re-rotates cached keys, which needs rotary position embeddings; "
                                   f"{type(model).__name__} learns absolute positions: use positions='true'")
         self.rope_positions: torch.Tensor | None = None  # [rows, tokens] position each key is rotated for
-        self.own_positions = False  # True: ignore the caller's position ids (a prompt read in chunks)
         self.policy = policy if policy is not None else (
             make_policy(config.policy, config, n, seed=seed, device=device) if mode == "evict" else None)
         # soft_delete and sparse_attention own a memory; in evict the policy owns its state, and
@@ -136,10 +136,9 @@ class MemorySession:
         self.own_memory = EbbinghausMemory(n, config, device=device) if self.policy is None else None
         self.memory: EbbinghausMemory | None = (
             self.own_memory if self.own_memory is not None else getattr(self.policy, "memory", None))
-        self.scoring = record or (self.memory is not None and self.memory.config.reinforce) or (
+        self.scoring = record or (self.memory is not None and self.memory.config.review != "none") or (
             self.policy is not None and self.policy.needs_attention)
         self.record = record
-        self.progress = progress
         self.cache = None
         self.positions = torch.zeros(1, 0, dtype=torch.long, device=device)
         self.attention_total: torch.Tensor | None = None  # [layers, batch, tokens] when recording
@@ -287,7 +286,7 @@ class MemorySession:
         batch, q_len = ids.shape[0], ids.shape[1]
         self._check_cache(kwargs.get("cache", kwargs.get("past_key_values")))
         positions = kwargs.get("position_ids")
-        if positions is None or self.rotary is not None or self.own_positions:  # it knows the true positions
+        if positions is None or self.rotary is not None:  # it knows the true positions
             start = int(self.positions[:, -1].max()) + 1 if self.num_cached else 0
             positions = torch.arange(start, start + q_len, device=ids.device).expand(batch, q_len)
             kwargs["position_ids"] = positions
@@ -424,8 +423,6 @@ class MemorySession:
             self._masked = torch.cat([self._masked, self._masked.new_zeros(*self._masked.shape[:-1], q_len)], dim=-1)
         if self.mode == "evict" and self.policy.evicts and self.num_cached > self.config.memory_budget:
             self._evict_to(self.config.memory_budget, self.steps + 1)  # a prompt longer than the budget
-        if self.progress is not None and (q_len == 1 or not self.own_positions):  # one per new token
-            self.progress.update(1)
         self.steps += 1
 
     def _stack_received(self) -> torch.Tensor:

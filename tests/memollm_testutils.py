@@ -99,7 +99,7 @@ def forced_forgetting(**changes):
     (R = exp(-t/S) with S = 0.5 and 0.5 age per token: below 1e-3 after ~7 tokens)."""
     from memollm import MemoryConfig
 
-    base = dict(initial_strength=0.5, time_step=0.5, reinforce=False)
+    base = dict(initial_strength=0.5, time_step=0.5, review="none")
     base.update(changes)
     return MemoryConfig(**base)
 

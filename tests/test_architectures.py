@@ -67,7 +67,7 @@ def test_evict_equals_masking_and_dropping_the_evicted_positions(tiny):
     _check_evict_equivalence(tiny[0], tiny[1], "ebbinghaus")
 
 
-@pytest.mark.parametrize("policy", ["h2o", "tova", "random", "ebbinghaus_fixed", "ebbinghaus_spaced_capped"])
+@pytest.mark.parametrize("policy", ["h2o", "tova", "snapkv", "random", "ebbinghaus_seed"])
 def test_other_policies_equal_masking_too(make_tiny, policy):
     llm = make_tiny("llama")
     _check_evict_equivalence(llm, llm.encode(PROMPT, chat=False), policy)
@@ -209,7 +209,7 @@ def test_sparse_equivalence_holds_with_reinforcement(make_tiny):
     ids = llm.encode(PROMPT, chat=False)
     n = 30
     plain = llm.generate(PROMPT, n, "sparse_attention", chat=False, config=forced_forgetting())
-    cfg = forced_forgetting(reinforce=True, reinforce_threshold=1.2)
+    cfg = forced_forgetting(review="share", review_threshold=1.2)
     r = llm.generate(PROMPT, n, "sparse_attention", chat=False, config=cfg)
     assert 0 < len(r["masked_positions"]) < len(plain["masked_positions"])
     assert r["memory_stats"]["layer_0"]["avg_strength"] > cfg.initial_strength

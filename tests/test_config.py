@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from memollm import ConfigError, MemoryConfig
-from memollm.config import KNOBS, SEED_RULE
+from memollm.config import KNOBS, SEED_RULE, knobs_for
 
 
 def test_defaults_are_the_seeds():
@@ -27,9 +27,9 @@ def test_defaults_are_the_seeds():
 
 def test_default_rule_is_the_one_chosen_on_the_tune_split_and_the_seed_preset_restores_the_seeds():
     cfg = MemoryConfig()
-    assert (cfg.review, cfg.stability, cfg.trace, cfg.review_surprise) == ("top_p", "fsrs", "max", 0.0)
+    assert (cfg.review, cfg.stability, cfg.trace) == ("top_p", "fsrs", "max")
     seed = cfg.replace(**SEED_RULE)
-    assert (seed.review, seed.stability, seed.trace, seed.review_surprise) == ("share", "additive", "none", 0.0)
+    assert (seed.review, seed.stability, seed.trace) == ("share", "additive", "none")
 
 
 BAD_CONFIGS = [
@@ -39,11 +39,10 @@ BAD_CONFIGS = [
     ("soft_delete_floor", math.nan), ("sparse_threshold", 0.0), ("sparse_threshold", 1.0),
     ("sparse_threshold", -0.5), ("sparse_threshold", math.nan), ("layer_consensus", 0.0),
     ("layer_consensus", 1.1), ("memory_layer_fraction", 0.0), ("memory_layer_fraction", 2.0),
-    ("strength_gain", -1.0), ("strength_gain", math.inf), ("reinforce_threshold", 0.0),
+    ("strength_gain", -1.0), ("strength_gain", math.inf), ("review_threshold", 0.0),
     ("sink_tokens", -1), ("sink_tokens", 1.5), ("recent_window", 0), ("memory_budget", 0),
     ("memory_budget", True), ("soft_delete_target", "keys"), ("policy", "no-such-policy"),
-    ("spacing", -1.0), ("spacing", math.nan), ("max_strength", 1.0), ("max_strength", "20"),
-    ("review", "glance"), ("review_top_p", 0.0), ("review_top_p", 1.5), ("review_surprise", -1.0),
+    ("review", "glance"), ("review_top_p", 0.0), ("review_top_p", 1.5),
     ("stability", "multiplicative"), ("stability_decay", -0.1), ("retrievability_gain", math.inf),
     ("trace", "min"), ("trace_tau", 0.0),
 ]
@@ -55,7 +54,7 @@ def test_bad_config_value_names_the_parameter(name, value):
         MemoryConfig(**{name: value})
 
 
-@pytest.mark.parametrize("name,value", [("initial_strength", 1e-50), ("reinforce", "no"), ("time_step", True),
+@pytest.mark.parametrize("name,value", [("initial_strength", 1e-50), ("review", "no"), ("time_step", True),
                                         ("policy", ["x"]), ("memory_budget", 40.0), ("granularity", None)])
 def test_validation_gaps_are_closed(name, value):
     with pytest.raises(ConfigError, match=name):
@@ -68,9 +67,25 @@ def test_numpy_numbers_are_numbers():
 
 
 def test_budget_must_hold_sinks_window_and_one_more():
-    MemoryConfig(memory_budget=4 + 32 + 1, sink_tokens=4, recent_window=32)  # the smallest allowed
+    MemoryConfig(memory_budget=4 + 32 + 1, sink_tokens=4, recent_window=32).check_mode("evict")  # the smallest
+    small = MemoryConfig(memory_budget=36, sink_tokens=4, recent_window=32)
     with pytest.raises(ValueError, match="memory_budget must be >= sink_tokens \\+ recent_window \\+ 1 = 37"):
-        MemoryConfig(memory_budget=36, sink_tokens=4, recent_window=32)
+        small.check_mode("evict")
+    small.check_mode("soft_delete")  # only eviction reads the budget
+
+
+def test_a_knob_is_refused_only_by_the_modes_that_never_read_it():
+    cfg = MemoryConfig()
+    cfg.check_mode("evict", ["memory_budget", "trace", "time_step", "granularity"])
+    cfg.check_mode("sparse_attention", ["granularity", "sparse_threshold", "sink_tokens"])
+    for mode, knob in (("soft_delete", "granularity"), ("sparse_attention", "soft_delete_floor"),
+                       ("soft_delete", "trace"), ("baseline", "sink_tokens"), ("evict", "layer_consensus")):
+        with pytest.raises(ConfigError, match=f"{knob} does nothing in generation_mode='{mode}'"):
+            cfg.check_mode(mode, [knob])
+    assert knobs_for("soft_delete", {"memory_budget": 64, "time_step": 0.1}) == {"time_step": 0.1}
+    for name, f in KNOBS.items():  # every knob's help names the modes it is limited to
+        if len(f.metadata["modes"]) < 3:
+            assert any(m in f.metadata["help"] for m in f.metadata["modes"]), name
 
 
 def test_config_is_frozen_and_replace_validates():

@@ -110,7 +110,7 @@ def test_layer_masks_in_sparse_attention_equal_masking_each_layer(llm):
     hides each layer's forget events in that layer only."""
     from memollm_testutils import forced_forgetting
 
-    cfg = forced_forgetting(granularity="layer", reinforce=True)  # reviews differ by layer, so masks do
+    cfg = forced_forgetting(granularity="layer", review="top_p")  # reviews differ by layer, so masks do
     r = llm.generate(STORY, STORY_TOKENS, "sparse_attention", config=cfg, ignore_eos=True)
     events = r["forget_events"]
     assert events and all(isinstance(e, dict) for e in events.values())

@@ -11,7 +11,8 @@ import pytest
 import torch
 import transformers as tf
 
-from memollm import MODES, EbbinghausLLM, MemoryConfig
+from memollm import MODES, ConfigError, EbbinghausLLM, MemoryConfig
+from memollm.config import knobs_for
 from memollm_testutils import assert_clean, one_thread
 
 _one_thread = one_thread()
@@ -31,7 +32,7 @@ def prompt_len(tiny):
 # -- the result dict ---------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 def test_result_has_the_seeds_keys(tiny, prompt_len, mode):
-    r = tiny.generate(PROMPT, 6, mode, chat=False, memory_budget=40)
+    r = tiny.generate(PROMPT, 6, mode, chat=False, **knobs_for(mode, {"memory_budget": 40}))
     assert SEED_KEYS <= set(r)
     assert r["mode"] == mode
     assert r["num_tokens"] == len(r["token_ids"]) == 6
@@ -43,7 +44,7 @@ def test_result_has_the_seeds_keys(tiny, prompt_len, mode):
     assert r["kv_cache_bytes"] == r["kv_cache_tokens"] * per_token
     expected_kv = prompt_len + 6 - 1 if mode != "evict" else min(40, prompt_len + 5)
     assert r["kv_cache_tokens"] == expected_kv
-    assert MemoryConfig(**r["config"]).memory_budget == 40
+    assert MemoryConfig(**r["config"]).memory_budget == (40 if mode == "evict" else 512)
     json.dumps(r)  # the whole result is plain data
     if mode == "baseline":
         assert r["memory_stats"] == {} and r["warnings"] == []
@@ -61,11 +62,11 @@ def test_result_has_the_seeds_keys(tiny, prompt_len, mode):
 def test_a_list_of_prompts_gives_a_list_of_results(tiny):
     prompts = [PROMPT, "A short one.", "Another prompt about foxes and dogs."]
     for mode in ("baseline", "evict"):
-        batch = tiny.generate(prompts, 5, mode, chat=False, memory_budget=12, sink_tokens=2, recent_window=4)
+        knobs = knobs_for(mode, dict(memory_budget=12, sink_tokens=2, recent_window=4))
+        batch = tiny.generate(prompts, 5, mode, chat=False, **knobs)
         assert isinstance(batch, list) and len(batch) == 3
         for p, r in zip(prompts, batch):
-            assert r["token_ids"] == tiny.generate(p, 5, mode, chat=False, memory_budget=12, sink_tokens=2,
-                                                   recent_window=4)["token_ids"]
+            assert r["token_ids"] == tiny.generate(p, 5, mode, chat=False, **knobs)["token_ids"]
     with pytest.raises(ValueError, match="prompt"):
         tiny.generate([], 5)
 
@@ -73,8 +74,9 @@ def test_a_list_of_prompts_gives_a_list_of_results(tiny):
 def test_sampling_with_a_seed_is_reproducible(tiny):
     kw = dict(chat=False, temperature=1.5, top_k=50, seed=7)
     for mode in ("baseline", "evict"):
-        a = tiny.generate(PROMPT, 8, mode, memory_budget=16, sink_tokens=2, recent_window=4, **kw)
-        b = tiny.generate(PROMPT, 8, mode, memory_budget=16, sink_tokens=2, recent_window=4, **kw)
+        knobs = knobs_for(mode, dict(memory_budget=16, sink_tokens=2, recent_window=4))
+        a = tiny.generate(PROMPT, 8, mode, **knobs, **kw)
+        b = tiny.generate(PROMPT, 8, mode, **knobs, **kw)
         assert a["token_ids"] == b["token_ids"]
     greedy = tiny.generate(PROMPT, 8, chat=False)
     assert a["token_ids"] != greedy["token_ids"]  # it did sample (temperature 1.5 on a random model)
@@ -164,11 +166,21 @@ def test_unknown_keyword_is_rejected_with_the_valid_ones(tiny):
         EbbinghausLLM(model=tiny.model)
 
 
-def test_the_budget_is_no_error_where_it_does_nothing(tiny):
-    r = tiny.generate(FOX_CAT, 3, "soft_delete", chat=False, memory_budget=5)
-    assert r["num_tokens"] == 3 and any("memory_budget ignored" in w for w in r["warnings"])
+def test_a_knob_the_mode_never_reads_is_the_same_error_in_generate_and_chat(tiny):
+    for call in (lambda: tiny.generate(FOX_CAT, 3, "soft_delete", chat=False, memory_budget=64),
+                 lambda: tiny.chat("soft_delete", memory_budget=64)):
+        with pytest.raises(ConfigError, match=r"memory_budget does nothing in generation_mode='soft_delete': "
+                                              r"only evict reads it"):
+            call()
+    with pytest.raises(ConfigError, match="time_step does nothing in generation_mode='baseline'"):
+        tiny.generate(FOX_CAT, 3, "baseline", chat=False, time_step=0.5)
+    with pytest.raises(ConfigError, match="soft_delete_floor"):
+        tiny.chat("evict", soft_delete_floor=0.5)
     with pytest.raises(ValueError, match="memory_budget"):
         tiny.generate(FOX_CAT, 3, "evict", chat=False, memory_budget=5)
+    # a budget too small for eviction is only an error where eviction runs
+    small = MemoryConfig(memory_budget=8, recent_window=32)
+    assert tiny.generate(FOX_CAT, 3, "soft_delete", chat=False, config=small)["num_tokens"] == 3
 
 
 # -- a long prompt read in chunks (bounded memory) ---------------------------------------------
@@ -219,7 +231,8 @@ def test_prompt_longer_than_the_context(short_context):
     for name, llm in short_context.items():
         for mode in ("baseline", "soft_delete", "sparse_attention", "evict"):  # a prompt is read in one pass
             with pytest.raises(ValueError, match="context of 32 positions"):
-                llm.generate(long, 4, mode, chat=False, memory_budget=16, sink_tokens=2, recent_window=4)
+                llm.generate(long, 4, mode, chat=False,
+                             **knobs_for(mode, dict(memory_budget=16, sink_tokens=2, recent_window=4)))
         assert_clean(llm.model)
 
 
@@ -241,27 +254,3 @@ def test_generation_past_the_context(short_context):
         short_context["gpt2"].generate("Short.", 40, chat=False)
     for llm in short_context.values():
         assert_clean(llm.model)
-
-
-def test_cache_positions_silence_the_misleading_length_reminder():
-    """transformers reminds that a generation "exceeded the model's predefined maximum length" by
-    counting tokens; with positions="cache" no position exceeds the budget, so the reminder is
-    filtered out during such a call (and only then)."""
-    import logging
-
-    from memollm.llm import _quiet_length_reminder
-
-    logger = logging.getLogger("transformers.generation.stopping_criteria")
-    seen: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: seen.append(record.getMessage())
-    logger.addHandler(handler)
-    try:
-        with _quiet_length_reminder(True):
-            logger.warning("the call has exceeded the model's predefined maximum length (8192)")
-            logger.warning("another warning")
-        logger.warning("exceeded the model's predefined maximum length (8192)")
-    finally:
-        logger.removeHandler(handler)
-    assert seen == ["another warning", "exceeded the model's predefined maximum length (8192)"]
-    assert not logger.filters

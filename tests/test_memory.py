@@ -36,7 +36,7 @@ def test_prompt_in_one_pass_ages_like_one_token_at_a_time():
 
 
 def test_aging_lowers_retention_by_the_curve():
-    cfg = MemoryConfig(time_step=0.1, initial_strength=2.0, reinforce=False)
+    cfg = MemoryConfig(time_step=0.1, initial_strength=2.0, review="none")
     mem = EbbinghausMemory(2, cfg)
     mem.append(1, 4)
     before = mem.retention()
@@ -46,7 +46,7 @@ def test_aging_lowers_retention_by_the_curve():
 
 
 def test_reinforcement_rule():
-    cfg = MemoryConfig(**SEED_RULE, initial_strength=5.0, reinforce_threshold=1.0, strength_gain=2.0, time_step=0.5)
+    cfg = MemoryConfig(**SEED_RULE, initial_strength=5.0, review_threshold=1.0, strength_gain=2.0, time_step=0.5)
     mem = EbbinghausMemory(1, cfg)
     mem.append(1, 4)  # ages 1.5, 1.0, 0.5, 0.0
     received = torch.tensor([[[0.5, 0.2, 0.2, 0.1]]])  # 4 visible keys: uniform share is 0.25
@@ -56,36 +56,8 @@ def test_reinforcement_rule():
     assert mem.age[0, 0].tolist() == pytest.approx([0.0, 1.0, 0.5, 0.0])
 
 
-def test_spacing_effect_pays_a_faded_memory_more():
-    """With ``spacing=1`` the gain is scaled by 1 - R just before the review: a token reviewed
-    right after it was read (R = 1) gains nothing, a faded one gains almost the full rule."""
-    cfg = MemoryConfig(**{**SEED_RULE, "spacing": 1.0}, initial_strength=5.0, strength_gain=2.0, time_step=1.0)
-    mem = EbbinghausMemory(1, cfg)
-    mem.append(1, 3)  # ages 2, 1, 0
-    r_before = mem.retention()[0, 0].clone()
-    mem.reinforce(torch.tensor([[[0.5, 0.0, 0.5]]]), 3)  # shares 1.5, 0, 1.5
-    expected = [5.0 + 2.0 * 1.5 * (1 - float(r_before[0])), 5.0, 5.0]  # the newest token has R = 1
-    assert mem.strength[0, 0].tolist() == pytest.approx(expected)
-    assert mem.age[0, 0].tolist() == pytest.approx([0.0, 1.0, 0.0])  # a review still resets the age
-
-
-def test_strength_cap_holds_under_any_number_of_reviews():
-    cfg = MemoryConfig(**{**SEED_RULE, "max_strength": 12.0}, initial_strength=5.0, strength_gain=10.0)
-    mem = EbbinghausMemory(2, cfg)
-    mem.append(1, 4)
-    for _ in range(20):
-        n = mem.num_tokens
-        mem.reinforce(torch.full((2, 1, n), 1.0 / n), n)
-        mem.append(1, 1)
-    assert float(mem.strength.max()) == pytest.approx(12.0)
-    seed_rule = EbbinghausMemory(2, cfg.replace(max_strength=None))
-    seed_rule.append(1, 4)
-    seed_rule.reinforce(torch.full((2, 1, 4), 0.25), 4)
-    assert float(seed_rule.strength.max()) == pytest.approx(15.0)
-
-
 def test_no_reinforcement_when_disabled():
-    mem = EbbinghausMemory(1, MemoryConfig(reinforce=False))
+    mem = EbbinghausMemory(1, MemoryConfig(review="none"))
     mem.append(1, 3)
     s, a = mem.strength.clone(), mem.age.clone()
     mem.reinforce(torch.ones(1, 1, 3), 3)
@@ -101,7 +73,7 @@ def test_keep_gathers_every_layer():
 
 
 def test_soft_weights_are_recomputed_never_compounded():
-    cfg = MemoryConfig(soft_delete_floor=0.5, time_step=1.0, initial_strength=1.0, reinforce=False)
+    cfg = MemoryConfig(soft_delete_floor=0.5, time_step=1.0, initial_strength=1.0, review="none")
     mem = EbbinghausMemory(1, cfg)
     mem.append(1, 4)
     w1 = mem.soft_weights()
@@ -124,14 +96,15 @@ def test_forgotten_needs_layer_consensus():
     assert mem.forgotten().tolist() == [[True, False, False]]
 
 
-def test_state_is_twelve_bytes_per_token_per_layer_eight_under_the_seeds_rule():
-    mem = EbbinghausMemory(15, MemoryConfig())
-    assert mem.nbytes == 0
-    mem.append(1, 100)
-    assert mem.nbytes == 12 * 15 * 100  # strength, age and one trace: under the seed's promise of 20
-    seed = EbbinghausMemory(15, MemoryConfig(**SEED_RULE))
-    seed.append(1, 100)
-    assert seed.nbytes == 8 * 15 * 100
+def test_state_is_eight_bytes_per_token_per_layer_twelve_with_the_trace_a_policy_ranks_by():
+    ranking = EbbinghausMemory(15, MemoryConfig(), traces=True)
+    assert ranking.nbytes == 0
+    ranking.append(1, 100)
+    assert ranking.nbytes == 12 * 15 * 100  # strength, age and one trace: under the seed's promise of 20
+    for cfg in (MemoryConfig(), MemoryConfig(**SEED_RULE)):  # soft delete, sparse attention, the seed's rule
+        mem = EbbinghausMemory(15, cfg)
+        mem.append(1, 100)
+        assert mem.trace is None and mem.nbytes == 8 * 15 * 100
 
 
 def test_stats_summarise_each_memory_layer():
@@ -152,7 +125,7 @@ def test_stats_summarise_each_memory_layer():
 # -- rules from memory research ----------------------------------------------------------------
 def _mem(**changes) -> EbbinghausMemory:
     """A memory with the seed's rule plus ``changes``, so each test isolates one rule."""
-    return EbbinghausMemory(1, MemoryConfig(sink_tokens=1, **{**SEED_RULE, **changes}))
+    return EbbinghausMemory(1, MemoryConfig(sink_tokens=1, **{**SEED_RULE, **changes}), traces=True)
 
 
 def _att(values) -> torch.Tensor:
@@ -169,17 +142,6 @@ def test_top_p_review_is_the_keys_holding_the_mass_sinks_excluded():
     assert hit[0, 0].tolist() == [False, True, True, True, False]
     # the seed's rule: any share above uniform (0.2 here), the sink included
     assert _mem().reviewed(received, received * 5)[0, 0].tolist() == [True, True, False, False, False]
-
-
-def test_surprise_drops_routine_attention():
-    mem = _mem(review_surprise=2.0)
-    mem.append(1, 4)
-    routine = _att([0.1, 0.6, 0.2, 0.1])
-    assert mem.reviewed(routine, routine * 4)[0, 0, 1]  # the first time it is a surprise (2.4 >= 2 x 1)
-    for _ in range(30):  # the same share again and again becomes the token's expected share
-        mem.reinforce(routine, 4)
-    assert not mem.reviewed(routine, routine * 4)[0, 0, 1]
-    assert mem.reviewed(_att([0.1, 0.1, 0.7, 0.1]), _att([0.1, 0.1, 0.7, 0.1]) * 4)[0, 0, 2]
 
 
 def test_fsrs_massed_reviews_add_almost_nothing_spaced_ones_a_lot():
@@ -208,7 +170,7 @@ def test_fsrs_growth_saturates_with_strength():
 
 
 def test_max_trace_keeps_the_strongest_retrieval_fading_with_age():
-    mem = _mem(trace="max", trace_tau=0.25, memory_budget=64, reinforce=False)  # tau = 16 tokens (S stays S0)
+    mem = _mem(trace="max", trace_tau=0.25, memory_budget=64, review="none")  # tau = 16 tokens (S stays S0)
     mem.append(1, 3)
     mem.reinforce(_att([0.1, 0.8, 0.1]), 3)
     mem.reinforce(_att([0.1, 0.2, 0.7]), 3)  # a weaker glance at token 1 keeps its stronger trace
@@ -218,18 +180,6 @@ def test_max_trace_keeps_the_strongest_retrieval_fading_with_age():
     assert torch.equal(mem.trace_score()[0, 0, 3:], torch.zeros(16))
     mem.keep(torch.tensor([[0, 2]]))
     assert mem.trace.shape[-1] == 2 and torch.allclose(mem.trace_score()[0, 0], torch.tensor([0.1, 0.7]) * math.exp(-1))
-
-
-def test_encoding_is_a_first_trace_faded_by_age_within_the_pass():
-    mem = _mem(trace="max", trace_tau=0.25, memory_budget=64, encoding=8.0, reinforce=False)  # tau = 16 tokens
-    mem.append(1, 3)  # read in one pass: the newest token 0 tokens old, the first 2
-    first = 8.0 / 64 * torch.exp(-torch.tensor([2.0, 1.0, 0.0]) / 16)
-    assert torch.allclose(mem.trace_score()[0, 0], first)
-    mem.reinforce(_att([0.05, 0.9, 0.05]), 3)  # a retrieval above the first trace replaces it
-    assert torch.allclose(mem.trace_score()[0, 0], torch.maximum(first, torch.tensor([0.05, 0.9, 0.05])))
-    mem.append(1, 1)  # one token later everything has faded by exp(-1/16); the new one starts fresh
-    assert torch.isclose(mem.trace_score()[0, 0, 3], torch.tensor(8.0 / 64))
-    assert torch.isclose(mem.trace_score()[0, 0, 1], torch.tensor(0.9 * math.exp(-1 / 16)))
 
 
 def test_sum_trace_adds_uses_over_three_time_constants():

@@ -23,15 +23,13 @@ configs = st.builds(
     MemoryConfig,
     initial_strength=st.floats(0.05, 50.0),
     time_step=st.floats(1e-4, 5.0),
-    reinforce=st.booleans(),
-    reinforce_threshold=st.floats(0.1, 4.0),
+    review_threshold=st.floats(0.1, 4.0),
     strength_gain=st.floats(0.0, 10.0),
     soft_delete_floor=st.floats(0.0, 1.0),
     sparse_threshold=st.floats(1e-6, 0.9),
     layer_consensus=st.floats(0.01, 1.0),
-    review=st.sampled_from(["share", "top_p"]),
+    review=st.sampled_from(["none", "share", "top_p"]),
     review_top_p=st.floats(0.05, 1.0),
-    review_surprise=st.sampled_from([0.0, 2.0]),
     stability=st.sampled_from(["additive", "fsrs"]),
     trace=st.sampled_from(["none", "max", "sum"]),
 )
@@ -49,9 +47,9 @@ def _attention(mem: EbbinghausMemory, seed: int) -> torch.Tensor:
 
 
 @FAST
-@given(cfg=configs, layers=st.integers(1, 4), batch=st.integers(1, 3), seq=ops)
-def test_memory_invariants(cfg, layers, batch, seq):
-    mem = EbbinghausMemory(layers, cfg)
+@given(cfg=configs, layers=st.integers(1, 4), batch=st.integers(1, 3), seq=ops, traces=st.booleans())
+def test_memory_invariants(cfg, layers, batch, seq, traces):
+    mem = EbbinghausMemory(layers, cfg, traces=traces)
     tokens = 0
     for op, arg in seq:
         before = mem.retention().clone() if mem.num_tokens else None
@@ -65,7 +63,7 @@ def test_memory_invariants(cfg, layers, batch, seq):
             received = _attention(mem, arg)
             mem.reinforce(received, mem.num_tokens)
             assert torch.all(mem.retention() >= before)  # reinforcement never lowers R
-            if not cfg.reinforce:
+            if cfg.review == "none":
                 assert torch.equal(mem.retention(), before)
         elif op == "keep" and mem.num_tokens:
             g = torch.Generator().manual_seed(arg)
@@ -77,8 +75,10 @@ def test_memory_invariants(cfg, layers, batch, seq):
         r = mem.retention()
         assert r.shape == (layers, batch, tokens) if tokens else r.numel() == 0
         assert torch.all((r >= 0) & (r <= 1)) and not torch.isnan(r).any()
-        # state size follows the cached tokens and nothing else: 4 bytes per per-token float
-        floats = 2 + (0 if mem.trace is None else mem.trace.shape[0]) + (mem.expected is not None)
+        # state size follows the cached tokens and nothing else: 4 bytes per per-token float,
+        # traces only when a policy ranks by them
+        assert (mem.trace is not None) == (traces and cfg.trace != "none")
+        floats = 2 + (0 if mem.trace is None else mem.trace.shape[0])
         assert mem.nbytes == 4 * floats * layers * batch * tokens
         if tokens:
             w = mem.soft_weights()
@@ -180,10 +180,10 @@ def test_eviction_invariants_in_generation(tiny, budget_extra, sinks, window, po
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(strength=st.floats(0.2, 3.0), step=st.floats(0.05, 1.0), sinks=st.integers(0, 6),
-       consensus=st.floats(0.1, 1.0), reinforce=st.booleans())
-def test_sparse_masking_invariants_in_generation(tiny, strength, step, sinks, consensus, reinforce):
+       consensus=st.floats(0.1, 1.0), review=st.sampled_from(["none", "share", "top_p"]))
+def test_sparse_masking_invariants_in_generation(tiny, strength, step, sinks, consensus, review):
     cfg = MemoryConfig(initial_strength=strength, time_step=step, sink_tokens=sinks, layer_consensus=consensus,
-                       reinforce=reinforce)
+                       review=review)
     r = tiny.generate("The quick brown fox jumps over the lazy dog.", 10, "sparse_attention", chat=False,
                       config=cfg, ignore_eos=True)
     events = r["forget_events"]

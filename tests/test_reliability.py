@@ -189,7 +189,7 @@ def test_non_finite_attention_skips_reinforcement_and_says_so(subject, monkeypat
     monkeypatch.undo()
     assert any("non-finite attention" in w for w in r["warnings"])
     assert all(x == x for x in r["token_weights"]["retention"]["layer_0"])  # no NaN reached the state
-    no_reinforcement = llm.generate(PROMPT, 12, "evict", chat=False, config=seed.replace(reinforce=False),
+    no_reinforcement = llm.generate(PROMPT, 12, "evict", chat=False, config=seed.replace(review="none"),
                                     **EVICT)
     assert r["token_ids"] == no_reinforcement["token_ids"]
     assert r["evict_events"] == no_reinforcement["evict_events"]

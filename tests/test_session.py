@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from memollm import MemoryConfig
-from memollm.policies import EBBINGHAUS_TUNED
+from memollm.config import SEED_RULE
 from memollm_testutils import assert_clean, forced_forgetting, one_thread
 
 _one_thread = one_thread()
@@ -122,9 +122,8 @@ def test_position_scheme_is_checked_up_front(make_tiny):
 
 # -- what a result reports ---------------------------------------------------------------------
 def test_result_config_is_what_ran(tiny):
-    tuned = tiny.generate(FOX_CAT, 3, "evict", policy="ebbinghaus_tuned", **EVICT)["config"]
-    assert {k: tuned[k] for k in EBBINGHAUS_TUNED} == EBBINGHAUS_TUNED and tuned["memory_budget"] == 24
-    assert tiny.generate(FOX_CAT, 3, "evict", policy="ebbinghaus_fixed", **EVICT)["config"]["reinforce"] is False
+    seed = tiny.generate(FOX_CAT, 3, "evict", policy="ebbinghaus_seed", **EVICT)["config"]
+    assert {k: seed[k] for k in SEED_RULE} == SEED_RULE and seed["memory_budget"] == 24
 
 
 def test_memory_config_layers_follow_the_fraction(make_tiny):

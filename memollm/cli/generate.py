@@ -8,7 +8,7 @@ import math
 import shutil
 import sys
 
-from ..config import MODES
+from ..config import MODES, ConfigError, knobs_for
 from .common import (UsageError, add_knob_args, add_model_args, check_knobs, check_model_args, check_output_path,
                      knobs_of, load_llm, positive_int, write_output)
 
@@ -51,7 +51,13 @@ def compare_table(results: list[dict]) -> str:
 def run_generate(args: argparse.Namespace) -> int:
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    check_knobs(args)
+    cfg = check_knobs(args)
+    modes = MODES if args.compare else (args.mode,)
+    if not args.compare:  # a flag the mode never reads is an error here too; --compare gives each mode its own
+        try:
+            cfg.check_mode(args.mode, knobs_of(args))
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
         raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if not args.prompt.strip():
@@ -60,9 +66,8 @@ def run_generate(args: argparse.Namespace) -> int:
     check_model_args(args)
     llm = load_llm(args)
     kwargs = dict(max_new_tokens=args.max_tokens, seed=args.seed, temperature=args.temperature,
-                  chat=False if args.no_chat else None, verbose=args.verbose, **knobs_of(args))
-    modes = MODES if args.compare else (args.mode,)
-    results = [llm.generate(args.prompt, generation_mode=m, **kwargs) for m in modes]
+                  chat=False if args.no_chat else None, verbose=args.verbose)
+    results = [llm.generate(args.prompt, generation_mode=m, **kwargs, **knobs_for(m, knobs_of(args))) for m in modes]
     if args.compare:
         print(f"model: {llm.model_name} on {llm.device}; prompt: {args.prompt!r}")
         print(compare_table(results))

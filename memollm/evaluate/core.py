@@ -22,7 +22,7 @@ from ..config import MemoryConfig
 from ..reading import read
 from .rows import rows_session, spec
 
-EVICTING = ("ebbinghaus", "ebbinghaus_tuned", "ebbinghaus_fixed", "streaming", "h2o", "tova", "random")
+EVICTING = ("ebbinghaus", "ebbinghaus_seed", "streaming", "h2o", "tova", "snapkv", "random")
 """The evicting policies compared by default; ``full`` (no eviction) is always added as the reference."""
 
 
