@@ -15,7 +15,7 @@ several comparisons from calling chance a win.
 
 The distributions and bootstraps are scipy's (``scipy.stats``: ``ttest_rel``, ``bootstrap``,
 ``binomtest``; scipy comes with the ``eval`` extra). It is imported inside the functions that
-compute, so the table writer here (:func:`markdown_table`) needs only numpy.
+compute, so the table writers here (:func:`markdown`, :func:`markdown_table`) need only numpy.
 No model, no torch needed (tensors are accepted).
 """
 
@@ -288,6 +288,25 @@ def summarize(records: Iterable[Mapping[str, Any]], value: str, by: Sequence[str
     return rows
 
 
+def markdown(header: Sequence[Any], rows: Iterable[Sequence[Any]], align: str = "") -> str:
+    """A GitHub pipe table: the ``header`` line, the rule, then one line per row (``str`` of each cell).
+
+    ``align``: one letter per column, ``"l"`` (rule ``---``) or ``"r"`` (``---:``, right-aligned);
+    columns it does not reach are ``"l"``. Every table the package prints or writes comes from here.
+    """
+    header = [str(h) for h in header]
+    if set(align) - {"l", "r"} or len(align) > len(header):
+        raise ValueError(f"align must be at most {len(header)} letters 'l' or 'r', got {align!r}")
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for a in align.ljust(len(header), "l")) + "|"]
+    for i, row in enumerate(rows):
+        cells = [str(c) for c in row]
+        if len(cells) != len(header):
+            raise ValueError(f"row {i} has {len(cells)} cells for {len(header)} columns: {cells}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _num(x: float | None, digits: int, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -323,7 +342,7 @@ def markdown_table(summary_rows: Sequence[Mapping[str, Any]], *, by: Sequence[st
         baselines = [k[len("better_than_"):] for k in first if k.startswith("better_than_")]
     pct = f"{100 * first.get('level', 0.95):g}% CI"
     head = [*by, *(["n"] if show_n else []), f"{value_label} [{pct}]", *(f"Δ vs {b} [{pct}]" for b in baselines)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(by) + ["---:"] * (len(head) - len(by))) + "|"]
+    rows = []
     for row in summary_rows:
         cells = [str(row[k]) for k in by]
         if show_n:
@@ -334,5 +353,5 @@ def markdown_table(summary_rows: Sequence[Mapping[str, Any]], *, by: Sequence[st
                 raise ValueError(f"the rows have no baseline {b!r}; summarize(..., baselines=...) must name it")
             c = _cell(row[f"vs_{b}"], row[f"vs_{b}_low"], row[f"vs_{b}_high"], digits, sign=True)
             cells.append(f"**{c}**" if row.get(f"better_than_{b}") else c)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown(head, rows, "l" * len(by) + "r" * (len(head) - len(by)))

@@ -10,8 +10,8 @@ import torch
 
 from scipy import stats as sp
 
-from memollm.stats import (Paired, bootstrap_ci, holm, judge, markdown_table, paired, paired_difference, proportion_ci,
-                           summarize)
+from memollm.stats import (Paired, bootstrap_ci, holm, judge, markdown, markdown_table, paired, paired_difference,
+                           proportion_ci, summarize)
 
 
 def test_bootstrap_covers_the_true_mean_of_a_large_sample():
@@ -238,6 +238,19 @@ def test_markdown_table():
         markdown_table(rows, baselines=("h2o",))
     with pytest.raises(ValueError, match="no summary rows"):
         markdown_table([])
+
+
+def test_markdown_writes_a_pipe_table():
+    assert markdown(["policy", "ppl", "n"], [["tova", "12.5", 8], ["h2o", "", 8]], "lr") == (
+        "| policy | ppl | n |\n|---|---:|---|\n| tova | 12.5 | 8 |\n| h2o |  | 8 |")
+    assert markdown(["a"], []) == "| a |\n|---|"
+    assert markdown(["a", "b"], iter([(1, None)]), "rr").splitlines()[1:] == ["|---:|---:|", "| 1 | None |"]
+    with pytest.raises(ValueError, match="row 1 has 1 cells for 2 columns"):
+        markdown(["a", "b"], [[1, 2], [3]])
+    with pytest.raises(ValueError, match="align"):
+        markdown(["a", "b"], [], "lc")
+    with pytest.raises(ValueError, match="align"):
+        markdown(["a"], [], "lr")
 
 
 def test_markdown_table_single_item_has_no_interval():
