@@ -13,14 +13,15 @@ honest at the 5 to 20 passages a run affords, where a percentile bootstrap is to
 BCa bootstrap for skewed differences; :func:`holm` and :func:`judge` then keep a table of
 several comparisons from calling chance a win.
 
-Pure numpy and the standard library: no model, no torch needed (tensors are accepted). It is
-long because it carries its own Student-t distribution (no scipy in the environment).
+The distributions and bootstraps are scipy's (``scipy.stats``: ``ttest_rel``, ``bootstrap``,
+``binomtest``; scipy comes with the ``eval`` extra). It is imported inside the functions that
+compute, so the table writers here (:func:`markdown`, :func:`markdown_table`) need only numpy.
+No model, no torch needed (tensors are accepted).
 """
 
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -43,6 +44,13 @@ def _values(values, name: str = "values") -> np.ndarray:
     return x
 
 
+def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _values(a, "a"), _values(b, "b")
+    if x.size != y.size:
+        raise ValueError(f"paired values need the same items: a has {x.size}, b has {y.size}")
+    return x, y
+
+
 def _check(n_boot: int, level: float) -> None:
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), e.g. 0.95; got {level}")
@@ -50,15 +58,14 @@ def _check(n_boot: int, level: float) -> None:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot}")
 
 
-def _apply(statistic: Callable, samples: np.ndarray) -> np.ndarray:
-    """``statistic`` of every row: vectorized where it takes ``axis`` (np.mean, np.median)."""
-    try:
-        out = np.asarray(statistic(samples, axis=1), dtype=float)
-        if out.shape == (samples.shape[0],):
-            return out
-    except TypeError:
-        pass
-    return np.array([statistic(row) for row in samples], dtype=float)
+def _bootstrap(x: np.ndarray, statistic: Callable, method: str, *, n_boot: int, level: float,
+               seed: int) -> tuple[float, float]:
+    """``scipy.stats.bootstrap``'s interval of ``statistic`` over the items of ``x``, seeded."""
+    from scipy import stats
+
+    ci = stats.bootstrap((x,), statistic, method=method, n_resamples=int(n_boot), confidence_level=level,
+                         batch=max(1, _CHUNK // x.size), rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def bootstrap_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
@@ -73,16 +80,9 @@ def bootstrap_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int =
     x = _values(values)
     _check(n_boot, level)
     estimate = float(statistic(x))
-    n = x.size
-    if n == 1:
+    if x.size == 1:
         return estimate, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    rows = max(1, _CHUNK // n)
-    boot = np.concatenate([_apply(statistic, x[rng.integers(0, n, size=(min(rows, n_boot - i), n))])
-                           for i in range(0, n_boot, rows)])
-    tail = (1 - level) / 2
-    low, high = np.quantile(boot, [tail, 1 - tail])
-    return estimate, float(low), float(high)
+    return (estimate, *_bootstrap(x, statistic, "percentile", n_boot=n_boot, level=level, seed=seed))
 
 
 def paired_difference(a, b, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
@@ -97,91 +97,9 @@ def paired_difference(a, b, *, n_boot: int = 2000, level: float = 0.95, seed: in
     A percentile bootstrap, kept for the plots and commands that call it; it is too narrow at a
     handful of items. Tables use :func:`paired` (Student-t or BCa, with a p-value).
     """
-    x, y = _values(a, "a"), _values(b, "b")
-    if x.size != y.size:
-        raise ValueError(f"paired values need the same items: a has {x.size}, b has {y.size}")
+    x, y = _pair(a, b)
     return bootstrap_ci(x - y, n_boot=n_boot, level=level, seed=seed, statistic=statistic)
 
-
-# ---- Student's t without scipy: the regularized incomplete beta function ----------------------
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta ``I_x(a, b)``, by its continued fraction (modified Lentz).
-
-    The fraction converges fast for ``x < (a + 1) / (a + b + 2)``; above that the symmetry
-    ``I_x(a, b) = 1 - I_{1-x}(b, a)`` moves the argument there.
-    """
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    if x > (a + 1) / (a + b + 2):
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    log_front = a * math.log(x) + b * math.log1p(-x) - math.log(a) - (math.lgamma(a) + math.lgamma(b)
-                                                                      - math.lgamma(a + b))
-    tiny, eps = 1e-300, 1e-15
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    frac = d
-    for m in range(1, 100_000):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),            # even step
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # odd step
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            frac *= c * d
-        if abs(c * d - 1.0) < eps:
-            break
-    return math.exp(log_front) * frac
-
-
-def _df(df: float) -> float:
-    if not df > 0:  # also catches NaN
-        raise ValueError(f"degrees of freedom must be positive, got {df}")
-    return float(df)
-
-
-def t_sf2(t: float, df: float) -> float:
-    """Two-sided tail ``P(|T| >= |t|)`` of Student's t with ``df`` degrees of freedom: a p-value."""
-    df = _df(df)
-    if math.isnan(t):
-        return math.nan
-    if math.isinf(df) or df > 1e7:
-        return 2 * NormalDist().cdf(-abs(t))
-    return _betainc(df / 2, 0.5, df / (df + t * t)) if t else 1.0
-
-
-def t_cdf(t: float, df: float) -> float:
-    """``P(T <= t)`` for Student's t with ``df`` degrees of freedom."""
-    half = t_sf2(t, df) / 2
-    return 1.0 - half if t > 0 else half
-
-
-def t_ppf(q: float, df: float) -> float:
-    """The ``q`` quantile of Student's t (``t_ppf(0.975, 5)`` = 2.571), by bisection on :func:`t_cdf`."""
-    df = _df(df)
-    if not 0 < q < 1:
-        raise ValueError(f"q must be in (0, 1), got {q}")
-    if q < 0.5:
-        return -t_ppf(1 - q, df)
-    if q == 0.5:
-        return 0.0
-    if math.isinf(df) or df > 1e7:
-        return NormalDist().inv_cdf(q)
-    tail = 2 * (1 - q)  # the two-sided tail at the quantile: precise where q is near 1
-    low, high = 0.0, 1.0
-    while t_sf2(high, df) > tail:
-        low, high = high, 2 * high
-    for _ in range(200):
-        mid = (low + high) / 2
-        if mid in (low, high):
-            break
-        low, high = (mid, high) if t_sf2(mid, df) > tail else (low, mid)
-    return (low + high) / 2
-
-
-# ---- paired comparisons: the one function every table uses ------------------------------------
 
 class Paired(NamedTuple):
     """The mean of ``a_i - b_i`` with its interval at ``level``; ``p``: two-sided p-value that the
@@ -198,18 +116,17 @@ class Paired(NamedTuple):
 def paired(a, b, *, method: str = "t", level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Paired:
     """Paired difference ``a_i - b_i`` (same items, same order): mean, interval, n and p-value.
 
-    ``method="t"``: the Student-t interval ``mean +- t_{n-1} s / sqrt(n)`` and the t-test's p.
-    It is the default because runs have few items, where a percentile bootstrap's interval is
-    too narrow (it ignores that ``s`` is itself estimated). ``method="bca"``: a bias-corrected
-    and accelerated bootstrap of the mean (``n_boot`` resamples, ``seed``), for strongly skewed
+    ``method="t"``: the Student-t interval ``mean +- t_{n-1} s / sqrt(n)`` and the t-test's p
+    (``scipy.stats.ttest_rel``). It is the default because runs have few items, where a
+    percentile bootstrap's interval is too narrow (it ignores that ``s`` is itself estimated).
+    ``method="bca"``: a bias-corrected and accelerated bootstrap of the mean
+    (``scipy.stats.bootstrap``, ``n_boot`` resamples, ``seed``), for strongly skewed
     differences; its interval need not be symmetric about the mean.
 
     One item gives a NaN interval and p. Differences all equal give the degenerate interval
     ``[mean, mean]`` with ``p = 0`` if the mean is nonzero, else 1.
     """
-    x, y = _values(a, "a"), _values(b, "b")
-    if x.size != y.size:
-        raise ValueError(f"paired values need the same items: a has {x.size}, b has {y.size}")
+    x, y = _pair(a, b)
     if method not in ("t", "bca"):
         raise ValueError(f"method must be 't' or 'bca', got {method!r}")
     _check(n_boot, level)
@@ -222,35 +139,13 @@ def paired(a, b, *, method: str = "t", level: float = 0.95, n_boot: int = 2000, 
         return Paired(mean, mean, mean, n, (0.0 if mean != 0 else 1.0) if method == "t" else math.nan,
                       method, level)
     if method == "t":
-        se = sd / math.sqrt(n)
-        half = t_ppf((1 + level) / 2, n - 1) * se
-        return Paired(mean, mean - half, mean + half, n, t_sf2(mean / se, n - 1), "t", level)
-    low, high = _bca_mean(d, n_boot=n_boot, level=level, seed=seed)
+        from scipy import stats
+
+        test = stats.ttest_rel(x, y)
+        ci = test.confidence_interval(level)
+        return Paired(mean, float(ci.low), float(ci.high), n, float(test.pvalue), "t", level)
+    low, high = _bootstrap(d, np.mean, "BCa", n_boot=n_boot, level=level, seed=seed)
     return Paired(mean, low, high, n, math.nan, "bca", level)
-
-
-def _bca_mean(d: np.ndarray, *, n_boot: int, level: float, seed: int) -> tuple[float, float]:
-    """BCa interval of the mean: percentiles of the bootstrap distribution moved by the bias
-    ``z0`` (where the estimate sits in it) and the acceleration ``a`` (the jackknife skewness)."""
-    n, mean = d.size, float(d.mean())
-    rng = np.random.default_rng(seed)
-    rows = max(1, _CHUNK // n)
-    boot = np.concatenate([d[rng.integers(0, n, size=(min(rows, n_boot - i), n))].mean(axis=1)
-                           for i in range(0, n_boot, rows)])
-    norm = NormalDist()
-    below = (np.count_nonzero(boot < mean) + 0.5 * np.count_nonzero(boot == mean)) / boot.size
-    z0 = norm.inv_cdf(min(max(below, 0.5 / boot.size), 1 - 0.5 / boot.size))
-    jack = (d.sum() - d) / (n - 1)
-    dev = jack.mean() - jack
-    denom = 6 * float((dev ** 2).sum()) ** 1.5
-    accel = float((dev ** 3).sum()) / denom if denom > 0 else 0.0
-    tail = (1 - level) / 2
-    qs = []
-    for z in (norm.inv_cdf(tail), norm.inv_cdf(1 - tail)):
-        shifted = z0 + (z0 + z) / (1 - accel * (z0 + z))
-        qs.append(norm.cdf(shifted))
-    low, high = np.quantile(boot, qs)
-    return float(low), float(high)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -294,7 +189,8 @@ def judge(comparisons: Sequence[Paired], *, lower_is_better: bool, alpha: float 
 
 
 def proportion_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float, float]:
-    """``(p, low, high)``: an accuracy ``successes / n`` with its Wilson score interval.
+    """``(p, low, high)``: an accuracy ``successes / n`` with its Wilson score interval
+    (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``).
 
     Wilson rather than the normal approximation ``p +- z sqrt(p(1-p)/n)``: that one collapses
     to a zero-width interval at 0% and 100% (a passkey found 30 times out of 30) and leaves
@@ -306,13 +202,11 @@ def proportion_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, f
         raise ValueError(f"successes must be an integer in [0, n={n}], got {successes}")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), e.g. 0.95; got {level}")
+    from scipy import stats
+
     n, k = int(n), int(successes)
-    z = NormalDist().inv_cdf((1 + level) / 2)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return k / n, max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def summarize(records: Iterable[Mapping[str, Any]], value: str, by: Sequence[str] = ("policy", "budget"),
@@ -394,6 +288,25 @@ def summarize(records: Iterable[Mapping[str, Any]], value: str, by: Sequence[str
     return rows
 
 
+def markdown(header: Sequence[Any], rows: Iterable[Sequence[Any]], align: str = "") -> str:
+    """A GitHub pipe table: the ``header`` line, the rule, then one line per row (``str`` of each cell).
+
+    ``align``: one letter per column, ``"l"`` (rule ``---``) or ``"r"`` (``---:``, right-aligned);
+    columns it does not reach are ``"l"``. Every table the package prints or writes comes from here.
+    """
+    header = [str(h) for h in header]
+    if set(align) - {"l", "r"} or len(align) > len(header):
+        raise ValueError(f"align must be at most {len(header)} letters 'l' or 'r', got {align!r}")
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if a == "r" else "---" for a in align.ljust(len(header), "l")) + "|"]
+    for i, row in enumerate(rows):
+        cells = [str(c) for c in row]
+        if len(cells) != len(header):
+            raise ValueError(f"row {i} has {len(cells)} cells for {len(header)} columns: {cells}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _num(x: float | None, digits: int, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -429,7 +342,7 @@ def markdown_table(summary_rows: Sequence[Mapping[str, Any]], *, by: Sequence[st
         baselines = [k[len("better_than_"):] for k in first if k.startswith("better_than_")]
     pct = f"{100 * first.get('level', 0.95):g}% CI"
     head = [*by, *(["n"] if show_n else []), f"{value_label} [{pct}]", *(f"Δ vs {b} [{pct}]" for b in baselines)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(by) + ["---:"] * (len(head) - len(by))) + "|"]
+    rows = []
     for row in summary_rows:
         cells = [str(row[k]) for k in by]
         if show_n:
@@ -440,5 +353,5 @@ def markdown_table(summary_rows: Sequence[Mapping[str, Any]], *, by: Sequence[st
                 raise ValueError(f"the rows have no baseline {b!r}; summarize(..., baselines=...) must name it")
             c = _cell(row[f"vs_{b}"], row[f"vs_{b}_low"], row[f"vs_{b}_high"], digits, sign=True)
             cells.append(f"**{c}**" if row.get(f"better_than_{b}") else c)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown(head, rows, "l" * len(by) + "r" * (len(head) - len(by)))

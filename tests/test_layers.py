@@ -149,3 +149,20 @@ def test_no_import_cycles_between_modules():
     """Also inside a subpackage: a module must not import its own package (whose ``__init__``
     imports it back)."""
     _assert_acyclic(_module_graph(), roots_to_skip=("memollm",))  # the root re-exports the public API
+
+
+def test_scipy_only_in_the_tools():
+    """scipy comes with the ``eval`` extra: only the statistics and the tools that measure may import it
+    (``stats`` inside its functions, so the table writer there stays import-light); the core never."""
+    tools = {"stats", "evaluate", "bench", "viz", "cli"}
+    users = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n.split(".")[0] == "scipy" for n in names):
+                users.add(_unit(path))
+    assert users <= tools, f"scipy imported outside the tools: {sorted(users - tools)}"
+    stats = ast.parse((PACKAGE / "stats.py").read_text())
+    top = [n for n in stats.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not any("scipy" in ast.dump(n) for n in top), "stats imports scipy at module level"

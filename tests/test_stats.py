@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from memollm.stats import (Paired, bootstrap_ci, holm, judge, markdown_table, paired, paired_difference, proportion_ci,
-                           summarize, t_cdf, t_ppf, t_sf2)
+from scipy import stats as sp
+
+from memollm.stats import (Paired, bootstrap_ci, holm, judge, markdown, markdown_table, paired, paired_difference,
+                           proportion_ci, summarize)
 
 
 def test_bootstrap_covers_the_true_mean_of_a_large_sample():
@@ -88,6 +90,8 @@ def test_paired_difference_of_equal_policies_contains_zero():
 def test_paired_difference_errors():
     with pytest.raises(ValueError, match="same items"):
         paired_difference([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="b is empty"):
+        paired_difference([1.0], [])
 
 
 @pytest.mark.parametrize("k, n, low, high", [
@@ -100,6 +104,18 @@ def test_wilson_known_values(k, n, low, high):
     p, lo, hi = proportion_ci(k, n)
     assert p == k / n
     assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_at_none_and_all():
+    # the interval stays inside [0, 1] and touches its end exactly: no spread below 0 or above 1
+    for n in (1, 5, 30, 1000):
+        p, lo, hi = proportion_ci(0, n)
+        assert (p, lo) == (0.0, 0.0) and 0 < hi < 1
+        p, lo, hi = proportion_ci(n, n)
+        assert (p, hi) == (1.0, 1.0) and 0 < lo < 1
+        z = sp.norm.ppf(0.975)
+        assert proportion_ci(0, n)[2] == pytest.approx(z * z / (n + z * z), rel=1e-12)  # Wilson at k = 0: z²/(n + z²)
+    assert proportion_ci(0, 30)[2] == pytest.approx(1 - proportion_ci(30, 30)[1])  # symmetric
 
 
 def test_wilson_level_and_errors():
@@ -224,6 +240,19 @@ def test_markdown_table():
         markdown_table([])
 
 
+def test_markdown_writes_a_pipe_table():
+    assert markdown(["policy", "ppl", "n"], [["tova", "12.5", 8], ["h2o", "", 8]], "lr") == (
+        "| policy | ppl | n |\n|---|---:|---|\n| tova | 12.5 | 8 |\n| h2o |  | 8 |")
+    assert markdown(["a"], []) == "| a |\n|---|"
+    assert markdown(["a", "b"], iter([(1, None)]), "rr").splitlines()[1:] == ["|---:|---:|", "| 1 | None |"]
+    with pytest.raises(ValueError, match="row 1 has 1 cells for 2 columns"):
+        markdown(["a", "b"], [[1, 2], [3]])
+    with pytest.raises(ValueError, match="align"):
+        markdown(["a", "b"], [], "lc")
+    with pytest.raises(ValueError, match="align"):
+        markdown(["a"], [], "lr")
+
+
 def test_markdown_table_single_item_has_no_interval():
     rows = summarize([{"policy": "streaming", "budget": 64, "passage": 0, "ppl": 12.345},
                       {"policy": "tova", "budget": 64, "passage": 0, "ppl": 12.0}], "ppl", lower_is_better=True)
@@ -232,38 +261,32 @@ def test_markdown_table_single_item_has_no_interval():
     assert line == "| tova | 64 | 1 | 12 | -0.345 |"
 
 
-@pytest.mark.parametrize("df, value", [(1, 12.706), (2, 4.303), (5, 2.571), (7, 2.365), (30, 2.042),
-                                       (10_000, 1.960), (math.inf, 1.960)])
-def test_t_quantile_matches_the_table(df, value):
-    assert round(t_ppf(0.975, df), 3) == value
-    assert t_ppf(0.025, df) == pytest.approx(-t_ppf(0.975, df))
-    assert t_sf2(t_ppf(0.975, df), df) == pytest.approx(0.05, abs=1e-9)
-
-
-def test_t_cdf_closed_forms():
-    for t in (-30.0, -2.5, -0.3, 0.0, 0.7, 4.0, 100.0):
-        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)  # Cauchy
-        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
-    assert t_ppf(0.9995, 1) == pytest.approx(636.619, abs=1e-3)
-    with pytest.raises(ValueError, match="degrees of freedom"):
-        t_ppf(0.975, 0)
-    with pytest.raises(ValueError, match="q must"):
-        t_ppf(1.0, 5)
-
-
-def test_paired_t_interval_and_p_value():
+def test_paired_t_interval_is_the_textbook_one():
+    # mean +- t_{0.975, n-1} s / sqrt(n), and p from the t statistic, computed here by hand
     a, b = np.array([12.0, 15.5, 9.0, 20.0, 14.0]), np.array([11.0, 14.0, 9.5, 18.0, 12.5])
     r = paired(a, b)
     d = a - b
-    half = 2.776 * d.std(ddof=1) / math.sqrt(5)  # t_{0.975, 4} = 2.776
-    assert isinstance(r, Paired) and r.n == 5 and r.method == "t"
-    assert r.mean == pytest.approx(d.mean())
-    assert r.low == pytest.approx(d.mean() - half, abs=1e-3) and r.high == pytest.approx(d.mean() + half, abs=1e-3)
-    tstat = d.mean() / (d.std(ddof=1) / math.sqrt(5))
-    assert r.p == pytest.approx(t_sf2(tstat, 4))
+    mean, se = d.mean(), d.std(ddof=1) / math.sqrt(5)
+    half = sp.t.ppf(0.975, 4) * se
+    assert round(sp.t.ppf(0.975, 4), 3) == 2.776  # the printed table's value
+    assert isinstance(r, Paired) and r.n == 5 and r.method == "t" and r.level == 0.95
+    assert r.mean == pytest.approx(mean)
+    assert r.low == pytest.approx(mean - half, rel=1e-12) and r.high == pytest.approx(mean + half, rel=1e-12)
+    assert r.p == pytest.approx(2 * sp.t.sf(mean / se, 4), rel=1e-12)
     assert 0.05 < r.p < 0.1  # the interval just includes zero ...
     assert r.low < 0 < r.high
-    assert paired(a, b, level=0.80).low > 0  # ... and the narrower 80% one does not
+    r80 = paired(a, b, level=0.80)  # ... and the narrower 80% one does not
+    assert r80.low == pytest.approx(mean - sp.t.ppf(0.9, 4) * se, rel=1e-12) and r80.low > 0
+    assert r80.p == r.p  # the p-value does not depend on the level
+    assert paired(b, a).low == pytest.approx(-r.high) and paired(b, a).p == pytest.approx(r.p)
+
+
+def test_paired_t_on_a_known_sample():
+    # d = 1, 2, 3, 4, 5: mean 3, s = sqrt(2.5), t_{0.975, 4} = 2.7764451051977987
+    r = paired([1.0, 2.0, 3.0, 4.0, 5.0], [0.0] * 5)
+    half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)
+    assert (r.mean, r.n) == (3.0, 5)
+    assert r.low == pytest.approx(3 - half, rel=1e-12) and r.high == pytest.approx(3 + half, rel=1e-12)
 
 
 def test_paired_t_covers_at_small_n():
@@ -278,11 +301,16 @@ def test_paired_bca_is_asymmetric_on_skewed_data_and_covers():
     assert r.method == "bca" and math.isnan(r.p)
     assert r.low < r.mean < r.high
     assert (r.high - r.mean) > 1.15 * (r.mean - r.low)  # the long right tail widens the top
+    t = paired(x, np.zeros(25))
+    assert r.mean == t.mean and (r.low, r.high) != (t.low, t.high)
     rng = np.random.default_rng(13)
     hits = sum(r.low <= 1.0 <= r.high for r in
                (paired(rng.exponential(1.0, 30), np.zeros(30), method="bca", n_boot=500, seed=s) for s in range(300)))
     assert 0.88 <= hits / 300 <= 0.98
     assert paired(x, np.zeros(25), method="bca", seed=3) == paired(x, np.zeros(25), method="bca", seed=3)
+    assert paired(x, np.zeros(25), method="bca", seed=3) != paired(x, np.zeros(25), method="bca", seed=4)
+    assert paired(list(x), [0.0] * 25, method="bca", seed=3) == paired(torch.tensor(x), torch.zeros(25), method="bca",
+                                                                       seed=3)
 
 
 def test_paired_edge_cases():
@@ -298,6 +326,22 @@ def test_paired_edge_cases():
         paired([1.0, 2.0], [1.0, 3.0], method="percentile")
     with pytest.raises(ValueError, match="level"):
         paired([1.0, 2.0], [1.0, 3.0], level=95)
+    with pytest.raises(ValueError, match="n_boot"):
+        paired([1.0, 2.0], [1.0, 3.0], method="bca", n_boot=0)
+
+
+@pytest.mark.parametrize("method", ["t", "bca"])
+@pytest.mark.parametrize("a, b, message", [
+    ([], [], "a is empty"),
+    ([1.0, 2.0], [1.0, float("inf")], r"b holds non-finite values \(NaN or inf\) at positions \[1\]"),
+    ([float("nan"), 2.0], [1.0, 2.0], r"a holds non-finite values \(NaN or inf\) at positions \[0\]"),
+    ([[1.0, 2.0]], [[1.0, 2.0]], r"a must be one-dimensional .* got shape \(1, 2\)"),
+    ([1.0, 2.0], [1.0, 2.0, 3.0], "paired values need the same items: a has 2, b has 3"),
+    (["x", "y"], [1.0, 2.0], "a must be numbers"),
+])
+def test_paired_rejects_bad_input(method, a, b, message):
+    with pytest.raises(ValueError, match=message):
+        paired(a, b, method=method)
 
 
 def test_holm_hand_worked():

@@ -10,6 +10,7 @@ import statistics
 from typing import Any, Iterable, Sequence
 
 from ..config import MODES
+from ..stats import markdown
 from .timing import DEFAULT_BUDGET, Case, Run
 
 RECORD_FIELDS = (
@@ -182,20 +183,19 @@ def format_table(records: Sequence[dict[str, Any]], naive: bool = False) -> str:
 def format_markdown(records: Sequence[dict[str, Any]], naive: bool = False) -> str:
     """The table as GitHub markdown (for the README)."""
     if naive:
-        lines = ["| mode (run once, cold, in this order) | context | tok/s, prefill included |", "|---|---:|---:|"]
-        lines += [f"| {r['label']} | {r['context_tokens']} | {r['end_to_end_tokens_per_second']:.2f} |" for r in records]
-        return "\n".join(lines)
-    lines = ["| mode | context | decode tok/s (min-max) | ms/token | x baseline | prefill s | KV MB | peak RSS MB "
-             "| bound ms | x bound |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        rows = [[r["label"], r["context_tokens"], f"{r['end_to_end_tokens_per_second']:.2f}"] for r in records]
+        return markdown(["mode (run once, cold, in this order)", "context", "tok/s, prefill included"], rows, "lrr")
+    rows = []
     for r in sorted(records, key=lambda r: (r["context_tokens"], MODES.index(r["mode"]))):
         speed = "-" if r["speedup_vs_baseline"] is None else f"{r['speedup_vs_baseline']:.2f}"
         bound = "-" if r["bound_ms_per_token"] is None else f"{r['bound_ms_per_token']:.1f}"
         ratio = "-" if r["bound_ratio"] is None else f"{r['bound_ratio']:.1f}"
-        lines.append(f"| {r['label']} | {r['context_tokens']} | {r['tokens_per_second']:.1f} "
-                     f"({r['tokens_per_second_min']:.1f}-{r['tokens_per_second_max']:.1f}) | {r['ms_per_token']:.1f} | "
-                     f"{speed} | {r['prefill_seconds']:.2f} | {_mb(r['kv_cache_bytes'])} | "
-                     f"{_mb(r['peak_memory_bytes'])} | {bound} | {ratio} |")
-    return "\n".join(lines)
+        rows.append([r["label"], r["context_tokens"], f"{r['tokens_per_second']:.1f} "
+                     f"({r['tokens_per_second_min']:.1f}-{r['tokens_per_second_max']:.1f})", f"{r['ms_per_token']:.1f}",
+                     speed, f"{r['prefill_seconds']:.2f}", _mb(r["kv_cache_bytes"]), _mb(r["peak_memory_bytes"]),
+                     bound, ratio])
+    return markdown(["mode", "context", "decode tok/s (min-max)", "ms/token", "x baseline", "prefill s", "KV MB",
+                     "peak RSS MB", "bound ms", "x bound"], rows, "l" + "r" * 9)
 
 
 def results_json(results: Sequence) -> str:

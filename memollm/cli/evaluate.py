@@ -11,7 +11,7 @@ import torch
 from ..config import GRANULARITIES, POLICIES, POSITION_SCHEMES
 from ..evaluate import EVICTING, agreement, long_stream, old_share, passkey, perplexity, stream_summary, table
 from ..evaluate.retrieval import DEFAULT_LENGTH, DEFAULT_POLICIES, TASKS, retrieval, retrieval_summary
-from ..stats import markdown_table, summarize
+from ..stats import markdown, markdown_table, summarize
 from ..texts import TEXT_SOURCES, load_text
 from ..viz import plot_agreement, plot_passkey, plot_passkey_summary, plot_ppl, plot_stream, save_figure
 from .chat import add_recall_parser
@@ -238,15 +238,20 @@ def run_retrieval(args) -> int:
     print(f"retrieval over {args.cases} independent documents per task ({what}, {args.split} split, about "
           f"{args.length} tokens), read whole and compressed after it, model {llm.model_name}")
     print("accuracy on the documents the full cache answered (n = those documents), and over all documents:\n")
-    print("| task | fraction | policy | accuracy (full answered) | n | accuracy (all) |")
-    print("|---|---:|---|---:|---:|---:|")
-    for row in retrieval_summary(records):
-        acc = row["accuracy_full_answered"]
-        frac = "–" if row["budget_fraction"] is None else f"{row['budget_fraction']:g}"
-        print(f"| {row['task']} | {frac} | {row['policy']} | {'–' if acc is None else f'{acc:.2f}'} | "
-              f"{row['full_answered']}/{row['documents']} | {row['accuracy']:.2f} |")
+    print(retrieval_markdown(retrieval_summary(records)))
     _finish(args, records, "correct", "eval_retrieval", None)
     return 0
+
+
+def retrieval_markdown(summary: list[dict]) -> str:
+    """``retrieval_summary`` rows as a table: accuracy where the full cache answered, and over all documents."""
+    rows = []
+    for row in summary:
+        acc = row["accuracy_full_answered"]
+        frac = "–" if row["budget_fraction"] is None else f"{row['budget_fraction']:g}"
+        rows.append([row["task"], frac, row["policy"], "–" if acc is None else f"{acc:.2f}",
+                     f"{row['full_answered']}/{row['documents']}", f"{row['accuracy']:.2f}"])
+    return markdown(["task", "fraction", "policy", "accuracy (full answered)", "n", "accuracy (all)"], rows, "lrlrrr")
 
 
 def run_agreement(args) -> int:
@@ -284,18 +289,23 @@ def run_stream(args) -> int:
     context = llm.max_positions or args.tokens
     print(f"\nmean window perplexity before (windows ending in {context // 2:,}-{context:,}) and after the trained "
           "context, and the paired difference to streaming over all windows [95% bootstrap interval over windows]:")
-    print("| policy | positions | budget | granularity | before | after | worst after | vs streaming |")
-    print("|---|---|---:|---|---:|---:|---:|---:|")
-    for row in stream_summary(records, context):
-        cells = [row["policy"], row["positions"], row["budget"], row["granularity"]]
-        cells += ["" if row[k] is None else f"{row[k]:.1f}" for k in ("before", "after", "worst_after")]
-        d = row["vs_baseline"]
-        cells.append("–" if d is None else f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]")
-        print("| " + " | ".join(str(c) for c in cells) + " |")
+    print(stream_markdown(stream_summary(records, context)))
     granularity = llm.config.replace(granularity=args.granularity).granularity_for("evict")
     _finish(args, records, "perplexity", "eval_stream",
             lambda recs: plot_stream(recs, context=llm.max_positions, granularity=granularity))
     return 0
+
+
+def stream_markdown(summary: list[dict]) -> str:
+    """``stream_summary`` rows as a table: window perplexity before and after the trained context."""
+    rows = []
+    for row in summary:
+        cells = [row["policy"], row["positions"], row["budget"], row["granularity"]]
+        cells += ["" if row[k] is None else f"{row[k]:.1f}" for k in ("before", "after", "worst_after")]
+        d = row["vs_baseline"]
+        rows.append(cells + ["–" if d is None else f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]"])
+    return markdown(["policy", "positions", "budget", "granularity", "before", "after", "worst after", "vs streaming"],
+                    rows, "llrlrrrr")
 
 
 def _load(args):

@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from ..attention import attached
 from ..config import MemoryConfig
 from ..reading import read
+from ..stats import markdown
 from .rows import rows_session, spec
 
 EVICTING = ("ebbinghaus", "ebbinghaus_seed", "streaming", "h2o", "tova", "snapkv", "random")
@@ -121,13 +122,10 @@ def table(records: list[dict], value: str, *, cols: str = "budget", rows: str = 
     cells: dict[tuple, list[float]] = {}
     for r in records:
         cells.setdefault((r[rows], r[cols]), []).append(float(r[value]))
-    head = f"| {rows} | " + " | ".join(f"{cols} {c}" if c is not None else "no limit" for c in col_keys) + " |"
-    lines = [head, "|" + "---|" * (len(col_keys) + 1)]
-    for rk in row_keys:
-        vals = []
-        for ck in col_keys:
-            v = cells.get((rk, ck))
-            vals.append(fmt.format(sum(v) / len(v)) if v else "")
-        lines.append(f"| {rk} | " + " | ".join(vals) + " |")
-    return "\n".join(lines)
+
+    def mean(v: list[float] | None) -> str:
+        return fmt.format(sum(v) / len(v)) if v else ""
+
+    head = [rows, *(f"{cols} {c}" if c is not None else "no limit" for c in col_keys)]
+    return markdown(head, [[rk, *(mean(cells.get((rk, ck))) for ck in col_keys)] for rk in row_keys])
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..stats import Paired, holm, judge, paired
+from ..stats import Paired, holm, judge, markdown, paired
 
 BEGIN, END = "<!-- quality-report:begin -->", "<!-- quality-report:end -->"
 PEERS = ("streaming", "h2o", "tova", "snapkv")
@@ -215,7 +215,7 @@ def _title(t: Table) -> str:
 def render_table(t: Table, *, policy: str, level: float) -> str:
     pct = f"{100 * level:g}%"
     head = ["policy", t.spec.metric, "n", "vs best peer", f"Δ [{pct} t-interval]", "p (Holm)", "verdict"]
-    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---|---:|---:|---|"]
+    rows = []
     for r in t.rows:
         ceiling = "full (all documents)" if t.spec.name == "retrieval" else "full (ceiling)"
         name = ceiling if r.policy == "full" else (f"**{r.policy}**" if r.policy == policy else r.policy)
@@ -228,8 +228,8 @@ def render_table(t: Table, *, policy: str, level: float) -> str:
             p = "–" if math.isnan(r.p_holm) else ("<0.001" if r.p_holm < 0.001 else _num(r.p_holm))
             paired_n = "" if d.n == r.n else f" (n={d.n})"  # the units both were measured on
             cells = [name, _num(r.mean), str(r.n), str(r.peer), interval + paired_n, p, str(r.verdict)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return markdown(head, rows, "lrrlrrl")
 
 
 def render(tables: list[Table], *, policy: str, peers: Sequence[str], level: float, sources: list[str],
