@@ -78,7 +78,8 @@ def attention_modules(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
 
 
 def is_attached(model: torch.nn.Module) -> bool:
-    """True while a session is attached (used by tests to prove nothing is left behind)."""
+    """True while a session is attached: `exclusive` refuses a second generation then, and tests
+    check that nothing is left behind."""
     return any(hasattr(m, _SESSION_ATTR) for m in model.modules()) or bool(
         getattr(model, "_memollm_attached", False))
 

@@ -2,89 +2,46 @@
 
 A ``MemorySession`` holds one generation (a ``generate`` call, or a whole chat), so separate
 generations never share state; it is attached with ``memollm.attention.attached``. Around
-every forward step it:
+every forward pass it:
 
-* before the step: evicts down to the budget (``evict``), decides which keys to hide
-  (``sparse_attention``) or how much to weight them (``soft_delete``), and supplies the
-  ``position_ids`` (true positions, or ranks in the cache with ``positions="cache"``);
+* before the pass (``pre_forward``): evicts down to the budget (``evict``), decides which
+  keys to hide (``sparse_attention``) or how much to weight them (``soft_delete``), and
+  supplies the ``position_ids`` (true positions, or ranks in the cache with ``positions="cache"``);
 * inside each attention layer (``attend``): applies those decisions and measures the
   attention each cached token received from the newest query (from the last
   ``observation_window`` queries of a prompt);
-* after the step: appends the new tokens to the memory state, reinforces the attended
-  ones and compresses a prompt longer than the budget.
+* after the pass (``post_forward``): appends the new tokens to the memory state, reviews the
+  attended ones and compresses a prompt longer than the budget.
 
 Eviction granularity: with ``granularity="layer"`` (``"head"``) every full-attention layer
 (KV head) keeps its own slots. The session then tracks one row of positions per batch row
 and unit (batch outer), and hands the policies those rows as if they were batch rows, so a
-policy never needs to know the granularity. It is long because it also answers, at every
-granularity, what each layer holds (``layer_positions``, ``layer_memory``), for chats and lessons.
+policy never needs to know the granularity. What the session holds and reports (the result
+dict, what each layer holds) is read by ``memollm.views.SessionViews``.
 """
 
 from __future__ import annotations
 
 import logging
-from array import array
-from typing import Any
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .attention import add_logit_bias, combine_mask, pool_neighbours, received_attention
-from .cache import (SlotLayout, cached_tokens, check_evictable, gather_cache, gather_units, kv_cache_bytes,
-                    rerotate_cache, rotary_embedding, select_keep)
+from .cache import (SlotLayout, cached_tokens, check_evictable, gather_cache, gather_units, rerotate_cache,
+                    rotary_embedding, select_keep)
 from .config import MODES, ConfigError, MemoryConfig
 from .memory import EbbinghausMemory
 from .policies import Policy, make_policy
 from .reading import keep_before
+from .views import DropLog, SessionViews, generation_result
 
 log = logging.getLogger(__name__)
 
-
-class DropLog:
-    """Positions each slot unit dropped, step by step, held as int32 arrays until a result asks.
-
-    Per-layer eviction drops a token in every layer at every step: over a 20,000-token run that
-    is 600,000 positions, tens of MB as Python lists of ints (memory that grew with the length
-    of a generation whose cache was flat); here it is 4 bytes a position plus 4 per unit a step.
-    """
-
-    def __init__(self, names: list[str]) -> None:
-        self.names = names
-        self.steps, self.counts, self.flat = array("i"), array("i"), array("i")
-
-    def add(self, step: int, counts: list[int], flat: list[int]) -> None:
-        """``counts[u]`` positions dropped by unit ``u`` at ``step``, listed unit after unit in ``flat``."""
-        self.steps.append(step)
-        self.counts.extend(counts)
-        self.flat.extend(flat)
-
-    def as_dict(self) -> dict[int, dict[str, list[int]]]:
-        """``{step: {unit name: [positions]}}``, units that dropped nothing left out."""
-        out: dict[int, dict[str, list[int]]] = {}
-        units, start = len(self.names), 0
-        for i, step in enumerate(self.steps):
-            event = out.setdefault(step, {})
-            for name, count in zip(self.names, self.counts[i * units:(i + 1) * units]):
-                if count:
-                    event.setdefault(name, []).extend(self.flat[start:start + count])
-                start += count
-        return out
+__all__ = ["MemorySession", "generation_result"]
 
 
-def generation_result(text: str, token_ids: list[int], seconds: float, prompt_tokens: int, cache, mode: str,
-                      config: MemoryConfig, effective: MemoryConfig | None = None) -> dict[str, Any]:
-    """The keys every generation reports, whoever decoded (``generate`` or a chat turn); a
-    session adds what only its mode knows (``MemorySession.results``)."""
-    return {"generated_text": text, "num_tokens": len(token_ids), "generation_time": seconds,
-            "tokens_per_second": len(token_ids) / seconds if seconds > 0 else float("inf"),
-            "prompt_tokens": prompt_tokens, "token_ids": list(token_ids),
-            "kv_cache_tokens": cached_tokens(cache) if cache is not None else 0,
-            "kv_cache_bytes": kv_cache_bytes(cache), "mode": mode,
-            "policy": config.policy if mode == "evict" else None,
-            "config": (effective or config).to_dict(), "memory_stats": {}, "warnings": []}
-
-
-class MemorySession:
+class MemorySession(SessionViews):
     """Per-call state for one of the modes ``soft_delete``, ``sparse_attention``, ``evict``."""
 
     def __init__(self, model: torch.nn.Module, mode: str, config: MemoryConfig, *, seed: int = 0,
@@ -95,17 +52,50 @@ class MemorySession:
         layout for ``model``, ``config`` and ``mode``, if already worked out."""
         if mode not in MODES or mode == "baseline":
             raise ValueError(f"a MemorySession needs one of {MODES[1:]}, got {mode!r}")
+        if policy is not None and mode != "evict":
+            raise ValueError("a policy object only applies to generation_mode='evict'")
         config.check_mode(mode)
-        self.mode, self.config = mode, config
+        self.mode, self.config, self.record = mode, config, record
         device = next(model.parameters()).device
-        self.layout = layout = layout or SlotLayout.of(model, config, mode)
-        # who ranks slots: one set for all layers, or (evict only) every full-attention layer or KV head
-        self.granularity = layout.granularity
-        if mode == "sparse_attention" and self.granularity == "head":
+        self._adopt_layout(layout or SlotLayout.of(model, config, mode))
+        self.rotary = self._position_scheme(model)
+        self.rope_positions: torch.Tensor | None = None  # [rows, tokens] position each key is rotated for
+        n = self.layout.state_layers
+        self.policy = policy if policy is not None else (
+            make_policy(config.policy, config, n, seed=seed, device=device) if mode == "evict" else None)
+        # soft_delete and sparse_attention own a memory (no traces: nothing ranks by them); in evict the
+        # policy owns its state, and a policy whose state is the forgetting curve exposes it as ``.memory``
+        self.own_memory = EbbinghausMemory(n, config, device=device) if self.policy is None else None
+        self.memory: EbbinghausMemory | None = (
+            self.own_memory if self.own_memory is not None else getattr(self.policy, "memory", None))
+        self.scoring = record or (self.memory is not None and self.memory.config.review != "none") or (
+            self.policy is not None and self.policy.needs_attention)
+        self.cache = None
+        self.positions = torch.zeros(1, 0, dtype=torch.long, device=device)  # [rows, tokens] true positions
+        self.attention_total: torch.Tensor | None = None  # [layers, rows, tokens] when recording
+        self.steps = 0  # forward passes done (a prompt read in one pass is pass 0)
+        self.evicted = 0
+        self.peak_cached = 0
+        self.forget_events: dict = {}  # sparse: pass -> positions newly masked (by layer with layer masks)
+        self.evict_events: dict[int, list[int]] = {}  # evict, one shared ranking: pass -> positions dropped before it
+        self.drop_log = DropLog(self.unit_names()) if self.units > 1 else None  # the same per layer or head
+        self.warnings: list[str] = []
+        self._masked = None  # [batch, tokens] bool, sparse mode ([layers, batch, tokens] with layer masks)
+        self._weights = None  # [layers, batch, tokens], soft_delete mode
+        self._keep = None  # [batch, tokens] bool passed to attention (sparse)
+        self._allowed_full = None  # _keep plus the pass's new tokens, built once per pass
+        self._weights_full = None  # _weights plus the new tokens (log-weights for "logits"), once per pass
+        self._received: list[torch.Tensor | None] = []
+        self._new_positions = None
+
+    def _adopt_layout(self, layout: SlotLayout) -> None:
+        """Who ranks slots: one set for all layers, or every full-attention layer or KV head."""
+        self.layout, self.granularity = layout, layout.granularity
+        if self.mode == "sparse_attention" and self.granularity == "head":
             raise ConfigError("sparse_attention masks per layer at most (granularity 'shared' or 'layer'): a mask per "
                               "KV head is not built")
         # sparse attention per layer: every full-attention layer masks the tokens it forgot itself
-        self.layer_masks = mode == "sparse_attention" and self.granularity == "layer"
+        self.layer_masks = self.mode == "sparse_attention" and self.granularity == "layer"
         # eviction and masks act on the full-attention layers; sliding-window layers keep their window
         self.full_layers = list(layout.full_layers)
         self.full_set = set(self.full_layers)
@@ -113,50 +103,21 @@ class MemorySession:
         self.layer_ids = layout.layer_ids  # a shared ranking: the memory layers; else every full-attention layer
         self.layer_slot = {layer: i for i, layer in enumerate(self.layer_ids)}
         self.heads = layout.heads
-        # slot units: rows of ``positions`` per batch row (batch outer, unit inner); masks never move slots
-        n, self.units = layout.state_layers, layout.units
-        if policy is not None and mode != "evict":
-            raise ValueError("a policy object only applies to generation_mode='evict'")
-        # positions counted inside the cache need the model's rotary embedding to re-rotate keys
-        self.rotary = None
-        if mode == "evict" and config.positions == "cache":
-            if self.sliding:
-                raise ConfigError(f"positions='cache' is not supported on {type(model).__name__}: its sliding-window "
-                                  "layers hold keys at their true positions, which cache ranks would contradict; "
-                                  "use positions='true'")
-            self.rotary = rotary_embedding(model)
-            if self.rotary is None:
-                raise ConfigError(f"positions='cache' re-rotates cached keys, which needs rotary position embeddings; "
-                                  f"{type(model).__name__} learns absolute positions: use positions='true'")
-        self.rope_positions: torch.Tensor | None = None  # [rows, tokens] position each key is rotated for
-        self.policy = policy if policy is not None else (
-            make_policy(config.policy, config, n, seed=seed, device=device) if mode == "evict" else None)
-        # soft_delete and sparse_attention own a memory; in evict the policy owns its state, and
-        # a policy whose state is the forgetting curve exposes it as ``.memory`` for the stats
-        self.own_memory = EbbinghausMemory(n, config, device=device) if self.policy is None else None
-        self.memory: EbbinghausMemory | None = (
-            self.own_memory if self.own_memory is not None else getattr(self.policy, "memory", None))
-        self.scoring = record or (self.memory is not None and self.memory.config.review != "none") or (
-            self.policy is not None and self.policy.needs_attention)
-        self.record = record
-        self.cache = None
-        self.positions = torch.zeros(1, 0, dtype=torch.long, device=device)
-        self.attention_total: torch.Tensor | None = None  # [layers, batch, tokens] when recording
-        self.steps = 0  # decode steps done (the prefill is step 0)
-        self.evicted = 0
-        self.peak_cached = 0
-        self.forget_events: dict[int, Any] = {}  # sparse: step -> positions newly masked (by layer with layer masks)
-        # evict: step -> positions dropped before that step (per layer / head unless shared: see ``DropLog``)
-        self.evict_events: dict[int, list[int]] = {}
-        self.drop_log = DropLog(self.unit_names()) if self.units > 1 else None
-        self.warnings: list[str] = []
-        self._masked = None  # [batch, tokens] bool, sparse mode ([layers, batch, tokens] with layer masks)
-        self._weights = None  # [layers, batch, tokens], soft_delete mode
-        self._keep = None  # [batch, tokens] bool passed to attention (sparse)
-        self._allowed_full = None  # _keep plus the step's new tokens, built once per step
-        self._weights_full = None  # _weights plus the new tokens (log-weights for "logits"), once per step
-        self._received: list[torch.Tensor | None] = []
-        self._new_positions = None
+        self.units = layout.units  # rows of ``positions`` per batch row (batch outer, unit inner)
+
+    def _position_scheme(self, model: torch.nn.Module):
+        """The rotary embedding that re-rotates cached keys with ``positions="cache"``, else None."""
+        if self.mode != "evict" or self.config.positions != "cache":
+            return None
+        if self.sliding:
+            raise ConfigError(f"positions='cache' is not supported on {type(model).__name__}: its sliding-window "
+                              "layers hold keys at their true positions, which cache ranks would contradict; "
+                              "use positions='true'")
+        rotary = rotary_embedding(model)
+        if rotary is None:
+            raise ConfigError(f"positions='cache' re-rotates cached keys, which needs rotary position embeddings; "
+                              f"{type(model).__name__} learns absolute positions: use positions='true'")
+        return rotary
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -205,14 +166,6 @@ class MemorySession:
         self.forget_events[self.steps] = {f"layer_{l}": self.positions[0][row[0]].tolist()
                                           for l, row in zip(self.layer_ids, new) if bool(row[0].any())}
 
-    def unit_names(self) -> list[str]:
-        """Names of the slot units of one batch row: ``shared``, ``layer_<i>`` or ``layer_<i>.head_<h>``."""
-        if self.units == 1:
-            return ["shared"]
-        if self.heads == 1:
-            return [f"layer_{l}" for l in self.layer_ids]
-        return [f"layer_{l}.head_{h}" for l in self.layer_ids for h in range(self.heads)]
-
     def _record_drops(self, keep: torch.Tensor, step: int) -> None:
         """Positions dropped in batch row 0: a list (shared), else a dict by layer (and head)."""
         rows = self.positions[: self.units]
@@ -223,60 +176,6 @@ class MemorySession:
             return
         self.drop_log.add(step, dropped.sum(-1).tolist(), rows[dropped].tolist())  # two host copies a step
 
-    def kept_positions(self) -> dict[str, list[int]]:
-        """True positions each unit holds now (batch row 0)."""
-        return {name: row.tolist() for name, row in zip(self.unit_names(), self.positions[: self.units])}
-
-    # -- views of what is held, at any granularity ----------------------------------------------
-    def layer_positions(self, row: int = 0) -> dict[int, list[int]]:
-        """True positions each full-attention layer holds, ascending (batch row ``row``). A layer
-        ranked per KV head holds what any of its heads holds; one shared ranking gives every
-        layer the same positions."""
-        units = self.positions[row * self.units:(row + 1) * self.units]
-        if self.units == 1:
-            held = sorted(units[0].tolist()) if units.shape[0] else []
-            return {layer: list(held) for layer in self.full_layers}
-        per_layer = units.reshape(len(self.layer_ids), self.heads, -1)
-        return {layer: sorted(set(p.flatten().tolist())) for layer, p in zip(self.layer_ids, per_layer)}
-
-    def union_positions(self, row: int = 0) -> list[int]:
-        """True positions that at least one layer holds: what the model can still attend to somewhere."""
-        return sorted(set().union(*self.layer_positions(row).values()))
-
-    def intersection_positions(self, row: int = 0) -> list[int]:
-        """True positions that every layer holds."""
-        held = list(self.layer_positions(row).values())
-        return sorted(set(held[0]).intersection(*held[1:])) if held else []
-
-    def layer_memory(self, quantity: str = "retention", row: int = 0) -> dict[int, dict[int, float]] | None:
-        """``retention``, ``strength`` or ``age`` of every token each layer keeps state for,
-        ``{layer: {true position: value}}`` (batch row ``row``); per KV head, the mean over the
-        layer's heads that hold the token. None where the policy has no forgetting curve."""
-        if quantity not in ("retention", "strength", "age"):
-            raise ValueError(f"quantity must be 'retention', 'strength' or 'age', got {quantity!r}")
-        if self.memory is None or self.memory.num_tokens == 0:
-            return None
-        values = self.memory.retention() if quantity == "retention" else getattr(self.memory, quantity)
-        if self.units == 1:
-            held = self.positions[row].tolist()
-            return {layer: dict(zip(held, values[i, row].tolist())) for i, layer in enumerate(self.layer_ids)}
-        shape = (len(self.layer_ids), self.heads, -1)
-        vals = values[0, row * self.units:(row + 1) * self.units].reshape(shape)
-        held = self.positions[row * self.units:(row + 1) * self.units].reshape(shape)
-        out = {}
-        for layer, v, p in zip(self.layer_ids, vals.tolist(), held.tolist()):
-            acc: dict[int, list[float]] = {}
-            for vh, ph in zip(v, p):
-                for pos, x in zip(ph, vh):
-                    acc.setdefault(pos, []).append(x)
-            out[layer] = {pos: sum(xs) / len(xs) for pos, xs in sorted(acc.items())}
-        return out
-
-    def drops_since(self, step: int = 0) -> dict[int, Any]:
-        """Evict events from forward step ``step`` on (batch row 0): positions dropped before each
-        step, a list (shared ranking) or a dict by layer (and head) from the per-unit drop log."""
-        events = self.drop_log.as_dict() if self.drop_log is not None else self.evict_events
-        return {k: v if isinstance(v, dict) else list(v) for k, v in events.items() if k >= step}
 
     # -- forward hooks -------------------------------------------------------------------
     def pre_forward(self, module, args, kwargs):
@@ -386,9 +285,19 @@ class MemorySession:
         self._after_step()
 
     def _after_step(self) -> None:
+        """Book the pass just run: its tokens' positions, the attention they gave, the state."""
         batch, q_len = self._new_positions.shape
+        self._append_positions(batch, q_len)
+        self.peak_cached = max(self.peak_cached, self.num_cached)  # before a prompt is compressed
+        received = self._received_this_pass()
+        self._update_state(received, batch, q_len)
+        if self.mode == "evict" and self.policy.evicts and self.num_cached > self.config.memory_budget:
+            self._evict_to(self.config.memory_budget, self.steps + 1)  # a prompt longer than the budget
+        self.steps += 1
+
+    def _append_positions(self, batch: int, q_len: int) -> None:
         rows = batch * self.units
-        if self.num_cached == 0 and self.positions.shape[0] != rows:  # the first step
+        if self.num_cached == 0 and self.positions.shape[0] != rows:  # the first pass
             self.positions = self.positions.new_zeros(rows, 0)
         new = self._new_positions if self.units == 1 else self._new_positions.repeat_interleave(self.units, 0)
         if self.rotary is not None:
@@ -396,13 +305,20 @@ class MemorySession:
             self.rope_positions = ranks.clone() if self.rope_positions is None else \
                 torch.cat([self.rope_positions, ranks], dim=-1)
         self.positions = torch.cat([self.positions, new], dim=-1)
-        self.peak_cached = max(self.peak_cached, self.num_cached)  # before a prompt is compressed
-        received = None
-        if self.scoring and all(r is not None for r in self._received):
-            received = self._stack_received()
-            if not bool(torch.isfinite(received).all()):
-                self._warn("non-finite attention (overflow?): no reinforcement from this step")
-                received = torch.nan_to_num(received, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _received_this_pass(self) -> torch.Tensor | None:
+        """The attention each cached token received in this pass, in the policies' layout, or None."""
+        if not (self.scoring and all(r is not None for r in self._received)):
+            return None
+        received = self._stack_received()
+        if not bool(torch.isfinite(received).all()):
+            self._warn("non-finite attention (overflow?): no reinforcement from this step")
+            received = torch.nan_to_num(received, nan=0.0, posinf=0.0, neginf=0.0)
+        return received
+
+    def _update_state(self, received: torch.Tensor | None, batch: int, q_len: int) -> None:
+        """Append the new tokens to the memory or policy, review what was attended, grow the masks."""
+        rows = batch * self.units
         if self._masked is not None:  # [1 or layers, batch, 1] keys each query could see
             visible = (self.num_cached - self._masked.sum(-1)).reshape(-1 if self.layer_masks else 1, batch, 1)
         else:
@@ -421,9 +337,6 @@ class MemorySession:
                 torch.cat([self.attention_total, pad], dim=-1) + received
         if self._masked is not None:
             self._masked = torch.cat([self._masked, self._masked.new_zeros(*self._masked.shape[:-1], q_len)], dim=-1)
-        if self.mode == "evict" and self.policy.evicts and self.num_cached > self.config.memory_budget:
-            self._evict_to(self.config.memory_budget, self.steps + 1)  # a prompt longer than the budget
-        self.steps += 1
 
     def _stack_received(self) -> torch.Tensor:
         """One step's attention in the policies' layout ``[state layers, rows, tokens]``: memory
@@ -433,80 +346,3 @@ class MemorySession:
             return received
         received = received.movedim(0, 1)  # [batch, layers, (heads,) tokens]
         return received.reshape(1, -1, received.shape[-1])
-
-    # -- results -------------------------------------------------------------------------
-    def state_bytes(self) -> int:
-        """Bytes of per-token forgetting state: the Ebbinghaus memory, or the tensors of the
-        policy's own state (h2o, tova)."""
-        if self.memory is not None:
-            return self.memory.nbytes
-        return sum(t.numel() * t.element_size() for t in vars(self.policy).values() if isinstance(t, torch.Tensor))
-
-    def masked_positions(self) -> list[int] | dict[str, list[int]]:
-        """Masked positions of batch row 0: a list, or a dict by layer with layer masks."""
-        if self.layer_masks:
-            if self._masked is None:
-                return {f"layer_{l}": [] for l in self.layer_ids}
-            return {f"layer_{l}": self.positions[0][m[0]].tolist() for l, m in zip(self.layer_ids, self._masked)}
-        if self._masked is None:
-            return []
-        return self.positions[0][self._masked[0]].tolist()
-
-    def memory_stats(self) -> dict[str, dict]:
-        if self.memory is None:
-            return {}
-        if self.units == 1:
-            return self.memory.stats(self.layer_ids, self._masked)
-        # one state row per unit: summarise each layer over its heads (batch row 0)
-        per_layer = lambda t: t[0, : self.units].reshape(len(self.layer_ids), -1)[:, None]  # noqa: E731
-        return self.memory.stats(self.layer_ids, None, strength=per_layer(self.memory.strength),
-                                 age=per_layer(self.memory.age))
-
-    @property
-    def effective_config(self) -> MemoryConfig:
-        """The settings that ran: a preset policy (e.g. ``ebbinghaus_tuned``) has its own."""
-        return self.policy.config if self.policy is not None else self.config
-
-    def results(self, since: int | None = None) -> dict[str, Any]:
-        """This session's part of a ``generate`` result: what only this mode knows; with
-        ``since`` (a step count), the evictions from that step on (a chat turn's)."""
-        out: dict[str, Any] = {
-            "config": self.effective_config.to_dict(),
-            "memory_stats": self.memory_stats(),
-            "warnings": list(self.warnings),
-            "evicted_tokens": self.evicted,
-            "peak_kv_cache_tokens": self.peak_cached,
-            "memory_state_bytes": self.state_bytes(),
-        }
-        if self.mode == "evict":
-            out["evict_events"] = (self.drops_since(since) if since is not None else
-                                   self.drop_log.as_dict() if self.drop_log is not None else self.evict_events)
-            out["granularity"] = self.granularity
-            if self.units > 1:
-                out["kept_positions"] = self.kept_positions()
-        if self.mode == "sparse_attention":
-            out["masked_positions"] = self.masked_positions()
-            out["forget_events"] = self.forget_events
-        return out
-
-    def token_weights(self) -> dict[str, Any] | None:
-        """Retention (and attention received, when recording) per memory layer and cached slot."""
-        if self.memory is None or self.memory.num_tokens == 0:
-            return None
-        # the newest token has no KV yet when generation stops, so slots cover positions[:]
-        if self.units == 1:
-            r = self.memory.retention()[:, 0]
-            att = self.attention_total[:, 0] if self.attention_total is not None else None
-            names = [f"layer_{l}" for l in self.layer_ids]
-        else:  # one row per unit, each with its own positions (in ``unit_positions``)
-            r = self.memory.retention()[0, : self.units]
-            att = self.attention_total[0, : self.units] if self.attention_total is not None else None
-            names = self.unit_names()
-        out = {
-            "positions": self.positions[0].tolist(),
-            "retention": {n: r[i].tolist() for i, n in enumerate(names)},
-            "attention": {n: att[i].tolist() for i, n in enumerate(names)} if att is not None else {},
-        }
-        if self.units > 1:
-            out["unit_positions"] = self.kept_positions()
-        return out

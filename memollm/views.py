@@ -1,17 +1,23 @@
-"""What a conversation's cache holds, seen from its text: positions, retention, elided text.
+"""What a memory session holds and reports, and what a conversation's cache holds, seen from its text.
 
-``ConversationViews`` is mixed into ``memollm.chat.ChatSession``: it reads the session's
+``SessionViews`` is mixed into ``memollm.session.MemorySession``: the result dict of a
+generation, what each layer (or KV head) holds, and the forgetting curve by position, read from
+the session's ``positions``, ``memory``, ``policy`` and masks; the session itself only keeps
+the books. ``ConversationViews`` is mixed into ``memollm.chat.ChatSession``: it reads the chat's
 ``session`` (a ``MemorySession`` or None), ``cache``, ``_ids`` (every token read, token ``i``
-at true position ``i``), ``turn`` and ``_decode``. Views show the union over the layers
-unless asked for one ``layer``.
+at true position ``i``), ``turn`` and ``_decode``. Views show the union over the layers unless
+asked for one ``layer``.
 """
 
 from __future__ import annotations
 
+from array import array
 from typing import Any, Callable, Sequence
 
+import torch
+
 from .cache import cached_tokens, kv_cache_bytes
-from .config import check_int
+from .config import MemoryConfig, check_int
 
 
 def check_text(name: str, value: Any, *, empty: bool = False) -> str:
@@ -37,6 +43,196 @@ def token_spans(detokenize: Callable[[list[int]], str], ids: Sequence[int], text
         spans.append([i for i, e in enumerate(ends) if e > at and e - len(pieces[i]) < at + len(text)])
         at = whole.find(text, at + 1)
     return spans
+
+
+class DropLog:
+    """Positions each slot unit dropped, step by step, held as int32 arrays until a result asks.
+
+    Per-layer eviction drops a token in every layer at every step: over a 20,000-token run that
+    is 600,000 positions, tens of MB as Python lists of ints (memory that grew with the length
+    of a generation whose cache was flat); here it is 4 bytes a position plus 4 per unit a step.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.steps, self.counts, self.flat = array("i"), array("i"), array("i")
+
+    def add(self, step: int, counts: list[int], flat: list[int]) -> None:
+        """``counts[u]`` positions dropped by unit ``u`` at ``step``, listed unit after unit in ``flat``."""
+        self.steps.append(step)
+        self.counts.extend(counts)
+        self.flat.extend(flat)
+
+    def as_dict(self) -> dict[int, dict[str, list[int]]]:
+        """``{step: {unit name: [positions]}}``, units that dropped nothing left out."""
+        out: dict[int, dict[str, list[int]]] = {}
+        units, start = len(self.names), 0
+        for i, step in enumerate(self.steps):
+            event = out.setdefault(step, {})
+            for name, count in zip(self.names, self.counts[i * units:(i + 1) * units]):
+                if count:
+                    event.setdefault(name, []).extend(self.flat[start:start + count])
+                start += count
+        return out
+
+
+def generation_result(text: str, token_ids: list[int], seconds: float, prompt_tokens: int, cache, mode: str,
+                      config: MemoryConfig, effective: MemoryConfig | None = None) -> dict[str, Any]:
+    """The keys every generation reports, whoever decoded (``generate`` or a chat turn); a
+    session adds what only its mode knows (``MemorySession.results``)."""
+    return {"generated_text": text, "num_tokens": len(token_ids), "generation_time": seconds,
+            "tokens_per_second": len(token_ids) / seconds if seconds > 0 else float("inf"),
+            "prompt_tokens": prompt_tokens, "token_ids": list(token_ids),
+            "kv_cache_tokens": cached_tokens(cache) if cache is not None else 0,
+            "kv_cache_bytes": kv_cache_bytes(cache), "mode": mode,
+            "policy": config.policy if mode == "evict" else None,
+            "config": (effective or config).to_dict(), "memory_stats": {}, "warnings": []}
+
+
+class SessionViews:
+    """Views and reports of a ``MemorySession`` (batch row 0 unless a ``row`` is given)."""
+
+    def unit_names(self) -> list[str]:
+        """Names of the slot units of one batch row: ``shared``, ``layer_<i>`` or ``layer_<i>.head_<h>``."""
+        if self.units == 1:
+            return ["shared"]
+        if self.heads == 1:
+            return [f"layer_{l}" for l in self.layer_ids]
+        return [f"layer_{l}.head_{h}" for l in self.layer_ids for h in range(self.heads)]
+
+    def kept_positions(self) -> dict[str, list[int]]:
+        """True positions each unit holds now (batch row 0)."""
+        return {name: row.tolist() for name, row in zip(self.unit_names(), self.positions[: self.units])}
+
+    def layer_positions(self, row: int = 0) -> dict[int, list[int]]:
+        """True positions each full-attention layer holds, ascending (batch row ``row``). A layer
+        ranked per KV head holds what any of its heads holds; one shared ranking gives every
+        layer the same positions."""
+        units = self.positions[row * self.units:(row + 1) * self.units]
+        if self.units == 1:
+            held = sorted(units[0].tolist()) if units.shape[0] else []
+            return {layer: list(held) for layer in self.full_layers}
+        per_layer = units.reshape(len(self.layer_ids), self.heads, -1)
+        return {layer: sorted(set(p.flatten().tolist())) for layer, p in zip(self.layer_ids, per_layer)}
+
+    def union_positions(self, row: int = 0) -> list[int]:
+        """True positions that at least one layer holds: what the model can still attend to somewhere."""
+        return sorted(set().union(*self.layer_positions(row).values()))
+
+    def intersection_positions(self, row: int = 0) -> list[int]:
+        """True positions that every layer holds."""
+        held = list(self.layer_positions(row).values())
+        return sorted(set(held[0]).intersection(*held[1:])) if held else []
+
+    def layer_memory(self, quantity: str = "retention", row: int = 0) -> dict[int, dict[int, float]] | None:
+        """``retention``, ``strength`` or ``age`` of every token each layer keeps state for,
+        ``{layer: {true position: value}}`` (batch row ``row``); per KV head, the mean over the
+        layer's heads that hold the token. None where the policy has no forgetting curve."""
+        if quantity not in ("retention", "strength", "age"):
+            raise ValueError(f"quantity must be 'retention', 'strength' or 'age', got {quantity!r}")
+        if self.memory is None or self.memory.num_tokens == 0:
+            return None
+        values = self.memory.retention() if quantity == "retention" else getattr(self.memory, quantity)
+        if self.units == 1:
+            held = self.positions[row].tolist()
+            return {layer: dict(zip(held, values[i, row].tolist())) for i, layer in enumerate(self.layer_ids)}
+        shape = (len(self.layer_ids), self.heads, -1)
+        vals = values[0, row * self.units:(row + 1) * self.units].reshape(shape)
+        held = self.positions[row * self.units:(row + 1) * self.units].reshape(shape)
+        out = {}
+        for layer, v, p in zip(self.layer_ids, vals.tolist(), held.tolist()):
+            acc: dict[int, list[float]] = {}
+            for vh, ph in zip(v, p):
+                for pos, x in zip(ph, vh):
+                    acc.setdefault(pos, []).append(x)
+            out[layer] = {pos: sum(xs) / len(xs) for pos, xs in sorted(acc.items())}
+        return out
+
+    def drops_since(self, step: int = 0) -> dict[int, Any]:
+        """Evict events from forward step ``step`` on (batch row 0): positions dropped before each
+        step, a list (shared ranking) or a dict by layer (and head) from the per-unit drop log."""
+        events = self.drop_log.as_dict() if self.drop_log is not None else self.evict_events
+        return {k: v if isinstance(v, dict) else list(v) for k, v in events.items() if k >= step}
+
+    def state_bytes(self) -> int:
+        """Bytes of per-token forgetting state kept: the Ebbinghaus memory (traces only where a
+        policy ranks by them) or the tensors of the policy's own state (h2o, tova, snapkv), plus
+        sparse attention's masks."""
+        masks = self._masked.numel() * self._masked.element_size() if self._masked is not None else 0
+        if self.memory is not None:
+            return self.memory.nbytes + masks
+        policies = getattr(self.policy, "policies", [self.policy])  # PolicyRows: one per block of rows
+        return masks + sum(t.numel() * t.element_size() for p in policies for t in vars(p).values()
+                           if isinstance(t, torch.Tensor))
+
+    def masked_positions(self) -> list[int] | dict[str, list[int]]:
+        """Masked positions of batch row 0: a list, or a dict by layer with layer masks."""
+        if self.layer_masks:
+            if self._masked is None:
+                return {f"layer_{l}": [] for l in self.layer_ids}
+            return {f"layer_{l}": self.positions[0][m[0]].tolist() for l, m in zip(self.layer_ids, self._masked)}
+        if self._masked is None:
+            return []
+        return self.positions[0][self._masked[0]].tolist()
+
+    def memory_stats(self) -> dict[str, dict]:
+        if self.memory is None:
+            return {}
+        if self.units == 1:
+            return self.memory.stats(self.layer_ids, self._masked)
+        # one state row per unit: summarise each layer over its heads (batch row 0)
+        per_layer = lambda t: t[0, : self.units].reshape(len(self.layer_ids), -1)[:, None]  # noqa: E731
+        return self.memory.stats(self.layer_ids, None, strength=per_layer(self.memory.strength),
+                                 age=per_layer(self.memory.age))
+
+    @property
+    def effective_config(self) -> MemoryConfig:
+        """The settings that ran: a preset policy (e.g. ``ebbinghaus_tuned``) has its own."""
+        return self.policy.config if self.policy is not None else self.config
+
+    def results(self, since: int | None = None) -> dict[str, Any]:
+        """This session's part of a ``generate`` result: what only this mode knows; with
+        ``since`` (a step count), the evictions from that step on (a chat turn's)."""
+        out: dict[str, Any] = {
+            "config": self.effective_config.to_dict(),
+            "memory_stats": self.memory_stats(),
+            "warnings": list(self.warnings),
+            "evicted_tokens": self.evicted,
+            "peak_kv_cache_tokens": self.peak_cached,
+            "memory_state_bytes": self.state_bytes(),
+        }
+        if self.mode == "evict":
+            out["evict_events"] = (self.drops_since(since) if since is not None else
+                                   self.drop_log.as_dict() if self.drop_log is not None else self.evict_events)
+            out["granularity"] = self.granularity
+            if self.units > 1:
+                out["kept_positions"] = self.kept_positions()
+        if self.mode == "sparse_attention":
+            out["masked_positions"] = self.masked_positions()
+            out["forget_events"] = self.forget_events
+        return out
+
+    def token_weights(self) -> dict[str, Any] | None:
+        """Retention (and attention received, when recording) per memory layer and cached slot."""
+        if self.memory is None or self.memory.num_tokens == 0:
+            return None
+        # the newest token has no KV yet when generation stops, so slots cover positions[:]
+        if self.units == 1:
+            r = self.memory.retention()[:, 0]
+            att = self.attention_total[:, 0] if self.attention_total is not None else None
+            names = [f"layer_{l}" for l in self.layer_ids]
+        else:  # one row per unit, each with its own positions (in ``unit_positions``)
+            r = self.memory.retention()[0, : self.units]
+            att = self.attention_total[0, : self.units] if self.attention_total is not None else None
+            names = self.unit_names()
+        out = {
+            "positions": self.positions[0].tolist(),
+            "retention": {n: r[i].tolist() for i, n in enumerate(names)},
+            "attention": {n: att[i].tolist() for i, n in enumerate(names)} if att is not None else {},
+        }
+        if self.units > 1:
+            out["unit_positions"] = self.kept_positions()
+        return out
 
 
 class ConversationViews:

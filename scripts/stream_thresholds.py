@@ -2,7 +2,7 @@
 
 In a long stream the default Ebbinghaus policy hoards: a review resets a token's age, and in the
 lower layers a few frequent tokens are reviewed by nearly every chunk, so they never fade (README,
-"Long streams"). A higher ``reinforce_threshold`` makes a review rarer. This runs
+"Long streams"). A higher ``review_threshold`` makes a review rarer. This runs
 ``memollm.evaluate.long_stream`` with positions inside the cache on the *tune* half of the text
 (settings are chosen there, never on the half the README reports) and prints each variant's paired
 difference to ``streaming`` over the windows.
@@ -23,7 +23,7 @@ from memollm.evaluate import long_stream, stream_summary
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--thresholds", default="2,4,8", help="reinforce_threshold values (default: 2,4,8; the default is 1)")
+    p.add_argument("--thresholds", default="2,4,8", help="review_threshold values (default: 2,4,8; the default is 1)")
     p.add_argument("--budgets", default="256,1024", help="KV budgets in tokens (default: 256,1024)")
     p.add_argument("--tokens", type=int, default=20_000, help="tokens to stream (default: 20000)")
     p.add_argument("--chunk", type=int, default=64, help="tokens per step (default: 64)")
@@ -35,7 +35,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     llm = EbbinghausLLM()
     base = llm.config.replace(granularity="layer")
-    variants = [(f"ebbinghaus_threshold_{t}", "ebbinghaus", base.replace(reinforce_threshold=float(t)))
+    variants = [(f"ebbinghaus_threshold_{t}", "ebbinghaus", base.replace(review_threshold=float(t)))
                 for t in args.thresholds.split(",")]
     records = long_stream(llm, tokens=args.tokens, budgets=[int(b) for b in args.budgets.split(",")],
                           schemes=("cache",), policies=["streaming", "ebbinghaus", *variants], chunk=args.chunk,

@@ -10,7 +10,7 @@ script never reads.
     .venv/bin/python scripts/tune_ebbinghaus.py --round 2 --budgets 64,128 --max-tokens 1024 \
         --json results/tune2.json
 
-Round 1 (13 variants) narrowed the grid; round 2 chose ``memollm.policies.EBBINGHAUS_TUNED``
+Round 1 (13 variants) narrowed the grid; round 2 chose the settings of the former ``ebbinghaus_tuned`` preset (review_threshold 0.5, S0 20)
 (``thr0.5_S0_20``: perplexity after the budget 10.68 / 8.99 at budgets 64 / 128, against
 10.89 / 9.12 for the seed's settings and 10.93 / 9.08 for streaming). Each takes 5-25 minutes
 on one busy CPU thread (SmolLM2-135M, fp32). Note: the layer fraction of a variant's config
@@ -44,19 +44,19 @@ class _NoReset(EbbinghausPolicy):
     def observe(self, received, visible):
         cfg, mem = self.memory.config, self.memory
         share = received.float() * visible
-        hit = share >= cfg.reinforce_threshold
+        hit = share >= cfg.review_threshold
         mem.strength = torch.where(hit, mem.strength + cfg.strength_gain * share, mem.strength)
 
 
 def variants_round2(base):
     v = [
         ("default", "ebbinghaus", base),
-        ("thr0.25", "ebbinghaus", base.replace(reinforce_threshold=0.25)),
-        ("thr0.5", "ebbinghaus", base.replace(reinforce_threshold=0.5)),
-        ("thr8", "ebbinghaus", base.replace(reinforce_threshold=8.0)),
-        ("thr0.5_ts1", "ebbinghaus", base.replace(reinforce_threshold=0.5, time_step=1.0)),
-        ("thr0.5_S0_20", "ebbinghaus", base.replace(reinforce_threshold=0.5, initial_strength=20.0)),
-        ("noreset_ts1_thr0.5", "_ebb_noreset", base.replace(time_step=1.0, reinforce_threshold=0.5)),
+        ("thr0.25", "ebbinghaus", base.replace(review_threshold=0.25)),
+        ("thr0.5", "ebbinghaus", base.replace(review_threshold=0.5)),
+        ("thr8", "ebbinghaus", base.replace(review_threshold=8.0)),
+        ("thr0.5_ts1", "ebbinghaus", base.replace(review_threshold=0.5, time_step=1.0)),
+        ("thr0.5_S0_20", "ebbinghaus", base.replace(review_threshold=0.5, initial_strength=20.0)),
+        ("noreset_ts1_thr0.5", "_ebb_noreset", base.replace(time_step=1.0, review_threshold=0.5)),
     ]
     return v + ["streaming", "h2o", "tova"]
 
@@ -66,9 +66,9 @@ def variants(base):
         ("default", "ebbinghaus", base),
         ("ts0.1", "ebbinghaus", base.replace(time_step=0.1)),
         ("ts1", "ebbinghaus", base.replace(time_step=1.0)),
-        ("thr2", "ebbinghaus", base.replace(reinforce_threshold=2.0)),
-        ("thr4", "ebbinghaus", base.replace(reinforce_threshold=4.0)),
-        ("thr0.5", "ebbinghaus", base.replace(reinforce_threshold=0.5)),
+        ("thr2", "ebbinghaus", base.replace(review_threshold=2.0)),
+        ("thr4", "ebbinghaus", base.replace(review_threshold=4.0)),
+        ("thr0.5", "ebbinghaus", base.replace(review_threshold=0.5)),
         ("gain5", "ebbinghaus", base.replace(strength_gain=5.0)),
         ("S0_1", "ebbinghaus", base.replace(initial_strength=1.0)),
         ("maxpool", "_ebb_max", base),

@@ -264,11 +264,14 @@ def test_eval_subcommands_leave_the_swept_knobs_to_their_own_flags():
 def test_a_knob_flag_reaches_the_config_and_a_bad_value_is_one_line(capsys):
     from memollm.cli.common import check_knobs, knobs_of
 
-    args = _subparser("generate").parse_args(["--review", "share", "--trace-tau", "0.5", "--reinforce", "false"])
-    assert knobs_of(args) == {"review": "share", "trace_tau": 0.5, "reinforce": False}
-    assert check_knobs(args).review == "share"
+    args = _subparser("generate").parse_args(["--review", "none", "--trace-tau", "0.5", "--review-threshold", "2"])
+    assert knobs_of(args) == {"review": "none", "trace_tau": 0.5, "review_threshold": 2.0}
+    assert check_knobs(args).review == "none"
     assert main(["generate", "--review-top-p", "2", "--prompt", "x"]) == 2
     assert "review_top_p must be in (0.0, 1.0]" in capsys.readouterr().err
+    # a flag the mode never reads: one line, before any model is loaded; --compare gives each mode its own
+    assert main(["generate", "--mode", "soft_delete", "--budget", "64", "--prompt", "x"]) == 2
+    assert "memory_budget does nothing in generation_mode='soft_delete'" in capsys.readouterr().err
 
 
 def test_generate_takes_any_knob_by_name_and_names_them_when_one_is_wrong():

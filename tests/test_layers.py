@@ -17,7 +17,8 @@ LAYERS = [
                                                   # set-up; the one read and decode loop
     {"policies"},                                 # eviction scores
     {"cache", "attention"},                       # mechanics: slots, positions, the attention hook
-    {"session", "views", "lessons"},              # one generation's bookkeeping; a conversation's cache; hand loops
+    {"views"},                                    # what a session and a conversation's cache hold, as results
+    {"session", "lessons"},                       # one generation's bookkeeping; hand loops
     {"template"},                                 # a conversation as text and tokens
     {"chat"},                                     # a conversation over one session
     {"llm"},                                      # the seed's API

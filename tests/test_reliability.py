@@ -22,6 +22,7 @@ from memollm import EbbinghausLLM, MemoryConfig, ModelNotAvailableError, load_mo
 from memollm.config import SEED_RULE
 from memollm.attention import attention_modules
 from memollm.policies import POLICIES, StreamingPolicy
+from memollm.config import knobs_for
 from memollm_testutils import assert_clean, forced_forgetting, one_thread
 
 _one_thread = one_thread()
@@ -43,7 +44,7 @@ def subject(tokenizer):
     """A tiny model this module may break, and the outputs of an identical fresh model."""
     llm = EbbinghausLLM(model=_fresh_model(tokenizer), tokenizer=tokenizer)
     fresh = EbbinghausLLM(model=_fresh_model(tokenizer), tokenizer=tokenizer)
-    expected = {mode: fresh.generate(PROMPT, 12, mode, chat=False, **EVICT)["token_ids"] for mode in
+    expected = {mode: fresh.generate(PROMPT, 12, mode, chat=False, **knobs_for(mode, EVICT))["token_ids"] for mode in
                 ("baseline", "soft_delete", "sparse_attention", "evict")}
     weights = {k: v.clone() for k, v in llm.model.state_dict().items()}
     return llm, expected, weights
@@ -54,7 +55,7 @@ def _assert_unchanged(llm, expected, weights, modes=("baseline",)):
     for k, v in llm.model.state_dict().items():
         assert torch.equal(v, weights[k]), k
     for mode in modes:
-        assert llm.generate(PROMPT, 12, mode, chat=False, **EVICT)["token_ids"] == expected[mode], mode
+        assert llm.generate(PROMPT, 12, mode, chat=False, **knobs_for(mode, EVICT))["token_ids"] == expected[mode], mode
 
 
 # -- faults --------------------------------------------------------------------------------
@@ -86,7 +87,7 @@ class BrokenStreamer(BaseStreamer):
 @pytest.mark.parametrize("fault", ["exception", "keyboard-interrupt", "streamer"])
 def test_a_fault_mid_generation_leaves_the_model_unchanged(subject, mode, fault):
     llm, expected, weights = subject
-    kwargs = dict(chat=False, **EVICT)
+    kwargs = dict(chat=False, **knobs_for(mode, EVICT))
     if fault == "exception":
         kwargs["stopping_criteria"] = StoppingCriteriaList([RaiseAt(4, RuntimeError("boom"))])
         error = RuntimeError

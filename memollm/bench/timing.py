@@ -63,6 +63,7 @@ class Case:
         if self.mode == "evict":
             cfg = MemoryConfig(memory_budget=self.budget or DEFAULT_BUDGET, policy=self.policy or "ebbinghaus",
                                granularity=self.granularity or "auto")
+            cfg.check_mode("evict")
             object.__setattr__(self, "granularity", cfg.granularity_for("evict"))  # what runs, by name
         elif self.policy is not None or self.budget is not None or self.granularity is not None:
             raise ValueError(f"policy, budget and granularity apply to evict only, not to {self.mode!r}")
