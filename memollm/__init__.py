@@ -30,9 +30,18 @@ def _version() -> str:
 
 __version__ = _version()
 
-from .notebook import notebook_setup  # noqa: E402 - after __version__, which it reads
-
 __all__ = [
     "DEFAULT_MODEL", "MODES", "POLICIES", "ConfigError", "EbbinghausLLM", "EbbinghausMemory", "MemoryConfig",
     "ModelNotAvailableError", "Policy", "load_model", "register_policy", "retention", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """``memollm.notebook_setup`` (the notebooks' first cell), imported on first use: the core
+    (``import memollm``, generate, chat) never imports the notebook helpers or the tools
+    (stats, evaluate, bench, viz), which need the ``eval`` extra. tests/test_core.py checks it."""
+    if name == "notebook_setup":
+        from .notebook import notebook_setup
+
+        return notebook_setup
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -61,6 +61,15 @@ def _version() -> str:
         return "0+unknown"
 
 
+def _dist_version(name: str) -> str:
+    """An installed distribution's version from its metadata, without importing it (matplotlib
+    comes with the ``eval`` extra; the set-up line says so when it is missing)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed (pip install memollm[eval])"
+
+
 REPO_URL: str = _repository_url()
 """The project's repository (``[project.urls] Repository`` in pyproject.toml); "" if the
 package metadata is missing (a source tree on ``sys.path`` that was never installed)."""
@@ -214,7 +223,6 @@ def notebook_setup(model: str | None = None) -> Setup:
     model)``; ``model`` is passed through (None: the bundled SmolLM2-135M-Instruct)."""
     if on_colab():
         _colab_extras()
-    import matplotlib
     import torch
     import transformers
 
@@ -223,7 +231,7 @@ def notebook_setup(model: str | None = None) -> Setup:
     device = auto_device()
     figures = figures_dir()
     print(f"memollm {_version()} | torch {torch.__version__} | transformers {transformers.__version__} "
-          f"| matplotlib {matplotlib.__version__} | python {sys.version.split()[0]}")
+          f"| matplotlib {_dist_version('matplotlib')} | python {sys.version.split()[0]}")
     shown = os.path.relpath(figures) if not os.path.relpath(figures).startswith("../..") else figures
     print(f"device: {device} | model: {model or DEFAULT_MODEL + ' (bundled)'} | figures: {shown}")
     if device.type != "cpu":

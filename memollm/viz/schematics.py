@@ -124,6 +124,7 @@ def plot_mask_schematic(n: int = 12, forgotten: dict | None = None, *, sinks: in
     """
     import matplotlib as mpl
     import numpy as np
+    import seaborn as sns
 
     plt = _plt()
     forgotten = forgotten if forgotten is not None else {7: [5, 6], 10: [4, 8]}
@@ -131,10 +132,9 @@ def plot_mask_schematic(n: int = 12, forgotten: dict | None = None, *, sinks: in
     colors = ["#ffffff", "#cfe3f3", "#8cc084", "#1f3b73"]
     names = ["future (causal)", "visible", "sink (never masked)", "masked (forgotten)"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8), gridspec_kw={"width_ratios": [1, 1.05]})
-    left.imshow(grid, cmap=mpl.colors.ListedColormap(colors), vmin=-0.5, vmax=3.5, interpolation="nearest")
-    left.set_xticks(range(n))
-    left.set_yticks(range(n))
-    left.tick_params(labelsize=7)
+    sns.heatmap(grid, cmap=mpl.colors.ListedColormap(colors), vmin=-0.5, vmax=3.5, cbar=False, square=True,
+                xticklabels=range(n), yticklabels=range(n), ax=left)  # cell (i, j) spans [j, j+1] x [i, i+1]
+    left.tick_params(labelsize=7, rotation=0)
     left.set_xlabel("key position (cached token)")
     left.set_ylabel("query position")
     skippable = by_forgetting = 0
@@ -144,11 +144,11 @@ def plot_mask_schematic(n: int = 12, forgotten: dict | None = None, *, sinks: in
             if not np.isin(tile, (1, 2)).any():
                 skippable += 1
                 by_forgetting += int((tile == 3).any())
-                left.add_patch(mpl.patches.Rectangle((bj - 0.5, bi - 0.5), tile.shape[1], tile.shape[0],
+                left.add_patch(mpl.patches.Rectangle((bj, bi), tile.shape[1], tile.shape[0],
                                                      fill=False, hatch="///", ec="#999999", lw=0))
     for b in range(block, n, block):
-        left.axhline(b - 0.5, color="black", lw=1)
-        left.axvline(b - 0.5, color="black", lw=1)
+        left.axhline(b, color="black", lw=1)
+        left.axvline(b, color="black", lw=1)
     tiles = (-(-n // block)) ** 2
     left.set_title(f"{skippable} of {tiles} tiles ({block}x{block}) have nothing visible, "
                    f"{by_forgetting} of them because of forgetting", fontsize=9)
