@@ -7,13 +7,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import math
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from memollm import MemoryConfig, viz  # noqa: E402
 from memollm.config import SEED_RULE  # noqa: E402
 from memollm.viz import save_bench_plots  # noqa: E402
-from memollm.viz.rules import plot_review_rules, retention_under_routine, strength_after_reviews  # noqa: E402
+from memollm.viz.rules import plot_review_rules, strength_after_reviews, trace_after_retrievals  # noqa: E402
 
 
 # -- rules: the review-rule lessons simulate what the memory does ------------------------------
@@ -33,9 +35,12 @@ def test_fsrs_rewards_spacing():
     assert (gains > 0).all() and (np.diff(gains) < 0).all()  # and it saturates: each review adds less
 
 
-def test_surprise_lets_a_routine_token_fade():
-    assert retention_under_routine(SEED).min() == 1.0  # reviewed at every step: never ages
-    assert retention_under_routine(SEED.replace(review_surprise=2.0))[-1] < 0.8
+def test_the_trace_fades_over_a_quarter_budget_and_comes_back_with_each_retrieval():
+    default = MemoryConfig(sink_tokens=1, memory_budget=256)  # tau = 64 tokens at S0
+    once = trace_after_retrievals(default, [10], steps=200)
+    assert once[9] == pytest.approx(0.3, rel=1e-6) and once[9 + 64] == pytest.approx(0.3 * math.exp(-1), rel=0.02)  # S grew a little
+    again = trace_after_retrievals(default, range(10, 200, 100), steps=200)
+    assert again[109] == pytest.approx(0.3, rel=1e-6) and again[-1] > once[-1] * 4
 
 
 def test_figure_has_two_labelled_panels():

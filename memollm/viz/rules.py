@@ -1,5 +1,5 @@
 """Lesson figures for the review rules from memory research (notebook 01): what a review adds
-when it is massed or spaced, and whether routine attention keeps a token young.
+when it is massed or spaced, and the fading trace that the default eviction policy ranks by.
 
 Both simulate one token with the library's own :class:`~memollm.memory.EbbinghausMemory`, so
 the curves are exactly what generation does.
@@ -38,20 +38,26 @@ def strength_after_reviews(config: MemoryConfig, gap: int, reviews: int = 5, sha
     return np.array(out)
 
 
-def retention_under_routine(config: MemoryConfig, steps: int = 400, share: float = 3.0) -> np.ndarray:
-    """Retention R of a token that gets ``share`` x uniform attention at every step (like " the")."""
-    mem = EbbinghausMemory(1, config)
-    mem.append(1, 2)
+def trace_after_retrievals(config: MemoryConfig, retrievals: Sequence[int], steps: int = 400,
+                           attention: float = 0.3) -> np.ndarray:
+    """The trace (``config.trace``) of one token that a query retrieves with ``attention`` at the
+    tokens read in ``retrievals`` and never otherwise, as the eviction policy keeps it."""
+    mem = EbbinghausMemory(1, config, traces=True)
+    mem.append(1, 2)  # token 0 is a sink; token 1 is the one retrieved
     out = []
-    for _ in range(steps):
-        _step(mem, share, token=1)
-        out.append(float(mem.retention()[0, 0, 1]))
+    for t in range(1, steps + 1):
+        mem.append(1, 1)
+        received = torch.zeros(1, 1, mem.num_tokens)
+        if t in retrievals:
+            received[0, 0, 1] = attention
+        mem.reinforce(received, mem.num_tokens)
+        out.append(float(mem.trace_score()[0, 0, 1]))
     return np.array(out)
 
 
-def plot_review_rules(gaps: Sequence[int] = (5, 300), *, reviews: int = 5, steps: int = 400):
+def plot_review_rules(gaps: Sequence[int] = (5, 300), *, reviews: int = 5, steps: int = 400, budget: int = 256):
     """Left: strength after massed and spaced reviews under the seed's additive rule and FSRS's.
-    Right: retention of a routinely attended token with and without the surprise test."""
+    Right: the default's fading trace of a token retrieved once, or every 100 tokens (``budget``)."""
     import matplotlib.pyplot as plt
 
     seed = MemoryConfig(sink_tokens=1, **SEED_RULE)
@@ -69,14 +75,14 @@ def plot_review_rules(gaps: Sequence[int] = (5, 300), *, reviews: int = 5, steps
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
     x = np.arange(1, steps + 1)
-    right.plot(x, retention_under_routine(seed, steps), label="seed: every glance is a review")
-    right.plot(x, retention_under_routine(seed.replace(review_surprise=2.0), steps), "--",
-               label="surprise 2: only above twice its usual share")
+    default = MemoryConfig(sink_tokens=1, memory_budget=budget)
+    right.plot(x, trace_after_retrievals(default, [10], steps), label="retrieved once, at token 10")
+    right.plot(x, trace_after_retrievals(default, range(10, steps, 100), steps), "--",
+               label="retrieved every 100 tokens")
     right.set_xlabel("tokens read")
-    right.set_ylabel("retention R")
-    right.set_ylim(0, 1.05)
-    right.set_title("a token attended at every step (3x uniform)", fontsize=10)
-    right.legend(fontsize=8, loc="lower left")
+    right.set_ylabel("trace (attention, fading)")
+    right.set_title(f"the trace the default ranks by (budget {budget})", fontsize=10)
+    right.legend(fontsize=8, loc="upper right")
     right.grid(alpha=0.3)
     fig.tight_layout()
     return fig
