@@ -178,13 +178,12 @@ def _print_summary(records: list[dict], value: str, *, lower_is_better: bool, in
 
 
 def run_ppl(args) -> int:
-    _check_args(args)
+    llm, config = _start(args)
     text = load_text(args.text_file) if args.text_file else None
-    llm = _load(args)
     records = perplexity(llm, budgets=args.budgets, policies=args.policies, max_tokens=args.max_tokens,
                          segments=args.segments, text=text, split=args.split,
                          sources=None if args.text_file else args.sources, granularities=args.granularity,
-                         chunk=args.chunk, seed=args.seed, config=llm.config.replace(**knobs_of(args)))
+                         chunk=args.chunk, seed=args.seed, config=config)
     what = args.text_file or " + ".join(args.sources)
     print(f"perplexity, {args.segments} passage(s) x {args.max_tokens} tokens per source ({what}, {args.split} "
           f"split), chunk {args.chunk}, model {llm.model_name}")
@@ -199,12 +198,11 @@ def run_ppl(args) -> int:
 
 
 def run_passkey(args) -> int:
-    _check_args(args)
-    llm = _load(args)
+    llm, config = _start(args)
     records = passkey(llm, budgets=args.budgets, budget_fractions=args.budget_fractions, lengths=args.lengths,
                       depths=args.depths, trials=args.trials, policies=args.policies, read=args.read,
                       granularities=args.granularity, prefill_chunk=args.prefill_chunk, seed=args.seed,
-                      config=llm.config.replace(**knobs_of(args)))
+                      config=config)
     print(f"passkey accuracy over {args.trials} keys per case, lengths {args.lengths}, depths {args.depths}, "
           f"prompt read {args.read}; the question comes after the document")
     print(table(records, "accuracy"))
@@ -226,14 +224,13 @@ def run_passkey(args) -> int:
 def run_retrieval(args) -> int:
     if args.budgets:
         raise UsageError("retrieval budgets are fractions of each document: use --budget-fractions, not --budget")
-    _check_args(args)
     if any(f <= 0 for f in args.budget_fractions):
         raise UsageError(f"--budget-fractions must be in (0, 1], got {args.budget_fractions}")
+    llm, config = _start(args)
     text = load_text(args.text_file) if args.text_file else None
-    llm = _load(args)
     records = retrieval(llm, tasks=args.tasks, cases=args.cases, budget_fractions=args.budget_fractions,
                         policies=args.policies, split=args.split, length=args.length, granularity=args.granularity,
-                        seed=args.seed, text=text, config=llm.config.replace(**knobs_of(args)))
+                        seed=args.seed, text=text, config=config)
     what = args.text_file or "docs + prose"
     print(f"retrieval over {args.cases} independent documents per task ({what}, {args.split} split, about "
           f"{args.length} tokens), read whole and compressed after it, model {llm.model_name}")
@@ -255,13 +252,12 @@ def retrieval_markdown(summary: list[dict]) -> str:
 
 
 def run_agreement(args) -> int:
-    _check_args(args)
+    llm, config = _start(args)
     text = load_text(args.text_file)
-    llm = _load(args)
     records = agreement(llm, budgets=args.budgets, policies=args.policies, prompt_tokens=args.prompt_tokens,
                         new_tokens=args.new_tokens, segments=args.segments, text=text,
                         prefill_chunk=args.prefill_chunk, seed=args.seed, repetition_penalty=args.repetition_penalty,
-                        config=llm.config.replace(**knobs_of(args)))
+                        config=config)
     print(f"greedy agreement with the full cache over {args.new_tokens} generated tokens "
           f"({records[0]['distinct_generated']:.0%} of them distinct)")
     print(table(records, "agreement", fmt="{:.3f}"))
@@ -270,12 +266,11 @@ def run_agreement(args) -> int:
 
 
 def run_stream(args) -> int:
-    _check_args(args)
-    llm = _load(args)
+    llm, config = _start(args)
     records = long_stream(llm, tokens=args.tokens, budgets=args.budgets, schemes=args.positions,
                           policies=args.policies, window=args.every, chunk=args.chunk, source=args.source,
                           split=args.split, seed=args.seed,
-                          config=llm.config.replace(granularity=args.granularity, **knobs_of(args)))
+                          config=config.replace(granularity=args.granularity))
     print(f"perplexity in windows of {args.every} tokens along a {args.tokens}-token stream of {args.source} "
           f"({args.split} split, chunk {args.chunk}), model {llm.model_name}, context {llm.max_positions}")
     windows = [r for r in records if r["evaluation"] == "stream"]
@@ -308,9 +303,12 @@ def stream_markdown(summary: list[dict]) -> str:
                     rows, "llrlrrrr")
 
 
-def _load(args):
+def _start(args):
+    """Check the arguments, then load the model: the model and the config the flags ask for."""
+    _check_args(args)
     check_model_args(args)
-    return load_llm(args)
+    llm = load_llm(args)
+    return llm, llm.config.replace(**knobs_of(args))
 
 
 
