@@ -82,6 +82,7 @@ def plot_review_rules(gaps: Sequence[int] = (5, 300), *, reviews: int = 5, steps
     right.set_xlabel("tokens read")
     right.set_ylabel("trace (attention, fading)")
     right.set_title(f"the trace the default ranks by (budget {budget})", fontsize=10)
+    right.set_ylim(0, 0.42)
     right.legend(fontsize=8, loc="upper right")
     right.grid(alpha=0.3)
     fig.tight_layout()
