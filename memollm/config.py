@@ -99,6 +99,8 @@ def _check_knob(f: Field, value: Any) -> None:
         check_int(f.name, value, int(m["low"]))
     elif m["kind"] is float:
         check_number(f.name, value, low=m["low"], high=m["high"], low_open=m["low_open"], high_open=m["high_open"])
+    elif m["kind"] is str and not isinstance(value, str):
+        raise ConfigError(f"{f.name} must be a string, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,8 @@ class MemoryConfig:
                              low_open=True, modes=("evict",))
     positions: str = _knob("true", "evict: a new token's position, its true one or its rank in the cache",
                            choices=POSITION_SCHEMES, modes=("evict",))
+    strength_gate: str | None = _knob(None, "evict, ebbinghaus_learned: a gate file from `memollm train-strength` "
+                                      "(none: the one bundled for the model)", kind=str, modes=("evict",))
 
     def __post_init__(self) -> None:
         for f in fields(self):  # each field's own check, from its metadata
