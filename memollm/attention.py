@@ -123,6 +123,8 @@ def _attached(model: torch.nn.Module, session) -> Iterator[None]:
             setattr(module, _SESSION_ATTR, session)
         handles.append(model.register_forward_pre_hook(session.pre_forward, with_kwargs=True))
         handles.append(model.register_forward_hook(session.post_forward, with_kwargs=True))
+        if getattr(session, "reads_inputs", False):  # a learned strength reads each token's attention input
+            handles += [m.register_forward_pre_hook(session.attention_input, with_kwargs=True) for m in modules.values()]
         yield
     finally:
         for handle in handles:

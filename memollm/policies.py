@@ -50,6 +50,7 @@ class Policy:
 
     name = "base"
     needs_attention = False  # whether ``observe`` needs the attention received per token
+    needs_strength = False  # whether ``learn`` needs each new token's learned log S (``memollm.strength``)
     evicts = True  # ``full`` sets this False: the reference that never evicts
 
     memory: EbbinghausMemory | None = None  # set by policies whose state is the forgetting curve
@@ -61,6 +62,9 @@ class Policy:
     def append(self, batch: int, n: int) -> None: ...
 
     def observe(self, received: torch.Tensor, visible: torch.Tensor | int) -> None: ...
+
+    def learn(self, log_strength: torch.Tensor) -> None:
+        """``[state layers, rows, new tokens]``: the learned log S of the tokens about to be appended."""
 
     def keep(self, index: torch.Tensor) -> None: ...
 
@@ -142,6 +146,40 @@ class EbbinghausSeedPolicy(EbbinghausPolicy):
     """The seed's rule: any above-uniform glance is a review, strength adds up, retention ranks."""
 
     settings = SEED_RULE
+
+
+@register_policy("ebbinghaus_learned")
+class LearnedStrengthPolicy(Policy):
+    """The forgetting curve with a learned strength: every token's S is read from its attention
+    input when it is read (``memollm.strength``, ``memollm train-strength``), and it is ranked by
+    its retention R = exp(-age / S), age in tokens; no attention is needed. The state layers'
+    log S are averaged (a geometric mean of S) where one unit ranks for several layers."""
+
+    needs_strength = True
+
+    def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
+        super().__init__(config, num_layers)
+        self.age = torch.zeros(1, 0, device=device)  # [rows, tokens], tokens read since each
+        self.log_strength = torch.zeros(1, 0, device=device)
+        self._pending: torch.Tensor | None = None
+
+    def learn(self, log_strength):
+        self._pending = log_strength.float().mean(0)
+
+    def append(self, batch, n):
+        if self.age.shape[-1] == 0:
+            self.age, self.log_strength = self.age.new_zeros(batch, 0), self.log_strength.new_zeros(batch, 0)
+        new_age = torch.arange(n - 1, -1, -1, device=self.age.device, dtype=torch.float32).expand(batch, n)
+        new = self._pending if self._pending is not None else self.log_strength.new_zeros(batch, n)
+        self.age = torch.cat([self.age + n, new_age], dim=-1)
+        self.log_strength = torch.cat([self.log_strength, new], dim=-1)
+        self._pending = None
+
+    def keep(self, index):
+        self.age, self.log_strength = self.age.gather(-1, index), self.log_strength.gather(-1, index)
+
+    def scores(self, positions):
+        return -self.age * torch.exp(-self.log_strength)  # log R
 
 
 @register_policy("streaming")
@@ -253,6 +291,7 @@ class PolicyRows(Policy):
         self.config = policies[0].config
         self.num_layers = policies[0].num_layers
         self.needs_attention = any(p.needs_attention for p in policies)
+        self.needs_strength = any(p.needs_strength for p in policies)
 
     def _rows(self, i: int) -> slice:
         return slice(i * self.rows_each, (i + 1) * self.rows_each)
@@ -273,6 +312,11 @@ class PolicyRows(Policy):
                 if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == received.shape[1]:
                     v = v[:, self._rows(i)]
                 p.observe(received[:, self._rows(i)], v)
+
+    def learn(self, log_strength):
+        for i, p in enumerate(self.policies):
+            if p.needs_strength:
+                p.learn(log_strength[:, self._rows(i)])
 
     def keep(self, index):
         for i, p in enumerate(self.policies):

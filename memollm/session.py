@@ -34,6 +34,7 @@ from .config import MODES, ConfigError, MemoryConfig
 from .memory import EbbinghausMemory
 from .policies import Policy, make_policy
 from .reading import keep_before
+from .strength import find_gate
 from .views import DropLog, SessionViews, generation_result
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class MemorySession(SessionViews):
         self.own_memory = EbbinghausMemory(n, config, device=device) if self.policy is None else None
         self.memory: EbbinghausMemory | None = (
             self.own_memory if self.own_memory is not None else getattr(self.policy, "memory", None))
+        # a learned strength: the gate reads every new token's attention input (``attention_input``)
+        self.gate = find_gate(model, config.strength_gate) if getattr(self.policy, "needs_strength", False) else None
+        self.reads_inputs = self.gate is not None
+        self._inputs: list[torch.Tensor | None] = []
         self.scoring = record or (self.memory is not None and self.memory.config.review != "none") or (
             self.policy is not None and self.policy.needs_attention)
         self.cache = None
@@ -202,7 +207,15 @@ class MemorySession(SessionViews):
         elif self.mode == "soft_delete" and self.num_cached and self.config.soft_delete_floor < 1.0:
             self._weights = self.memory.soft_weights()
         self._received = [None] * len(self.layer_ids)
+        self._inputs = [None] * len(self.layer_ids)
         return args, kwargs
+
+    def attention_input(self, module, args, kwargs):
+        """Forward pre-hook on an attention module: keep the new tokens' attention input for the gate."""
+        slot = self.layer_slot.get(module.layer_idx)
+        if slot is not None:
+            self._inputs[slot] = kwargs.get("hidden_states", args[0] if args else None)
+        return None
 
     def _check_cache(self, cache) -> None:
         """The first step adopts the model's cache; later steps must pass the same one, as long as tracked."""
@@ -276,6 +289,9 @@ class MemorySession(SessionViews):
         """
         if self.cache is not None or self.num_cached:
             raise RuntimeError("adopt_prefill starts a session: this one already holds tokens")
+        if self.gate is not None:
+            raise NotImplementedError("a learned strength reads each token's attention input, which a prefill made "
+                                      "without the session did not keep: read the prompt with the session attached")
         self.cache = cache
         batch, q_len = cache.layers[self.full_layers[0]].keys.shape[0], cached_tokens(cache)
         self._new_positions = torch.arange(q_len, device=self.positions.device).expand(batch, q_len)
@@ -290,6 +306,9 @@ class MemorySession(SessionViews):
         self._append_positions(batch, q_len)
         self.peak_cached = max(self.peak_cached, self.num_cached)  # before a prompt is compressed
         received = self._received_this_pass()
+        if self.gate is not None and all(h is not None for h in self._inputs):
+            self.policy.learn(self._in_rows([self.gate(layer, h).movedim(-1, 1) for layer, h in
+                                             zip(self.layer_ids, self._inputs)]))
         self._update_state(received, batch, q_len)
         if self.mode == "evict" and self.policy.evicts and self.num_cached > self.config.memory_budget:
             self._evict_to(self.config.memory_budget, self.steps + 1)  # a prompt longer than the budget
@@ -310,7 +329,7 @@ class MemorySession(SessionViews):
         """The attention each cached token received in this pass, in the policies' layout, or None."""
         if not (self.scoring and all(r is not None for r in self._received)):
             return None
-        received = self._stack_received()
+        received = self._in_rows(self._received)
         if not bool(torch.isfinite(received).all()):
             self._warn("non-finite attention (overflow?): no reinforcement from this step")
             received = torch.nan_to_num(received, nan=0.0, posinf=0.0, neginf=0.0)
@@ -338,11 +357,14 @@ class MemorySession(SessionViews):
         if self._masked is not None:
             self._masked = torch.cat([self._masked, self._masked.new_zeros(*self._masked.shape[:-1], q_len)], dim=-1)
 
-    def _stack_received(self) -> torch.Tensor:
-        """One step's attention in the policies' layout ``[state layers, rows, tokens]``: memory
-        layers x batch (shared), or one state layer over batch x layers (x heads) rows."""
-        received = torch.stack(self._received)  # [layers, batch, (heads,) tokens]
+    def _in_rows(self, per_layer: list[torch.Tensor]) -> torch.Tensor:
+        """Per-layer values ``[batch, (kv heads,) tokens]`` in the policies' layout ``[state layers,
+        rows, tokens]``: memory layers x batch (shared), or one state layer over batch x layers
+        (x heads) rows; a layer ranked as a whole averages its heads."""
+        if self.heads == 1:
+            per_layer = [v.mean(1) if v.dim() == 3 else v for v in per_layer]
+        stacked = torch.stack(per_layer)  # [layers, batch, (heads,) tokens]
         if self.units == 1:
-            return received
-        received = received.movedim(0, 1)  # [batch, layers, (heads,) tokens]
-        return received.reshape(1, -1, received.shape[-1])
+            return stacked
+        stacked = stacked.movedim(0, 1)  # [batch, layers, (heads,) tokens]
+        return stacked.reshape(1, -1, stacked.shape[-1])
