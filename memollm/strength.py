@@ -7,7 +7,8 @@ arXiv 2512.03324) and KVzap (kvpress) do: per layer, a linear map from the atten
 retention is then ``R = exp(-age / S)`` with its age in tokens: a function word can fade within
 a few tokens while a name or a number is kept for hundreds.
 
-A gate is a small safetensors file (one weight and one bias per layer) whose metadata records
+A gate is a small safetensors file (one weight and one bias per layer) whose metadata (one JSON
+string under ``memollm``) records
 the model it was trained for, the data, the settings and the seed (``memollm train-strength``
 writes it). The bundled model's gate ships in the package (``memollm/gates``); ``find_gate``
 looks one up by the model's shape.
@@ -67,20 +68,20 @@ class StrengthGate(torch.nn.Module):
         return self.weight.numel() + self.bias.numel()
 
     def save(self, path: str | Path) -> None:
-        """Write the gate and its metadata (sorted, so that the same gate gives the same bytes)."""
-        meta = {k: self.metadata[k] for k in sorted(self.metadata)}
-        meta.update(layers=json.dumps(self.layers))
+        """Write the gate with its metadata as one sorted JSON string (safetensors writes a header's
+        keys in no fixed order: one key keeps the same gate the same bytes)."""
+        meta = json.dumps({**self.metadata, "layers": self.layers}, sort_keys=True)
         save_file({"weight": self.weight.detach().float().contiguous(), "bias": self.bias.detach().float().contiguous()},
-                  str(path), metadata=meta)
+                  str(path), metadata={"memollm": meta})
 
     @classmethod
     def load(cls, path: str | Path) -> "StrengthGate":
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
+            meta = json.loads((f.metadata() or {}).get("memollm", "{}"))
         tensors = load_file(str(path))
-        layers = json.loads(meta.pop("layers"))
+        layers = meta.pop("layers")
         weight, bias = tensors["weight"], tensors["bias"]
         gate = cls(layers, weight.shape[-1], weight.shape[1], metadata=meta)
         with torch.no_grad():
