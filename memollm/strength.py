@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .config import ConfigError
 
@@ -34,6 +34,16 @@ def model_signature(model: torch.nn.Module) -> dict[str, Any]:
     return {"model_type": cfg.model_type, "num_hidden_layers": cfg.num_hidden_layers,
             "hidden_size": cfg.hidden_size, "num_key_value_heads": getattr(cfg, "num_key_value_heads", heads) or heads,
             "vocab_size": cfg.vocab_size}
+
+
+def _canonical(blob: bytes) -> bytes:
+    """The safetensors bytes with the header's keys sorted: safetensors writes its metadata in hash
+    order, which changes from run to run, so the same gate would not give the same file."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
 
 
 class StrengthGate(torch.nn.Module):
@@ -68,10 +78,10 @@ class StrengthGate(torch.nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write the gate and its metadata (sorted, so that the same gate gives the same bytes)."""
-        meta = {k: self.metadata[k] for k in sorted(self.metadata)}
-        meta.update(layers=json.dumps(self.layers))
-        save_file({"weight": self.weight.detach().float().contiguous(), "bias": self.bias.detach().float().contiguous()},
-                  str(path), metadata=meta)
+        meta = dict(self.metadata, layers=json.dumps(self.layers))
+        blob = save({"weight": self.weight.detach().float().contiguous(), "bias": self.bias.detach().float().contiguous()},
+                    metadata=meta)
+        Path(path).write_bytes(_canonical(blob))
 
     @classmethod
     def load(cls, path: str | Path) -> "StrengthGate":
