@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -120,6 +119,7 @@ class StrengthData:
     age: torch.Tensor
     head: torch.Tensor
     y: torch.Tensor
+    kv_heads: int
     ages: tuple[tuple[int, int], ...]
     samples: int
 
@@ -162,7 +162,7 @@ def collect(llm, ids_list: Sequence[torch.Tensor], *, ages: Sequence[tuple[int, 
             cols[k].append(torch.cat(got[k], 1))
         offset += t_len
     return StrengthData(layers, torch.cat(hidden, 1), *(torch.cat(cols[k], 1) for k in ("token", "age", "head", "y")),
-                        ages=tuple(tuple(a) for a in ages), samples=samples)
+                        kv_heads=kv, ages=tuple(tuple(a) for a in ages), samples=samples)
 
 
 # -- fitting ----------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def fit(data: StrengthData, *, steps: int = 300, lr: float = 0.02, seed: int = 0
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
-        gate = StrengthGate(data.layers, data.hidden.shape[-1], int(data.head.max()) + 1)
+        gate = StrengthGate(data.layers, data.hidden.shape[-1], data.kv_heads)
         opt = torch.optim.Adam(gate.parameters(), lr=lr)
         bar = tqdm(range(steps), desc="fit", leave=False, disable=not progress)
         for _ in bar:
@@ -231,16 +231,6 @@ def train_strength(llm, *, passages: int = 24, tokens: int = 512, steps: int = 3
         bce_final=f"{bce(gate, data).item():.5f}")
     gate.timing = {"collect_s": collected - start, "fit_s": time.perf_counter() - collected}  # not saved
     return gate
-
-
-def summary(gate: StrengthGate, data: StrengthData | None = None) -> str:
-    """One line on the spread of S the gate gives (median and 10-90% range over tokens and heads)."""
-    if data is None:
-        return f"{gate.num_parameters:,} parameters"
-    with torch.no_grad():
-        s = gate.log_strength_all(data.hidden).exp().flatten().numpy()
-    q = np.quantile(s, [0.1, 0.5, 0.9])
-    return f"{gate.num_parameters:,} parameters; S over tokens: median {q[1]:.0f}, 10-90% {q[0]:.0f}-{q[2]:.0f}"
 
 
 __all__ = ["AGES", "SINKS", "StrengthData", "bce", "collect", "command_line", "eager_pass", "fit", "passage_list",
