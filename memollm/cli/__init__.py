@@ -1,7 +1,8 @@
 """The ``memollm`` command: one module per subcommand, parsing and output only.
 
 ``generate`` (the seed's demo flags), ``chat`` (a conversation with one bounded cache),
-``bench`` (timing), ``eval`` (quality: ppl, passkey, agreement, stream, recall). User errors
+``bench`` (timing), ``eval`` (quality: ppl, passkey, agreement, stream, recall, capture),
+``train-strength`` (fit a learned strength gate). User errors
 (``UsageError``, the library's ``ConfigError``, a model that cannot be had) print one line
 and exit with status 2; anything else is a bug and keeps its traceback.
 """
@@ -16,14 +17,14 @@ from typing import Sequence
 
 from ..config import ConfigError
 from ..models import ModelNotAvailableError
-from . import bench, chat, evaluate, generate
+from . import bench, chat, evaluate, generate, train
 from .common import UsageError, _Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="memollm", description="Ebbinghaus forgetting for the KV cache of language models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for module in (generate, chat, bench, evaluate):
+    for module in (generate, chat, bench, evaluate, train):
         module.add_parser(sub)
     return parser
 

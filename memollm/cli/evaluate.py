@@ -10,6 +10,7 @@ import torch
 
 from ..config import GRANULARITIES, POLICIES, POSITION_SCHEMES
 from ..evaluate import EVICTING, agreement, long_stream, old_share, passkey, perplexity, stream_summary, table
+from ..evaluate.capture import CAPTURE_POLICIES, capture, capture_table
 from ..evaluate.retrieval import DEFAULT_LENGTH, DEFAULT_POLICIES, TASKS, retrieval, retrieval_summary
 from ..stats import markdown, markdown_table, summarize
 from ..texts import TEXT_SOURCES, load_text
@@ -124,6 +125,23 @@ def add_parser(sub) -> None:
     p.set_defaults(handler=run_stream)
 
     add_recall_parser(esub)
+
+    p = esub.add_parser("capture", help="share of the next query's attention on the slots each policy keeps",
+                        description="Simulate a cache of M slots per layer and KV head over full-cache passes "
+                                    "(4 sinks and 16 newest tokens kept) and measure the attention it captures.")
+    p.add_argument("--budget", "--budgets", dest="budgets", type=int_list, default=[64, 128, 256],
+                   help="cache slots M (default: 64,128,256)")
+    p.add_argument("--policies", type=name_list(CAPTURE_POLICIES), default=list(CAPTURE_POLICIES),
+                   help=f"policies, comma-separated (default: {','.join(CAPTURE_POLICIES)})")
+    p.add_argument("--passages", type=positive_int, default=6, help="passages, docs and prose alternating (default: 6)")
+    p.add_argument("--tokens", type=positive_int, default=1024, help="tokens per passage (default: 1024)")
+    p.add_argument("--gate", default=None, help="strength gate file for learned (default: the bundled one)")
+    p.add_argument("--json", metavar="PATH", default=None, help="write the records as JSON ('-' = stdout)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
+    add_model_args(p)
+    split(p)
+    p.set_defaults(handler=run_capture, seed=0, no_plot=True)
 
     p = esub.add_parser("report", help="tables of every task and budget against the best peer, and a forest plot",
                         description="Regenerate the results page (quality_report.md, quality_forest.png) from the "
@@ -301,6 +319,21 @@ def stream_markdown(summary: list[dict]) -> str:
         rows.append(cells + ["–" if d is None else f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]"])
     return markdown(["policy", "positions", "budget", "granularity", "before", "after", "worst after", "vs streaming"],
                     rows, "llrlrrrr")
+
+
+def run_capture(args) -> int:
+    from ..strength import find_gate
+
+    llm, _ = _start(args)
+    gate = find_gate(llm.model, args.gate) if "learned" in args.policies else None
+    records = capture(llm, passages=args.passages, tokens=args.tokens, budgets=args.budgets, policies=args.policies,
+                      gate=gate, split=args.split)
+    print(f"attention capture over {args.passages} passage(s) x {args.tokens} tokens ({args.split} split), "
+          f"model {llm.model_name}; mean over queries after the cache fills, layers and KV heads; "
+          "capture old: kept share of the mass on tokens older than 4 M")
+    print(capture_table(records))
+    _finish(args, records, "capture", "eval_capture", None)
+    return 0
 
 
 def _start(args):
