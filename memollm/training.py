@@ -14,6 +14,7 @@ memories alike. Training reads only the ``tune`` half of each text; evaluation
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import math
 import time
@@ -205,6 +206,14 @@ def command_line(llm, *, passages: int, tokens: int, steps: int, seed: int) -> s
     return f"memollm train-strength{model} --passages {passages} --tokens {tokens} --steps {steps} --seed {seed}"
 
 
+def _version() -> str:
+    """The installed memollm's version (read from its metadata: the package root sits above this module)."""
+    try:
+        return importlib.metadata.version("memollm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def train_strength(llm, *, passages: int = 24, tokens: int = 512, steps: int = 300, seed: int = 0,
                    split: str = "tune", samples: int = 512, lr: float = 0.02, progress: bool = True) -> StrengthGate:
     """Collect targets on ``passages`` passages of ``tokens`` tokens of the ``tune`` split and fit a gate.
@@ -213,8 +222,6 @@ def train_strength(llm, *, passages: int = 24, tokens: int = 512, steps: int = 3
     seed, memollm's version and the equivalent command line (no times or paths, so that the
     same run writes the same bytes).
     """
-    from . import __version__
-
     if split == "report":
         raise ValueError("never fit on the report split: it is held out for evaluation (use split='tune')")
     texts = passage_list(llm.tokenizer, passages, tokens, split)
@@ -225,7 +232,7 @@ def train_strength(llm, *, passages: int = 24, tokens: int = 512, steps: int = 3
     gate.metadata.update(
         model=str(llm.model_name), signature=json.dumps(model_signature(llm.model), sort_keys=True), split=split,
         sources=",".join(SOURCES), passages=str(passages), tokens=str(tokens), ages=json.dumps(list(data.ages)),
-        samples=str(samples), steps=str(steps), lr=str(lr), seed=str(seed), memollm_version=__version__,
+        samples=str(samples), steps=str(steps), lr=str(lr), seed=str(seed), memollm_version=_version(),
         command=command_line(llm, passages=passages, tokens=tokens, steps=steps, seed=seed),
         bce_initial=f"{bce(StrengthGate(data.layers, gate.hidden_size, gate.kv_heads), data).item():.5f}",
         bce_final=f"{bce(gate, data).item():.5f}")

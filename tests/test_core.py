@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "memollm"
 
 TOOL_LIBRARIES = ("matplotlib", "seaborn", "scipy", "pandas", "ipywidgets")
-TOOL_UNITS = ("stats", "evaluate", "bench", "viz", "notebook", "cli")
+TOOL_UNITS = ("stats", "evaluate", "bench", "viz", "notebook", "cli", "training")
 # Top-level modules that are neither core nor tools: the package's front door, `python -m memollm`,
 # and the offline texts the evaluation and the lessons read (torch only, no extra).
 NOT_CORE = {"__init__", "__main__", "texts"}

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "memollm"
 
 LAYERS = [
     {"config"},                                   # every knob, validated once
-    {"memory", "models", "texts", "stats", "notebook", "reading"},  # forgetting curve; loading; text; statistics;
+    {"memory", "models", "texts", "stats", "notebook", "reading", "strength"},  # forgetting curve; loading; text; statistics;
                                                   # set-up; the one read and decode loop
     {"policies"},                                 # eviction scores
     {"cache", "attention"},                       # mechanics: slots, positions, the attention hook
@@ -22,7 +22,7 @@ LAYERS = [
     {"template"},                                 # a conversation as text and tokens
     {"chat"},                                     # a conversation over one session
     {"llm"},                                      # the seed's API
-    {"bench", "evaluate"},                        # measurement only
+    {"bench", "evaluate", "training"},            # measurement only; fitting a strength gate
     {"viz"},                                      # every plot
     {"cli", "__main__"},                          # the command line
 ]
