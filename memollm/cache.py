@@ -1,9 +1,10 @@
 """Physical KV-cache eviction with true positions.
 
 Dropping slots from a transformers ``DynamicCache`` is a gather along the sequence axis of
-every full-attention layer's keys and values (sliding-window layers keep their own window). The model must then be told each new token's *true*
-position (``model.generate`` tracks ``position_ids`` itself), otherwise rotary embeddings
-shift and the logits go wrong.
+every full-attention layer's keys and values (sliding-window layers keep their own window).
+The model must then be told each new token's *true* position (the read and decode loop passes
+``position_ids``): by default it counts the cache's length, so rotary embeddings would shift and
+the logits go wrong.
 """
 
 from __future__ import annotations

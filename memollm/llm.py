@@ -55,6 +55,7 @@ class GenerateArgs:
     verbose: bool = False
     stopping_criteria: Any = None
     streamer: Any = None
+    sampling: tuple = field(init=False, repr=False, compare=False)  # (do_sample, logits processors)
 
     def __post_init__(self) -> None:
         if self.generation_mode not in MODES:
@@ -62,7 +63,7 @@ class GenerateArgs:
         check_int("max_new_tokens", self.max_new_tokens, 1)
         if self.seed is not None:
             check_int("seed", self.seed, 0)
-        object.__setattr__(self, "sampling", sampling_processors(  # (do_sample, logits processors)
+        object.__setattr__(self, "sampling", sampling_processors(
             self.temperature, self.top_p, self.top_k, self.do_sample, self.repetition_penalty))
         for name in ("ignore_eos", "return_attention_weights", "verbose"):
             check_bool(name, getattr(self, name))
@@ -79,7 +80,7 @@ class GenerateArgs:
     @classmethod
     def parse(cls, kwargs: dict[str, Any]) -> "GenerateArgs":
         """Split ``generate``'s keywords into its own and ``MemoryConfig`` fields; others are a TypeError."""
-        names = [f.name for f in fields(cls) if f.name != "memory"]
+        names = [f.name for f in fields(cls) if f.init and f.name != "memory"]
         unknown = sorted(set(kwargs) - set(names) - set(KNOBS))
         if unknown:
             raise TypeError(f"generate() got unknown argument(s) {unknown}; valid: {names} and the MemoryConfig "
