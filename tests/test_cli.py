@@ -272,6 +272,10 @@ def test_a_knob_flag_reaches_the_config_and_a_bad_value_is_one_line(capsys):
     # a flag the mode never reads: one line, before any model is loaded; --compare gives each mode its own
     assert main(["generate", "--mode", "soft_delete", "--budget", "64", "--prompt", "x"]) == 2
     assert "memory_budget does nothing in generation_mode='soft_delete'" in capsys.readouterr().err
+    assert main(["eval", "ppl", "--soft-delete-floor", "0.5"]) == 2
+    assert "soft_delete_floor does nothing in generation_mode='evict'" in capsys.readouterr().err
+    assert main(["chat", "--mode", "sparse_attention", "--window", "8"]) == 2
+    assert "recent_window does nothing in generation_mode='sparse_attention'" in capsys.readouterr().err
 
 
 def test_generate_takes_any_knob_by_name_and_names_them_when_one_is_wrong():

@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
 
 
 def _check_chat_args(args: argparse.Namespace) -> None:
-    check_knobs(args)
+    check_knobs(args, args.mode)
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
         raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if args.seed < 0:
@@ -155,7 +155,7 @@ def run_recall(args: argparse.Namespace) -> int:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.turns < 8:
         raise UsageError(f"--turns must be >= 8 (room for 4 facts and their reviews), got {args.turns}")
-    check_knobs(args)
+    check_knobs(args, "evict")
     check_output_path("--json", args.json)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -104,14 +104,18 @@ def knobs_of(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in getattr(args, "knob_names", ()) if getattr(args, name) is not None}
 
 
-def check_knobs(args: argparse.Namespace):
-    """The config the command line asks for, validated before the (slow) model load."""
+def check_knobs(args: argparse.Namespace, mode: str | None = None):
+    """The config the command line asks for, validated before the (slow) model load; for a
+    ``mode``, a flag that the mode never reads is refused (``MemoryConfig.check_mode``)."""
     from ..config import MemoryConfig
 
     try:
-        return MemoryConfig().replace(**knobs_of(args))
+        cfg = MemoryConfig().replace(**knobs_of(args))
     except TypeError as exc:
         raise UsageError(str(exc)) from None
+    if mode is not None:
+        cfg.check_mode(mode, knobs_of(args))
+    return cfg
 
 
 class _Parser(argparse.ArgumentParser):

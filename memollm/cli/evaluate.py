@@ -159,7 +159,7 @@ def add_parser(sub) -> None:
 def _check_args(args) -> None:
     if getattr(args, "budget_fractions", None) is not None and args.budgets is None:
         args.budgets = [] if args.budget_fractions else [128]
-    cfg = check_knobs(args)
+    cfg = check_knobs(args, "evict")  # every evaluation compares evicting policies
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     penalty = getattr(args, "repetition_penalty", 1.0)

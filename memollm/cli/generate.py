@@ -8,7 +8,7 @@ import math
 import shutil
 import sys
 
-from ..config import MODES, ConfigError, knobs_for
+from ..config import MODES, knobs_for
 from .common import (UsageError, add_knob_args, add_model_args, check_knobs, check_model_args, check_output_path,
                      knobs_of, load_llm, positive_int, write_output)
 
@@ -51,13 +51,8 @@ def compare_table(results: list[dict]) -> str:
 def run_generate(args: argparse.Namespace) -> int:
     if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    cfg = check_knobs(args)
+    check_knobs(args, None if args.compare else args.mode)  # --compare gives each mode the flags it reads
     modes = MODES if args.compare else (args.mode,)
-    if not args.compare:  # a flag the mode never reads is an error here too; --compare gives each mode its own
-        try:
-            cfg.check_mode(args.mode, knobs_of(args))
-        except ConfigError as exc:
-            raise UsageError(str(exc)) from None
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
         raise UsageError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if not args.prompt.strip():
