@@ -150,6 +150,25 @@ def test_retention_by_layer_is_a_heat_map_of_r():
     plt.close(fig)
 
 
+def test_token_strength_colours_each_token_by_log_s():
+    import matplotlib.pyplot as plt
+
+    tokens = ["The", " pass", " key", " is", " 4", "8", ".", "\n"]
+    log_s = np.log([2.0, 1.0, 3.0, 8.0, 0.5, 0.7, 20.0, 5.0])
+    fig = viz.plot_token_strength(tokens, log_s, vmin=np.log(0.5), vmax=np.log(20.0))
+    ax, bar = fig.axes
+    texts = [t for t in ax.texts]
+    assert [t.get_text() for t in texts] == ["The", " pass", " key", " is", " 4", "8", ".", "\\n"]
+    lum = [np.dot(t.get_bbox_patch().get_facecolor()[:3], (0.299, 0.587, 0.114)) for t in texts]
+    order = np.argsort(log_s)
+    assert np.all(np.diff(np.asarray(lum)[order]) > 0)  # magma: a longer-lived token is brighter
+    assert bar.get_xlabel() == "S in tokens (log scale)"
+    assert [t.get_text() for t in bar.get_xticklabels()][::4] == ["0.5", "20"]  # labelled in S, not log S
+    with pytest.raises(ValueError, match="8 tokens but 2 values"):
+        viz.plot_token_strength(tokens, [0.0, 1.0])
+    plt.close(fig)
+
+
 def test_masked_raster_draws_masked_matrix_with_unread_cells_blank():
     import matplotlib.pyplot as plt
 

@@ -1,6 +1,6 @@
 """The lessons' plots: forgetting curves and the interactive panel (01), token heat maps and
 retention per layer (02), masked positions (03), KV bytes, position ids and kept tokens (04),
-long streams (05).
+long streams (05), learned strengths over a text (09).
 It is long because the notebooks reach every lesson figure through this one module."""
 
 from __future__ import annotations
@@ -248,6 +248,34 @@ def token_heatmap(tokens, values, *, title: str = "tokens coloured by retention"
     cax = fig.add_axes((0.25, 0.3 / height, 0.5, 0.12 / height))
     fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=colormap), cax=cax, orientation="horizontal", label=label)
     fig.suptitle(title, fontsize=10, x=0.015, ha="left", y=1 - 0.05 / height, va="top")
+    return fig
+
+
+def plot_token_strength(tokens, log_strength, *, title: str = "tokens coloured by their learned strength S",
+                        vmin: float | None = None, vmax: float | None = None, cmap: str = "magma",
+                        width: float = 11.0, fontsize: float = 9.0):
+    """Text laid out as it reads, each token on a box coloured by ``log S`` (natural log, S in tokens).
+
+    ``log_strength``: one value per token (a gate's log S, e.g. averaged over layers and heads).
+    The colour scale runs from ``vmin`` to ``vmax`` (default: the 2nd and 98th percentiles, so a
+    sink's huge S does not wash out the rest); the colour bar is labelled in S itself.
+    """
+    import math
+
+    import numpy as np
+
+    values = np.asarray([float(v) for v in log_strength])
+    if len(tokens) != len(values):
+        raise ValueError(f"{len(tokens)} tokens but {len(values)} values")
+    lo = float(np.percentile(values, 2)) if vmin is None else float(vmin)
+    hi = float(np.percentile(values, 98)) if vmax is None else float(vmax)
+    if hi <= lo:
+        hi = lo + 1.0
+    fig = token_heatmap(list(tokens), values.tolist(), title=title, label="S in tokens (log scale)",
+                        vmin=lo, vmax=hi, cmap=cmap, width=width, fontsize=fontsize)
+    cax = fig.axes[-1]
+    ticks = np.linspace(lo, hi, 5)
+    cax.set_xticks(ticks, [f"{math.exp(t):.2g}" for t in ticks])
     return fig
 
 
