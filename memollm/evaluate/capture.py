@@ -144,7 +144,7 @@ def capture_table(records: Sequence[dict], baseline: str = "tova") -> str:
                 text = f"{d.mean:+.3f}" if math.isnan(d.low) else f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
                 cells.append(f"**{text}**" if d.low > 0 else text)
             rows.append(cells)
-    return markdown(["policy", "budget", "n", "capture", "capture old", f"Δ vs {baseline} [95% t CI]"], rows, "lrrrrr")
+    return markdown(["policy", "budget", "n", "capture", "capture old", f"Δ vs {baseline} [95% t interval]"], rows, "lrrrrr")
 
 
 __all__ = ["CAPTURE_POLICIES", "capture", "capture_table", "simulate"]
