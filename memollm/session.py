@@ -72,7 +72,7 @@ class MemorySession(SessionViews):
         # a learned strength: the gate reads every new token's attention input (``attention_input``)
         self.gate = find_gate(model, config.strength_gate) if getattr(self.policy, "needs_strength", False) else None
         self.reads_inputs = self.gate is not None
-        self._inputs: list[torch.Tensor | None] = []
+        self._strengths: list[torch.Tensor | None] = []  # this pass's learned log S per layer, [batch, heads, q]
         self.scoring = record or (self.memory is not None and self.memory.config.review != "none") or (
             self.policy is not None and self.policy.needs_attention)
         self.cache = None
@@ -207,14 +207,16 @@ class MemorySession(SessionViews):
         elif self.mode == "soft_delete" and self.num_cached and self.config.soft_delete_floor < 1.0:
             self._weights = self.memory.soft_weights()
         self._received = [None] * len(self.layer_ids)
-        self._inputs = [None] * len(self.layer_ids)
+        self._strengths = [None] * len(self.layer_ids)
         return args, kwargs
 
     def attention_input(self, module, args, kwargs):
-        """Forward pre-hook on an attention module: keep the new tokens' attention input for the gate."""
+        """Forward pre-hook on an attention module: the gate reads the new tokens' attention input at
+        once (holding a long prompt's inputs for every layer until the pass ends would cost ~0.5 GB)."""
         slot = self.layer_slot.get(module.layer_idx)
         if slot is not None:
-            self._inputs[slot] = kwargs.get("hidden_states", args[0] if args else None)
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            self._strengths[slot] = self.gate(module.layer_idx, hidden).movedim(-1, 1)
         return None
 
     def _check_cache(self, cache) -> None:
@@ -306,9 +308,8 @@ class MemorySession(SessionViews):
         self._append_positions(batch, q_len)
         self.peak_cached = max(self.peak_cached, self.num_cached)  # before a prompt is compressed
         received = self._received_this_pass()
-        if self.gate is not None and all(h is not None for h in self._inputs):
-            self.policy.learn(self._in_rows([self.gate(layer, h).movedim(-1, 1) for layer, h in
-                                             zip(self.layer_ids, self._inputs)]))
+        if self.gate is not None and all(s is not None for s in self._strengths):
+            self.policy.learn(self._in_rows(self._strengths))
         self._update_state(received, batch, q_len)
         if self.mode == "evict" and self.policy.evicts and self.num_cached > self.config.memory_budget:
             self._evict_to(self.config.memory_budget, self.steps + 1)  # a prompt longer than the budget

@@ -113,11 +113,11 @@ def find_gate(model: torch.nn.Module, path: str | Path | None = None) -> Strengt
         if not gate.matches(model):
             raise ConfigError(f"strength gate {str(path)!r} was trained for {gate.metadata.get('model', '?')}, "
                               f"not for this {type(model).__name__}; train one with `memollm train-strength`")
-        return gate
+        return gate.requires_grad_(False)
     for candidate in bundled_gates():
         gate = StrengthGate.load(candidate)
         if gate.matches(model):
-            return gate
+            return gate.requires_grad_(False)
     raise ConfigError(f"no strength gate ships for this {type(model).__name__} "
                       f"({model_signature(model)['model_type']}, {model_signature(model)['num_hidden_layers']} layers): "
                       "train one with `memollm train-strength --model ... --out gate.safetensors` and pass "
