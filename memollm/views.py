@@ -187,7 +187,7 @@ class SessionViews:
 
     @property
     def effective_config(self) -> MemoryConfig:
-        """The settings that ran: a preset policy (e.g. ``ebbinghaus_tuned``) has its own."""
+        """The settings that ran: a preset policy (e.g. ``ebbinghaus_seed``) has its own."""
         return self.policy.config if self.policy is not None else self.config
 
     def results(self, since: int | None = None) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def reinforcement_trace(config=None, *, steps: int = 200, review_every: int | No
 
     Returns ``(steps_array, r_reviewed, r_ignored, strength_reviewed)``; the update rule is
     exactly the one generation uses (age grows by ``time_step`` per token read; a share at or
-    above ``reinforce_threshold`` adds ``strength_gain * share`` to S and resets the age).
+    above ``review_threshold`` adds ``strength_gain * share`` to S and resets the age).
     """
     import numpy as np
     import torch
