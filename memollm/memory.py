@@ -19,6 +19,17 @@ def retention(age: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
     return torch.exp(-age / strength)
 
 
+def top_p_keys(attention: torch.Tensor, p: float, sinks: int) -> torch.Tensor:
+    """Bool like ``attention`` ``[..., keys]``: the fewest keys, the first ``sinks`` left out, that hold
+    ``p`` of the remaining attention mass (a review is a retrieval; the strength gate's targets)."""
+    a = attention.float().clone()
+    a[..., :sinks] = 0.0
+    ranked, order = a.sort(dim=-1, descending=True)
+    before = ranked.cumsum(-1) - ranked  # mass of the keys ranked above each one
+    top = (before < p * ranked.sum(-1, keepdim=True)) & (ranked > 0)
+    return torch.zeros_like(top).scatter(-1, order, top)
+
+
 class EbbinghausMemory:
     """Strength and age of every cached token in every memory layer.
 
@@ -99,13 +110,7 @@ class EbbinghausMemory:
         cfg = self.config
         if cfg.review == "share":
             return share >= cfg.review_threshold
-        # top_p: the keys holding the top p of the attention mass, sinks excluded
-        a = received.float().clone()
-        a[..., : cfg.sink_tokens] = 0.0
-        ranked, order = a.sort(dim=-1, descending=True)
-        before = ranked.cumsum(-1) - ranked  # mass of the keys ranked above each one
-        top = (before < cfg.review_top_p * ranked.sum(-1, keepdim=True)) & (ranked > 0)
-        return torch.zeros_like(top).scatter(-1, order, top)
+        return top_p_keys(received, cfg.review_top_p, cfg.sink_tokens)
 
     def reinforce(self, received: torch.Tensor, visible: torch.Tensor | int) -> None:
         """Reviews (and traces) from one step's attention ``received`` ``[layers, rows, tokens]``."""

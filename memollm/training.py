@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .cache import full_attention_layers
 from .models import DEFAULT_MODEL, ModelNotAvailableError
+from .memory import top_p_keys
 from .strength import StrengthGate, model_signature
 from .texts import passages
 
@@ -96,13 +97,8 @@ def eager_pass(model: torch.nn.Module, ids: torch.Tensor, layers: Sequence[int])
 
 def top_half(attn: torch.Tensor, sinks: int = SINKS) -> torch.Tensor:
     """Bool ``[..., T, T]``: key ``k`` is among the fewest non-sink keys holding half of query ``t``'s
-    non-sink attention mass (ties broken by the sort)."""
-    a = attn.clone()
-    a[..., :sinks] = 0
-    val, order = a.sort(-1, descending=True)
-    before = val.cumsum(-1) - val
-    inside = (before < 0.5 * a.sum(-1, keepdim=True)) & (val > 0)
-    return torch.zeros_like(inside).scatter_(-1, order, inside)
+    non-sink attention mass (ties broken by the sort): the top-p review rule at p = 0.5."""
+    return top_p_keys(attn, 0.5, sinks)
 
 
 # -- data -------------------------------------------------------------------------------------
