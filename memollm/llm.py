@@ -22,7 +22,7 @@ from .attention import attached
 from .cache import rotary_embedding
 from .config import KNOBS, MODES, ConfigError, MemoryConfig, check_bool, check_int
 from .models import DEFAULT_MODEL, load_model, max_positions, stop_token_ids, timed
-from .reading import decode, read, room, sampling_processors
+from .reading import decode, read, sampling_processors
 from .session import MemorySession, generation_result
 
 log = logging.getLogger(__name__)

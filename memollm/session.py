@@ -71,7 +71,6 @@ class MemorySession(SessionViews):
             self.own_memory if self.own_memory is not None else getattr(self.policy, "memory", None))
         # a learned strength: the gate reads every new token's attention input (``attention_input``)
         self.gate = find_gate(model, config.strength_gate) if getattr(self.policy, "needs_strength", False) else None
-        self.reads_inputs = self.gate is not None
         self._strengths: list[torch.Tensor | None] = []  # this pass's learned log S per layer, [batch, heads, q]
         self.scoring = record or (self.memory is not None and self.memory.config.review != "none") or (
             self.policy is not None and self.policy.needs_attention)
@@ -210,6 +209,11 @@ class MemorySession(SessionViews):
         self._strengths = [None] * len(self.layer_ids)
         return args, kwargs
 
+    @property
+    def reads_inputs(self) -> bool:
+        """Whether ``attached`` must hook the attention inputs: only for a learned strength."""
+        return self.gate is not None
+
     def attention_input(self, module, args, kwargs):
         """Forward pre-hook on an attention module: the gate reads the new tokens' attention input at
         once (holding a long prompt's inputs for every layer until the pass ends would cost ~0.5 GB)."""
@@ -252,7 +256,6 @@ class MemorySession(SessionViews):
     def attend(self, module, query, key, value, attention_mask, **kwargs):
         """Called by the registered attention function for every layer at every step."""
         q_len, kv_len = query.shape[-2], key.shape[-2]
-        batch = query.shape[0]
         slot = self.layer_slot.get(module.layer_idx)
         cached = kv_len - q_len
         if self._keep is not None and cached == self._keep.shape[-1] and module.layer_idx in self.full_set:

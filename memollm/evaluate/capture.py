@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..cache import full_attention_layers
 from ..stats import markdown, paired
-from ..strength import StrengthGate
+from ..strength import StrengthGate, find_gate
 from ..training import SINKS, eager_pass, passage_list
 
 CAPTURE_POLICIES = ("streaming", "h2o", "tova", "learned", "oracle")
@@ -95,8 +95,6 @@ def capture(llm, *, passages: int = 6, tokens: int = 1024, budgets: Sequence[int
     layers = full_attention_layers(llm.model)
     if "learned" in policies:
         if gate is None:
-            from ..strength import find_gate
-
             gate = find_gate(llm.model)
         if list(gate.layers) != layers:
             raise ValueError(f"the gate maps layers {gate.layers}, the model's full-attention layers are {layers}")
