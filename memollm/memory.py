@@ -30,6 +30,25 @@ def top_p_keys(attention: torch.Tensor, p: float, sinks: int) -> torch.Tensor:
     return torch.zeros_like(top).scatter(-1, order, top)
 
 
+def reviewed(config: MemoryConfig, received: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """Which tokens one step's attention ``received`` reviews (bool, like ``received``); ``share``
+    is ``received`` in uniform shares (``received * visible keys``)."""
+    if config.review == "share":
+        return share >= config.review_threshold
+    return top_p_keys(received, config.review_top_p, config.sink_tokens)
+
+
+def reviewed_strength(config: MemoryConfig, strength: torch.Tensor, r: torch.Tensor,
+                      share: torch.Tensor) -> torch.Tensor:
+    """The strength after a review (``stability``): the seed's ``S + gain * share``, or FSRS's
+    growth, which vanishes for a massed review (R just before it near 1) and falls as S grows."""
+    if config.stability == "additive":
+        return strength + config.strength_gain * share
+    growth = config.strength_gain * strength.pow(-config.stability_decay) * torch.expm1(
+        config.retrievability_gain * (1.0 - r))
+    return strength * (1.0 + growth)
+
+
 class EbbinghausMemory:
     """Strength and age of every cached token in every memory layer.
 
@@ -105,13 +124,6 @@ class EbbinghausMemory:
         scales = torch.tensor(self.TRACE_SCALES[cfg.trace], device=self.strength.device).view(-1, 1, 1, 1)
         return scales * (cfg.trace_tau * cfg.memory_budget * self.strength / cfg.initial_strength)
 
-    def reviewed(self, received: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
-        """Which tokens this step's attention reviews (bool, like ``received``)."""
-        cfg = self.config
-        if cfg.review == "share":
-            return share >= cfg.review_threshold
-        return top_p_keys(received, cfg.review_top_p, cfg.sink_tokens)
-
     def reinforce(self, received: torch.Tensor, visible: torch.Tensor | int) -> None:
         """Reviews (and traces) from one step's attention ``received`` ``[layers, rows, tokens]``."""
         cfg = self.config
@@ -121,13 +133,8 @@ class EbbinghausMemory:
         if cfg.review == "none":
             return
         share = received.float() * visible
-        hit = self.reviewed(received, share)
-        if cfg.stability == "additive":
-            strength = self.strength + cfg.strength_gain * share
-        else:  # FSRS: growth vanishes for massed reviews (R near 1) and falls as S grows
-            growth = cfg.strength_gain * self.strength.pow(-cfg.stability_decay) * torch.expm1(
-                cfg.retrievability_gain * (1.0 - self.retention()))
-            strength = self.strength * (1.0 + growth)
+        hit = reviewed(cfg, received, share)
+        strength = reviewed_strength(cfg, self.strength, self.retention(), share)
         self.strength = torch.where(hit, strength, self.strength)
         self.age = torch.where(hit, torch.zeros_like(self.age), self.age)
 

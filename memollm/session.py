@@ -285,18 +285,23 @@ class MemorySession(SessionViews):
         self._after_step()
         return output
 
-    def adopt_prefill(self, cache, received: dict[int, torch.Tensor]) -> None:
+    def adopt_prefill(self, cache, received: dict[int, torch.Tensor],
+                      strengths: dict[int, torch.Tensor] | None = None) -> None:
         """Take over a cache that a prompt was prefilled into without this session, as if the
         session had been attached: ``received[layer]`` ``[batch, kv_heads, tokens]`` is the
         attention each token got in that prefill from the last ``observation_window`` queries
-        (not pooled) (``memollm.evaluate`` prefills a prompt once
-        and hands it to several sessions; the cache must already hold this session's batch rows).
+        (not pooled), and ``strengths[layer]`` (same shape) the learned log S, needed where a
+        policy learns its strength (``memollm.evaluate`` prefills a prompt once and hands it to
+        several sessions; the cache must already hold this session's batch rows).
         """
         if self.cache is not None or self.num_cached:
             raise RuntimeError("adopt_prefill starts a session: this one already holds tokens")
         if self.gate is not None:
-            raise NotImplementedError("a learned strength reads each token's attention input, which a prefill made "
-                                      "without the session did not keep: read the prompt with the session attached")
+            missing = [l for l in self.layer_ids if l not in (strengths or {})]
+            if missing:
+                raise ValueError(f"a learned strength needs the prefill's log S of every memory layer; missing "
+                                 f"layers {missing} (prefill under evaluate.rows.PrefillCapture)")
+            self._strengths = [strengths[l] for l in self.layer_ids]
         self.cache = cache
         batch, q_len = cache.layers[self.full_layers[0]].keys.shape[0], cached_tokens(cache)
         self._new_positions = torch.arange(q_len, device=self.positions.device).expand(batch, q_len)

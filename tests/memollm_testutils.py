@@ -150,3 +150,18 @@ def per_layer_masked_reference(model, ids: torch.Tensor, tokens: list[int], even
         return argmax
     finally:
         model.set_attn_implementation(previous)
+
+
+def random_gate(model, seed: int = 0):
+    """A random strength gate shaped for ``model``: log S spread over a few orders of magnitude."""
+    import json
+
+    from memollm.strength import StrengthGate, model_signature
+
+    cfg = model.config
+    gate = StrengthGate(list(range(cfg.num_hidden_layers)), cfg.hidden_size, cfg.num_key_value_heads,
+                        init_log_strength=2.0, metadata={"signature": json.dumps(model_signature(model)),
+                                                         "model": "tiny", "seed": str(seed)})
+    with torch.no_grad():
+        gate.weight.copy_(torch.randn(gate.weight.shape, generator=torch.Generator().manual_seed(seed)))
+    return gate

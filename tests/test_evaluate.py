@@ -19,13 +19,12 @@ from memollm.attention import attached
 from memollm.lessons import kv_trace
 from memollm.cli import main as cli_main
 from memollm.config import ConfigError, MemoryConfig
-from memollm.evaluate.passkey import _Capture
 from memollm.evaluate.recall import (FACT_KINDS, SMALL_TALK, SPLITS, build_conversation, recall, run_conversation,
                                      recall_table)
 from memollm.evaluate.retrieval import INTRO, TASKS, retrieval, retrieval_cases, retrieval_summary
-from memollm.evaluate.rows import copy_prefill, greedy, rows_from_prefill, rows_session, spec
+from memollm.evaluate.rows import PrefillCapture, copy_prefill, greedy, rows_from_prefill, rows_session, spec
 from memollm.texts import text_segments
-from memollm_testutils import assert_clean
+from memollm_testutils import assert_clean, random_gate
 
 torch.set_num_threads(1)
 
@@ -167,40 +166,43 @@ def test_copy_prefill_leaves_the_prefill_intact(make_tiny):
 def test_variant_configs_kept(llm):
     """A variant keeps its own knobs; budget, sinks, window, granularity and observation come from the run."""
     ids = llm.tokenizer("A short prompt to prefill once for two policies.", return_tensors="pt").input_ids
-    capture, cache = _Capture(4), DynamicCache(config=llm.model.config)
-    with torch.no_grad(), attached(llm.model, capture):
-        llm.model(ids, cache=cache, use_cache=True)
     run = llm.config.replace(memory_budget=48, sink_tokens=2, recent_window=8, observation_window=4)
     specs = [("plain", "ebbinghaus", None), ("gain3", "ebbinghaus", MemoryConfig(strength_gain=3.0, sink_tokens=9))]
-    session, _ = rows_from_prefill(llm.model, specs, run, [(l.keys, l.values) for l in cache.layers], capture.received)
+    capture, cache = PrefillCapture(llm.model, specs, run), DynamicCache(config=llm.model.config)
+    with torch.no_grad(), attached(llm.model, capture):
+        llm.model(ids, cache=cache, use_cache=True)
+    session, _ = rows_from_prefill(llm.model, specs, run, [(l.keys, l.values) for l in cache.layers], capture)
     plain, gain = (p.config for p in session.policy.policies)
     assert gain.strength_gain == 3.0 and plain.strength_gain == run.strength_gain
     assert gain.memory_budget == plain.memory_budget == 48 and gain.sink_tokens == 2 and gain.recent_window == 8
 
 
 @pytest.mark.parametrize("granularity", ["shared", "layer", "head"])
-def test_one_prefill_for_every_policy_equals_reading_the_prompt_per_policy(make_tiny, granularity):
+def test_one_prefill_for_every_policy_equals_reading_the_prompt_per_policy(make_tiny, granularity, tmp_path):
     """passkey(read="whole") prefills once and hands copies to every policy (adopt_prefill): the
-    same answers and the same kept positions as each policy reading the prompt itself."""
+    same answers and the same kept positions as each policy reading the prompt itself, the
+    learned strength (read from the prefill's attention inputs) included."""
     from transformers import DynamicCache
 
     from memollm.attention import attached
 
     llm = make_tiny("llama")
     ids = torch.stack([E.passkey_ids(llm.tokenizer, 120, d, 12345) for d in (0.2, 0.7)])
-    cfg = llm.config.replace(granularity=granularity, observation_window=8, observation_pool=3)
-    policies = ["ebbinghaus", "tova", "h2o"]
+    random_gate(llm.model).save(tmp_path / "gate.safetensors")
+    cfg = llm.config.replace(granularity=granularity, observation_window=8, observation_pool=3,
+                             strength_gate=str(tmp_path / "gate.safetensors"))
+    policies = ["ebbinghaus", "tova", "h2o", "ebbinghaus_learned"]
     res = E.stream(llm, ids, policies, 40, sink_tokens=4, recent_window=8, prefill=ids.shape[1],
                    prefill_chunk=ids.shape[1], config=cfg, keep_session=True)
     with attached(llm.model, res.session):
         alone = greedy(llm.model, res.cache, 4, res.last_logits)
     cache = DynamicCache(config=llm.model.config)
-    capture = _Capture(8)
+    run = E.eval_config(llm, 40, 4, 8, cfg)
+    capture = PrefillCapture(llm.model, policies, run)
     with torch.no_grad(), attached(llm.model, capture):
         logits = llm.model(ids, cache=cache, use_cache=True).logits[:, -1]
-    run = E.eval_config(llm, 40, 4, 8, cfg)
     session, copy = rows_from_prefill(llm.model, policies, run, [(l.keys, l.values) for l in cache.layers],
-                                      capture.received, rows_each=ids.shape[0])
+                                      capture, rows_each=ids.shape[0])
     with attached(llm.model, session):
         shared = greedy(llm.model, copy, 4, logits.repeat(len(policies), 1))
     assert torch.equal(shared, alone)

@@ -10,6 +10,7 @@ import torch
 
 from memollm import EbbinghausMemory, MemoryConfig, retention
 from memollm.config import SEED_RULE
+from memollm.memory import reviewed
 from memollm_testutils import one_thread
 
 _one_thread = one_thread()
@@ -135,13 +136,13 @@ def _att(values) -> torch.Tensor:
 def test_top_p_review_is_the_keys_holding_the_mass_sinks_excluded():
     mem = _mem(review="top_p", review_top_p=0.5)
     received = _att([0.5, 0.3, 0.1, 0.06, 0.04])  # token 0 is a sink: the rest hold 0.5
-    hit = mem.reviewed(received, received * 5)
+    hit = reviewed(mem.config, received, received * 5)
     assert hit[0, 0].tolist() == [False, True, False, False, False]  # 0.3 of 0.5 is past half the mass
     mem = _mem(review="top_p", review_top_p=0.9)
-    hit = mem.reviewed(received, received * 5)
+    hit = reviewed(mem.config, received, received * 5)
     assert hit[0, 0].tolist() == [False, True, True, True, False]
     # the seed's rule: any share above uniform (0.2 here), the sink included
-    assert _mem().reviewed(received, received * 5)[0, 0].tolist() == [True, True, False, False, False]
+    assert reviewed(_mem().config, received, received * 5)[0, 0].tolist() == [True, True, False, False, False]
 
 
 def test_fsrs_massed_reviews_add_almost_nothing_spaced_ones_a_lot():

@@ -10,36 +10,25 @@ import torch
 from memollm import ConfigError
 from memollm.policies import make_policy
 from memollm.strength import StrengthGate, find_gate, model_signature
-from memollm_testutils import assert_clean, greedy_reference, one_thread, per_layer_masked_reference
+from memollm_testutils import assert_clean, greedy_reference, one_thread, per_layer_masked_reference, random_gate
 
 _one_thread = one_thread()
 
 PROMPT = "Spaced repetition keeps what is used and lets the rest fade away. " * 3
 
 
-def _gate(model, seed: int = 0) -> StrengthGate:
-    """A random gate shaped for ``model``: log S spread over a few orders of magnitude."""
-    cfg = model.config
-    gate = StrengthGate(list(range(cfg.num_hidden_layers)), cfg.hidden_size, cfg.num_key_value_heads,
-                        init_log_strength=2.0, metadata={"signature": json.dumps(model_signature(model)),
-                                                         "model": "tiny", "seed": str(seed)})
-    with torch.no_grad():
-        gate.weight.copy_(torch.randn(gate.weight.shape, generator=torch.Generator().manual_seed(seed)))
-    return gate
-
-
 @pytest.fixture
 def gate_file(tiny, tmp_path):
     path = tmp_path / "gate.safetensors"
-    _gate(tiny.model).save(path)
+    random_gate(tiny.model).save(path)
     return str(path)
 
 
 def test_a_gate_round_trips_with_its_metadata_and_the_same_gate_gives_the_same_bytes(tiny, tmp_path):
-    gate = _gate(tiny.model)
+    gate = random_gate(tiny.model)
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     gate.save(a)
-    _gate(tiny.model).save(b)
+    random_gate(tiny.model).save(b)
     assert a.read_bytes() == b.read_bytes()
     back = StrengthGate.load(a)
     assert back.layers == gate.layers and back.metadata["model"] == "tiny" and back.matches(tiny.model)
@@ -56,7 +45,7 @@ def test_a_model_without_a_gate_gets_an_error_naming_the_training_command(tiny, 
         find_gate(llm.model)
     with pytest.raises(ConfigError, match="no such file"):
         find_gate(llm.model, tmp_path / "missing.safetensors")
-    other = _gate(llm.model)
+    other = random_gate(llm.model)
     other.metadata["signature"] = json.dumps({**model_signature(llm.model), "hidden_size": 1})
     other.save(tmp_path / "other.safetensors")
     with pytest.raises(ConfigError, match="train one"):
@@ -77,6 +66,26 @@ def test_the_policy_ranks_by_retention_with_the_strength_it_learned():
     p.learn(torch.zeros(1, 1, 1))
     p.append(1, 1)
     torch.testing.assert_close(p.age, torch.tensor([[3.0, 1.0, 0.0]]))
+
+
+def test_a_review_restarts_the_curve_and_fsrs_grows_the_strength():
+    """With reviews on, a token among the keys holding half the newest query's attention gets
+    age 0 (in any state layer); with ``strength_gain=0`` its S stays, with FSRS it grows."""
+    from memollm import MemoryConfig
+
+    for gain, grows in ((0.0, False), (1.0, True)):
+        p = make_policy("ebbinghaus_learned", MemoryConfig(review="top_p", review_top_p=0.5, sink_tokens=1,
+                                                           strength_gain=gain), 1)
+        assert p.needs_attention
+        p.learn(torch.log(torch.full((1, 1, 4), 50.0)))
+        p.append(1, 4)
+        p.append(1, 1)  # ages now 4, 3, 2, 1, 0
+        before = p.log_strength.clone()
+        p.observe(torch.tensor([[[0.1, 0.1, 0.6, 0.1, 0.1]]]), 5)  # token 2 holds most of the non-sink mass
+        assert p.age[0].tolist() == [4.0, 3.0, 0.0, 1.0, 0.0]
+        assert bool(p.log_strength[0, 2] > before[0, 2]) is grows
+        assert torch.equal(p.log_strength[0, [0, 1, 3]], before[0, [0, 1, 3]])
+    assert not make_policy("ebbinghaus_learned", MemoryConfig(review="none"), 1).needs_attention
 
 
 def test_with_room_for_everything_it_gives_the_baselines_tokens(tiny, gate_file):
@@ -110,7 +119,7 @@ def test_the_gate_decides_what_is_kept(tiny, tmp_path):
     kept = []
     for seed in (0, 1):
         path = tmp_path / f"g{seed}.safetensors"
-        _gate(llm.model, seed).save(path)
+        random_gate(llm.model, seed).save(path)
         r = llm.generate(PROMPT, 4, "evict", chat=False, memory_budget=16, sink_tokens=2, recent_window=4,
                          policy="ebbinghaus_learned", strength_gate=str(path), granularity="shared", ignore_eos=True)
         kept.append(r["evict_events"])

@@ -15,12 +15,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from ..attention import attached, received_attention
+from ..attention import attached
 from ..config import MemoryConfig
 from .core import EVICTING, eval_config, stream
-from .rows import greedy, rows_from_prefill, spec
+from .rows import PrefillCapture, greedy, rows_from_prefill, spec
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 
@@ -44,28 +43,6 @@ def passkey_ids(tokenizer, length: int, depth: float, key: int) -> torch.Tensor:
     filler = (filler_one * (room // len(filler_one) + 1))[:room]
     cut = int(round(depth * room))
     return torch.tensor(intro + filler[:cut] + needle + filler[cut:] + question)
-
-
-class _Capture:
-    """Attached for one prefill: sdpa for the output, and per layer the attention each token
-    gets from the last ``window`` queries, per KV head (what a session scores, before pooling)."""
-
-    def __init__(self, window: int) -> None:
-        self.window = window
-        self.received: dict[int, torch.Tensor] = {}
-
-    def pre_forward(self, module, args, kwargs):
-        return args, kwargs
-
-    def post_forward(self, module, args, kwargs, output):
-        return output
-
-    def attend(self, module, query, key, value, attention_mask, **kwargs):
-        out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-        got = received_attention(query, key, attention_mask, kwargs.get("scaling"), window=self.window,
-                                 per_kv_head=True)
-        self.received[module.layer_idx] = got
-        return out
 
 
 def passkey_budget(length: int, fraction: float, question_tokens: int) -> int:
@@ -106,7 +83,7 @@ def passkey(llm, *, budgets: Sequence[int] = (128,), budget_fractions: Sequence[
         ks = keys[(length, depth)]
         ids = torch.stack([passkey_ids(llm.tokenizer, length, depth, k) for k in ks]).to(llm.device)
         cache = DynamicCache(config=llm.model.config)  # the full-cache reference; read once for every setting
-        capture = _Capture(base_cfg.observation_window)
+        capture = PrefillCapture(llm.model, policies, base_cfg)
         with torch.no_grad(), attached(llm.model, capture):
             logits = llm.model(ids, cache=cache, use_cache=True).logits[:, -1]
         prefilled = [(layer.keys, layer.values) for layer in cache.layers]
@@ -117,7 +94,7 @@ def passkey(llm, *, budgets: Sequence[int] = (128,), budget_fractions: Sequence[
                 if read == "whole":  # every policy compresses the same prefill: computed once above
                     session, cache_p = rows_from_prefill(
                         llm.model, policies, eval_config(llm, budget, sink_tokens, recent_window, base), prefilled,
-                        capture.received, seed=seed, rows_each=rows)
+                        capture, seed=seed, rows_each=rows)
                     first = logits.repeat(len(policies), 1)
                 else:
                     res = stream(llm, ids, policies, budget, sink_tokens=sink_tokens, recent_window=recent_window,

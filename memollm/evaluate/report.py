@@ -6,6 +6,7 @@ Reads the evaluation records in figures/ (``eval_ppl.json``, ``eval_retrieval.js
 ``eval_stream_tokens.json`` and ``eval_stream.json``, where they exist), and writes ``figures/quality_report.md`` and
 ``figures/quality_forest.png``. With ``--readme`` the text between the README's markers
 ``<!-- quality-report:begin -->`` and ``<!-- quality-report:end -->`` is replaced by the tables.
+Another ``--policy`` (``ebbinghaus_learned``) gets its own page, plot and markers, named after it.
 
 Why this shape: a policy is worth its memory only if it beats the *best* competitor at the same
 budget, not the weakest, and on the same units (passages, documents, windows), so every
@@ -29,6 +30,16 @@ from ..stats import Paired, holm, judge, markdown, paired
 
 BEGIN, END = "<!-- quality-report:begin -->", "<!-- quality-report:end -->"
 PEERS = ("streaming", "h2o", "tova", "snapkv")
+DEFAULT_POLICY = "ebbinghaus"
+"""The policy whose page is ``quality_report.md``; another policy's page and README markers carry its name."""
+
+
+def outputs(policy: str) -> tuple[str, str, tuple[str, str]]:
+    """The page's and the forest plot's file names and the README markers for ``policy``'s report."""
+    if policy == DEFAULT_POLICY:
+        return "quality_report.md", "quality_forest.png", (BEGIN, END)
+    return (f"quality_report_{policy}.md", f"quality_forest_{policy}.png",
+            (f"<!-- quality-report {policy}:begin -->", f"<!-- quality-report {policy}:end -->"))
 VERDICT = {"better": "wins", "worse": "loses", "tie": "ties"}
 
 
@@ -270,14 +281,15 @@ def forest_rows(tables: list[Table], policy: str) -> list[dict[str, Any]]:
     return rows
 
 
-def replace_between_markers(readme: Path, body: str) -> bool:
-    """Put ``body`` between the README's markers; False (README untouched) where they are missing."""
+def replace_between_markers(readme: Path, body: str, markers: tuple[str, str] = (BEGIN, END)) -> bool:
+    """Put ``body`` between the README's ``markers``; False (README untouched) where they are missing."""
+    begin, end_marker = markers
     text = readme.read_text()
-    start, end = text.find(BEGIN), text.find(END)
+    start, end = text.find(begin), text.find(end_marker)
     if start < 0 or end < start:
-        print(f"{readme}: markers {BEGIN} ... {END} not found; the README is left as it is")
+        print(f"{readme}: markers {begin} ... {end_marker} not found; the README is left as it is")
         return False
-    new = text[:start + len(BEGIN)] + "\n" + body + text[end:]
+    new = text[:start + len(begin)] + "\n" + body + text[end:]
     if new != text:
         readme.write_text(new)
     return True
@@ -298,17 +310,19 @@ def load_all(figures: Path) -> tuple[dict[str, list[dict]], list[str]]:
     return records, sources
 
 
-def write_report(figures: Path, *, policy: str = "ebbinghaus", peers: Sequence[str] = PEERS, level: float = 0.95,
+def write_report(figures: Path, *, policy: str = DEFAULT_POLICY, peers: Sequence[str] = PEERS, level: float = 0.95,
                  readme: Path | None = None, plot: Callable[[list[dict]], Any] | None = None) -> list[Table]:
     """Write ``quality_report.md`` (and, given ``plot`` (rows -> Figure), ``quality_forest.png``) into
-    ``figures`` from its records; with ``readme``, replace the text between its markers too."""
+    ``figures`` from its records; with ``readme``, replace the text between its markers too. For a
+    policy other than the default the names carry the policy (``outputs``)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if not peers:
         raise ValueError("peers names no policy")
     records, sources = load_all(figures)
     tables = build_tables(records, policy=policy, peers=peers, level=level)
-    md_path, png_path = figures / "quality_report.md", figures / "quality_forest.png"
+    md_name, png_name, markers = outputs(policy)
+    md_path, png_path = figures / md_name, figures / png_name
     rows = forest_rows(tables, policy)
     drawn = bool(rows) and plot is not None
     if drawn:
@@ -321,6 +335,6 @@ def write_report(figures: Path, *, policy: str = "ebbinghaus", peers: Sequence[s
     md_path.write_text(page)
     print(f"wrote {md_path} ({len(tables)} tables)" + (f" and {png_path}" if drawn else ""))
     if readme is not None and replace_between_markers(
-            readme, render(tables, forest=_rel(png_path, readme.parent) if drawn else None, **kw)):
+            readme, render(tables, forest=_rel(png_path, readme.parent) if drawn else None, **kw), markers):
         print(f"updated {readme}")
     return tables

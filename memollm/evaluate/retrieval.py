@@ -24,8 +24,8 @@ from ..attention import attached
 from ..config import ConfigError, MemoryConfig
 from ..texts import passages, text_segments
 from .core import eval_config
-from .passkey import _Capture, passkey_budget
-from .rows import copy_prefill, greedy, rows_from_prefill, spec
+from .passkey import passkey_budget
+from .rows import PrefillCapture, copy_prefill, greedy, rows_from_prefill, spec
 
 TASKS = ("passkey", "multikey", "vartrack")
 
@@ -287,7 +287,7 @@ def retrieval(llm, *, tasks: Sequence[str] = TASKS, cases: int = 8, budget_fract
         for doc in docs[task]:
             ids = torch.tensor([enc(doc.prompt)], device=llm.device)
             total, q_tokens = ids.shape[1], len(enc("\n\n" + doc.question))
-            capture = _Capture(base.observation_window)
+            capture = PrefillCapture(llm.model, specs, base)
             cache = DynamicCache(config=llm.model.config)
             with attached(llm.model, capture):
                 first = llm.model(ids, cache=cache, use_cache=True).logits[:, -1]
@@ -311,7 +311,7 @@ def retrieval(llm, *, tasks: Sequence[str] = TASKS, cases: int = 8, budget_fract
                 cfg = eval_config(llm, budget, config=base)
                 cfg.check_budget(budget)
                 if specs:
-                    session, cache_p = rows_from_prefill(llm.model, specs, cfg, prefilled, capture.received, seed=seed)
+                    session, cache_p = rows_from_prefill(llm.model, specs, cfg, prefilled, capture, seed=seed)
                     with attached(llm.model, session):
                         answers = _answer(llm, cache_p, n_answer, first.repeat(len(specs), 1), hops if chain else 0)
                     for (label, _, _), a in zip(specs, answers):

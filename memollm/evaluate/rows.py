@@ -11,13 +11,15 @@ from typing import Sequence, Union
 
 import torch
 from transformers import DynamicCache, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from ..attention import model_lock
+from ..attention import model_lock, received_attention
 from ..cache import SlotLayout
-from ..config import MemoryConfig
+from ..config import POLICIES, MemoryConfig
 from ..policies import PolicyRows, make_policy
 from ..reading import decode
 from ..session import MemorySession
+from ..strength import find_gate
 
 Spec = Union[str, tuple[str, str, Union[MemoryConfig, None]]]
 """A policy name, or ``(label, name, MemoryConfig)``: a variant with its own settings."""
@@ -60,16 +62,53 @@ def copy_prefill(model: torch.nn.Module, prefilled, copies: int) -> DynamicCache
     return cache
 
 
-def rows_from_prefill(model: torch.nn.Module, specs: Sequence[Spec], config: MemoryConfig, prefilled, received,
-                      *, seed: int = 0, rows_each: int = 1) -> tuple[MemorySession, DynamicCache]:
+class PrefillCapture:
+    """Attached for one full-cache prefill that several sessions then adopt: sdpa for the output,
+    and per layer the attention each token gets from the last ``observation_window`` queries, per
+    KV head (what a session scores, before pooling). Where a spec's policy learns its strength,
+    the gate also reads every token's attention input, as a session would (``strengths``)."""
+
+    def __init__(self, model: torch.nn.Module, specs: Sequence[Spec], config: MemoryConfig) -> None:
+        self.window = config.observation_window
+        self.received: dict[int, torch.Tensor] = {}
+        self.strengths: dict[int, torch.Tensor] = {}  # per layer, [batch, kv heads, tokens] log S
+        learns = any(POLICIES[name].needs_strength for _, name, _ in map(spec, specs) if name in POLICIES)
+        self.gate = find_gate(model, config.strength_gate) if learns else None
+
+    @property
+    def reads_inputs(self) -> bool:
+        return self.gate is not None
+
+    def attention_input(self, module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if module.layer_idx in self.gate.index:
+            self.strengths[module.layer_idx] = self.gate(module.layer_idx, hidden).movedim(-1, 1)
+        return None
+
+    def pre_forward(self, module, args, kwargs):
+        return args, kwargs
+
+    def post_forward(self, module, args, kwargs, output):
+        return output
+
+    def attend(self, module, query, key, value, attention_mask, **kwargs):
+        out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        self.received[module.layer_idx] = received_attention(query, key, attention_mask, kwargs.get("scaling"),
+                                                             window=self.window, per_kv_head=True)
+        return out
+
+
+def rows_from_prefill(model: torch.nn.Module, specs: Sequence[Spec], config: MemoryConfig, prefilled,
+                      capture: PrefillCapture, *, seed: int = 0, rows_each: int = 1) -> tuple[MemorySession, DynamicCache]:
     """``rows_session`` over copies of one prefill that it compresses at once, as if each
-    policy had read the prompt itself (``received``: the attention the prefill's last queries
-    gave each token, per layer)."""
+    policy had read the prompt itself (``capture``: what the prefill's last queries gave each
+    token, and the learned strengths where a policy needs them)."""
     session = rows_session(model, specs, config, seed=seed, rows_each=rows_each)
     n = len(specs)
     cache = copy_prefill(model, prefilled, n)
     with model_lock(model):
-        session.adopt_prefill(cache, {l: r.repeat(n, 1, 1) for l, r in received.items()})
+        session.adopt_prefill(cache, {l: r.repeat(n, 1, 1) for l, r in capture.received.items()},
+                              {l: s.repeat(n, 1, 1) for l, s in capture.strengths.items()})
     return session, cache
 
 
@@ -85,4 +124,4 @@ def greedy(model: torch.nn.Module, cache, n: int, first_logits: torch.Tensor, *,
     return decode(step, first_logits, n, processors=procs or None, context=context).tokens
 
 
-__all__ = ["RUN_KNOBS", "Spec", "copy_prefill", "greedy", "rows_from_prefill", "rows_session", "spec"]
+__all__ = ["RUN_KNOBS", "PrefillCapture", "Spec", "copy_prefill", "greedy", "rows_from_prefill", "rows_session", "spec"]
