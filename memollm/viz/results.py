@@ -203,22 +203,25 @@ def plot_agreement(records: list[dict], ax=None):
 
 
 def plot_stream(records: list[dict], *, context: int | None = None, granularity: str = "layer",
-                labels: dict[str, str] | None = None):
+                labels: dict[str, str] | None = None, policies: Sequence[str] | None = None,
+                budgets: Sequence[int] | None = None):
     """Perplexity along a long stream (``memollm eval stream`` records): one panel per position
-    scheme (true positions, positions inside the cache), one colour per policy, one line style per
-    budget, the full cache in both; ``context`` (the trained positions) is a labelled vertical line.
-    Records of other granularities are left out (``streaming`` has none: it ranks by position).
-    ``labels`` renames policies in the legend."""
+    scheme (true positions, positions inside the cache), each with its own y range, one colour per
+    policy, one line style per budget, the full cache in both; ``context`` (the trained positions) is
+    a labelled vertical line. Records of other granularities are left out (``streaming`` has none:
+    it ranks by position). ``labels`` renames policies in the legend; ``policies`` and ``budgets``
+    keep only those lines (a figure read at a notebook's width holds a handful)."""
     import matplotlib.pyplot as plt
 
     labels = labels or {}
     recs = [r for r in records if r["evaluation"] == "stream"]
     full = sorted((r["window_start"], r["perplexity"]) for r in recs if r["policy"] == "full")
-    mine = [r for r in recs if r["policy"] != "full" and r.get("granularity", granularity) == granularity]
-    policies = list(dict.fromkeys(r["policy"] for r in mine))
+    mine = [r for r in recs if r["policy"] != "full" and r.get("granularity", granularity) == granularity
+            and (policies is None or r["policy"] in policies) and (budgets is None or r["budget"] in budgets)]
+    policies = [p for p in (policies or dict.fromkeys(r["policy"] for r in mine)) if any(r["policy"] == p for r in mine)]
     budgets = sorted({r["budget"] for r in mine})
     styles = dict(zip(budgets, ("-", "--", ":", "-.")))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for ax, scheme, title in zip(axes, ("true", "cache"), ("true positions", "positions inside the cache")):
         if full:
             ax.plot(*zip(*full), color="black", lw=2, label="full cache")
@@ -228,13 +231,15 @@ def plot_stream(records: list[dict], *, context: int | None = None, granularity:
                              if (r["policy"], r["positions"], r["budget"]) == (policy, scheme, budget))
                 if pts:
                     ax.plot(*zip(*pts), color=f"C{i}", ls=styles[budget], marker=".",
-                            label=f"{labels.get(policy, policy)}, budget {budget}")
+                            label=f"{labels.get(policy, policy)}" + (f", budget {budget}" if len(budgets) > 1 else ""))
         if context:
             ax.axvline(context, color="grey", lw=1.5, ls=":", label=f"trained context ({context:,})")
-        ax.set_yscale("log")
-        ax.set_title(title)
+        low, high = ax.get_ylim()
+        if high > 10 * max(low, 1e-9):  # a log axis where the lines span more than a factor of ten
+            ax.set_yscale("log")
+        ax.set_title(title + ("" if len(budgets) > 1 else f", budget {budgets[0]}" if budgets else ""))
         ax.set_xlabel("position in the stream (window start, tokens)")
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("perplexity of the window")
     handles, names = axes[1].get_legend_handles_labels()
     fig.tight_layout()
