@@ -63,7 +63,9 @@ def plot_speedup(records: Sequence[dict[str, Any]], ax=None):
     ax.set_ylabel("decode speed / baseline (same round)")
     ax.set_title("Speed-up over baseline (median of per-round ratios)")
     ax.grid(True, alpha=0.3)
-    ax.set_ylim(bottom=0)
+    low, high = ax.get_ylim()  # not from 0: ratios of 0.93 and 1.00 would look alike
+    pad = max(0.02, 0.1 * (high - low))
+    ax.set_ylim(low - pad, high + pad)
     ax.legend(fontsize=8)
     return fig
 
@@ -299,10 +301,11 @@ def plot_passkey_summary(rows: list[dict], ax=None):
 
 
 
-def plot_recall(result, fractions: Sequence[float] | None = None):
+def plot_recall(result, fractions: Sequence[float] | None = None, *, intervals: bool = True):
     """Bars per policy: answer correct (left) and the share of the fact still cached in some
     layer (right), one bar per number of reviews (0, 1, 2), with 95% intervals over
-    conversations; one row per budget fraction (``full`` in every row).
+    conversations (``intervals=False``: the means alone, where comparisons are made by paired
+    differences instead); one row per budget fraction (``full`` in every row).
     ``result``: what ``memollm.evaluate.recall.recall`` returns, or its records."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -330,7 +333,8 @@ def plot_recall(result, fractions: Sequence[float] | None = None):
                 hi = np.array([got[p]["high"] if p in got and got[p]["high"] is not None else m
                                for p, m in zip(policies, mean)])
                 ax.bar(x + (j - 1) * 0.27, mean, 0.27, label=f"{reviews} review{'s' * (reviews != 1)}",
-                       color=colors[j], yerr=np.vstack([mean - lo, hi - mean]), capsize=2, error_kw={"lw": 1})
+                       color=colors[j], yerr=np.vstack([mean - lo, hi - mean]) if intervals else None, capsize=2,
+                       error_kw={"lw": 1})
             ax.set_xticks(x, policies, rotation=30, ha="right")
             ax.set_ylim(0, 1.05)
             ax.set_title(f"{title} (budget {fraction:.0%} of the conversation; full: no limit)"
