@@ -49,7 +49,7 @@ def stated_minutes() -> dict[str, int]:
     text = "\n".join("".join(c["source"]) for c in json.loads(START.read_text(encoding="utf-8"))["cells"]
                      if c["cell_type"] == "markdown")
     found = {}
-    for line in re.split(r"\n(?=\s*\d+\.\s|\s*\*\s|\|)", text):
+    for line in re.split(r"\n\s*\n|\n(?=\s*\d+\.\s|\s*\*\s|\|)", text):
         names = re.findall(r"notebooks/(\d\d_[\w]+\.ipynb)", line)
         minutes = re.search(r"(\d+) min\b", line)
         if len(set(names)) == 1 and minutes:
