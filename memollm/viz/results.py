@@ -233,13 +233,13 @@ def plot_stream(records: list[dict], *, context: int | None = None, granularity:
                              if (r["policy"], r["positions"], r["budget"]) == (policy, scheme, budget))
                 if pts:
                     ax.plot(*zip(*pts), color=f"C{i}", ls=styles[budget], marker=".",
-                            label=f"{labels.get(policy, policy)}" + (f", budget {budget}" if len(budgets) > 1 else ""))
+                            label=f"{labels.get(policy, policy)}, budget {budget}")
         if context:
             ax.axvline(context, color="grey", lw=1.5, ls=":", label=f"trained context ({context:,})")
         low, high = ax.get_ylim()
         if high > 10 * max(low, 1e-9):  # a log axis where the lines span more than a factor of ten
             ax.set_yscale("log")
-        ax.set_title(title + ("" if len(budgets) > 1 else f", budget {budgets[0]}" if budgets else ""))
+        ax.set_title(title)
         ax.set_xlabel("position in the stream (window start, tokens)")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("perplexity of the window")
