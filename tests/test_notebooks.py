@@ -126,14 +126,30 @@ def test_setup_cell_installs_this_revision(path):
         f"{path.name}: the set-up cell prints versions and paths; its output must be ignored")
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+SEED_URL = "https://github.com/Fzkuji/LLM-Memory"  # the seed project, credited by 00 and the glossary
+
+
+def _badge(path: Path) -> str:
+    """The Colab badge's target: lessons through ``colab_badge_url``, solutions in their subfolder."""
+    if path.parent.name == "solutions":
+        return notebook.colab_badge_url(path.name).replace("/notebooks/", "/notebooks/solutions/")
+    return notebook.colab_badge_url(path.name)
+
+
+# 07's solutions still open with a relative link and no badge; they change with notebook 07.
+_PENDING = {"07_solutions.ipynb"}
+WITH_BADGES = [pytest.param(p, marks=pytest.mark.xfail(reason="no Colab badge yet", strict=True))
+               if p.name in _PENDING else p for p in NOTEBOOKS + SOLUTION_NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", WITH_BADGES, ids=lambda p: p.name)
 def test_badge_and_links_derive_from_the_repo_url(path):
     nb = _nb(path)
     text = "\n".join(_source(c) for c in nb["cells"])
     badges = re.findall(r"\(https://colab\.research\.google\.com/github/[^)\s]+\)", text)
-    assert badges == [f"({notebook.colab_badge_url(path.name)})"], f"{path.name}: badge {badges}"
+    assert badges == [f"({_badge(path)})"], f"{path.name}: badge {badges}"
     for url in re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", text):
-        assert url == notebook.REPO_URL, f"{path.name} names {url}, not {notebook.REPO_URL}"
+        assert url in (notebook.REPO_URL, SEED_URL), f"{path.name} names {url}, not {notebook.REPO_URL}"
 
 
 def _markdown(nb: dict) -> str:
@@ -149,7 +165,7 @@ def _glossary_anchors() -> set[str]:
     return {_slug(h) for h in re.findall(r"^## (.+)$", GLOSSARY.read_text(encoding="utf-8"), re.M)}
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", WITH_BADGES, ids=lambda p: p.name)
 def test_links_are_absolute_and_resolve(path):
     """A notebook opened alone (Colab) has no folder around it: links are absolute, and the files and
     glossary entries they name exist here."""
@@ -172,7 +188,8 @@ GLOSSARY_TERMS = ["seed", "retention-r", "strength-s", "age-t", "time-step", "re
                   "attention-sink", "recent-window", "budget", "memory-layer", "consensus", "granularity",
                   "observation-window-and-pool", "true-and-cache-positions", "soft-delete", "sparse-attention",
                   "eviction", "policy", "peer-policies", "full-cache", "tune-and-report-split",
-                  "paired-interval", "holm-correction"]
+                  "paired-interval", "holm-correction", "kv-cache", "decode-step", "sdpa",
+                  "student-t-interval-and-bootstrap"]
 
 
 def test_glossary_defines_the_terms():
@@ -183,15 +200,11 @@ def test_glossary_defines_the_terms():
         assert f"`{name}`" in peers
 
 
-def test_start_here_holds_the_glossary():
-    """00's glossary cell is GLOSSARY.md's entries, one heading level down (## there, ### in 00)."""
-    cell = next(_source(c) for c in _nb(START)["cells"]
-                if c["cell_type"] == "markdown" and _source(c).startswith("## Glossary"))
-    in_00 = cell[cell.index("\n### "):].strip()
-    text = GLOSSARY.read_text(encoding="utf-8")
-    in_md = text[text.index("\n## "):].strip()
-    assert in_00 == re.sub(r"^## ", "### ", in_md, flags=re.M), (
-        "00_start_here.ipynb's glossary differs from notebooks/GLOSSARY.md: copy the entries over")
+def test_start_here_links_the_glossary():
+    """The glossary is a page of its own (GLOSSARY.md): 00 links it and does not copy it."""
+    text = _markdown(_nb(START))
+    assert f"]({notebook.glossary_url()})" in text, "00 must link the glossary"
+    assert "\n### Retention R" not in text, "00 holds a copy of the glossary: link GLOSSARY.md instead"
 
 
 def test_start_here_lists_every_lesson_in_order():

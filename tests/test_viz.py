@@ -88,6 +88,9 @@ def test_evaluation_plots_show_each_policy():
     assert cache_panel["ebbinghaus, budget 64"] == [12.0, 112.0]  # the layer records, not the shared ones
     shared = viz.plot_stream(stream, granularity="shared")
     assert "streaming, budget 128" in [t.get_text() for t in shared.legends[0].get_texts()]
+    few = viz.plot_stream(stream, context=150, policies=["ebbinghaus"], budgets=[64])  # a lesson's handful of lines
+    assert [t.get_text() for t in few.legends[0].get_texts()] == [
+        "full cache", "ebbinghaus, budget 64", "trained context (150)"]
 
 
 def test_plots_are_written_through_save_figure(bench_result, tmp_path, monkeypatch):

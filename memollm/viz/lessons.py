@@ -399,8 +399,8 @@ def plot_kept_positions(kept: dict[str, list[int]], total: int, *, marks: dict[s
     ax.set_yticks(range(0, len(names), step), [names[i].replace("layer_", "L") for i in range(0, len(names), step)])
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    if marks:
-        ax.legend(loc="upper right", fontsize=9)
+    if marks:  # outside the axes, on the right: inside it would cover the first layers' rows
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     return ax.figure
 
 

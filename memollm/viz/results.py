@@ -63,7 +63,9 @@ def plot_speedup(records: Sequence[dict[str, Any]], ax=None):
     ax.set_ylabel("decode speed / baseline (same round)")
     ax.set_title("Speed-up over baseline (median of per-round ratios)")
     ax.grid(True, alpha=0.3)
-    ax.set_ylim(bottom=0)
+    low, high = ax.get_ylim()  # not from 0: ratios of 0.93 and 1.00 would look alike
+    pad = max(0.02, 0.1 * (high - low))
+    ax.set_ylim(low - pad, high + pad)
     ax.legend(fontsize=8)
     return fig
 
@@ -203,22 +205,25 @@ def plot_agreement(records: list[dict], ax=None):
 
 
 def plot_stream(records: list[dict], *, context: int | None = None, granularity: str = "layer",
-                labels: dict[str, str] | None = None):
+                labels: dict[str, str] | None = None, policies: Sequence[str] | None = None,
+                budgets: Sequence[int] | None = None):
     """Perplexity along a long stream (``memollm eval stream`` records): one panel per position
-    scheme (true positions, positions inside the cache), one colour per policy, one line style per
-    budget, the full cache in both; ``context`` (the trained positions) is a labelled vertical line.
-    Records of other granularities are left out (``streaming`` has none: it ranks by position).
-    ``labels`` renames policies in the legend."""
+    scheme (true positions, positions inside the cache), each with its own y range, one colour per
+    policy, one line style per budget, the full cache in both; ``context`` (the trained positions) is
+    a labelled vertical line. Records of other granularities are left out (``streaming`` has none:
+    it ranks by position). ``labels`` renames policies in the legend; ``policies`` and ``budgets``
+    keep only those lines (a figure read at a notebook's width holds a handful)."""
     import matplotlib.pyplot as plt
 
     labels = labels or {}
     recs = [r for r in records if r["evaluation"] == "stream"]
     full = sorted((r["window_start"], r["perplexity"]) for r in recs if r["policy"] == "full")
-    mine = [r for r in recs if r["policy"] != "full" and r.get("granularity", granularity) == granularity]
-    policies = list(dict.fromkeys(r["policy"] for r in mine))
+    mine = [r for r in recs if r["policy"] != "full" and r.get("granularity", granularity) == granularity
+            and (policies is None or r["policy"] in policies) and (budgets is None or r["budget"] in budgets)]
+    policies = [p for p in (policies or dict.fromkeys(r["policy"] for r in mine)) if any(r["policy"] == p for r in mine)]
     budgets = sorted({r["budget"] for r in mine})
     styles = dict(zip(budgets, ("-", "--", ":", "-.")))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for ax, scheme, title in zip(axes, ("true", "cache"), ("true positions", "positions inside the cache")):
         if full:
             ax.plot(*zip(*full), color="black", lw=2, label="full cache")
@@ -231,10 +236,12 @@ def plot_stream(records: list[dict], *, context: int | None = None, granularity:
                             label=f"{labels.get(policy, policy)}, budget {budget}")
         if context:
             ax.axvline(context, color="grey", lw=1.5, ls=":", label=f"trained context ({context:,})")
-        ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        if high > 10 * max(low, 1e-9):  # a log axis where the lines span more than a factor of ten
+            ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("position in the stream (window start, tokens)")
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("perplexity of the window")
     handles, names = axes[1].get_legend_handles_labels()
     fig.tight_layout()
@@ -294,10 +301,11 @@ def plot_passkey_summary(rows: list[dict], ax=None):
 
 
 
-def plot_recall(result, fractions: Sequence[float] | None = None):
+def plot_recall(result, fractions: Sequence[float] | None = None, *, intervals: bool = True):
     """Bars per policy: answer correct (left) and the share of the fact still cached in some
     layer (right), one bar per number of reviews (0, 1, 2), with 95% intervals over
-    conversations; one row per budget fraction (``full`` in every row).
+    conversations (``intervals=False``: the means alone, where comparisons are made by paired
+    differences instead); one row per budget fraction (``full`` in every row).
     ``result``: what ``memollm.evaluate.recall.recall`` returns, or its records."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -325,7 +333,8 @@ def plot_recall(result, fractions: Sequence[float] | None = None):
                 hi = np.array([got[p]["high"] if p in got and got[p]["high"] is not None else m
                                for p, m in zip(policies, mean)])
                 ax.bar(x + (j - 1) * 0.27, mean, 0.27, label=f"{reviews} review{'s' * (reviews != 1)}",
-                       color=colors[j], yerr=np.vstack([mean - lo, hi - mean]), capsize=2, error_kw={"lw": 1})
+                       color=colors[j], yerr=np.vstack([mean - lo, hi - mean]) if intervals else None, capsize=2,
+                       error_kw={"lw": 1})
             ax.set_xticks(x, policies, rotation=30, ha="right")
             ax.set_ylim(0, 1.05)
             ax.set_title(f"{title} (budget {fraction:.0%} of the conversation; full: no limit)"
