@@ -212,6 +212,31 @@ def test_stream_command_reads_the_chosen_half_and_prints_the_summary(make_tiny, 
     assert "prose (tune split, chunk 16)" in text and "| ebbinghaus | cache | 64 | layer |" in text
 
 
+def test_stream_command_reads_a_text_file_and_names_it(make_tiny, tmp_path, monkeypatch, capsys):
+    from memollm.cli import evaluate as eval_cli
+
+    tiny = make_tiny("llama")
+    monkeypatch.setattr(eval_cli, "load_llm", lambda args: tiny)
+    text = tmp_path / "notes.txt"
+    text.write_text(LONG * 8, encoding="utf-8")
+    n = len(tiny.tokenizer(LONG * 8, add_special_tokens=False).input_ids)
+    out = tmp_path / "stream.json"
+    base = ["eval", "stream", "--every", "100", "--budget", "64", "--chunk", "16", "--sinks", "4", "--window", "8",
+            "--policies", "streaming", "--positions", "cache", "--no-plot"]
+    assert main([*base, "--tokens", "200", "--text-file", str(text), "--split", "tune", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert {(r["source"], r["split"]) for r in records} == {("notes.txt", "tune")}
+    assert "200-token stream of notes.txt (tune split" in capsys.readouterr().out
+    assert main([*base, "--tokens", str(n), "--text-file", str(text)]) == 2  # only half of it is the report split
+    assert f"the text 'notes.txt' has {n // 2} tokens in its report split" in capsys.readouterr().err
+    assert main([*base, "--text-file", str(tmp_path / "missing.txt")]) == 2
+    assert "--text-file: cannot read" in capsys.readouterr().err
+    assert main([*base, "--text-file", str(text), "--source", "prose"]) == 2
+    (tmp_path / "empty.txt").write_text("  \n")
+    assert main([*base, "--text-file", str(tmp_path / "empty.txt")]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
 def test_recall_command_writes_records(tiny, tmp_path, monkeypatch, capsys):
     from memollm.cli import chat as chat_cli
 
