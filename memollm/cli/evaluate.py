@@ -17,7 +17,7 @@ from ..texts import TEXT_SOURCES, load_text
 from ..viz import plot_agreement, plot_passkey, plot_passkey_summary, plot_ppl, plot_stream, save_figure
 from .chat import add_recall_parser
 from .common import (UsageError, add_knob_args, add_model_args, check_knobs, check_model_args, fraction_list, int_list,
-                     knobs_of, load_llm, name_list, positive_int, write_output)
+                     knobs_of, load_llm, name_list, positive_int, read_text_file, write_output)
 
 
 def add_parser(sub) -> None:
@@ -174,16 +174,6 @@ def _check_args(args) -> None:
         raise UsageError(f"--text-file {args.text_file}: no such file")
     if args.threads:
         torch.set_num_threads(args.threads)
-
-
-def read_text_file(path: str) -> str:
-    """The user's ``--text-file``, or a one-line error saying why it cannot be read."""
-    try:
-        return load_text(path)
-    except OSError as exc:
-        raise UsageError(f"--text-file: cannot read {path!r}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # empty
-        raise UsageError(f"--text-file: {exc}") from None
 
 
 def _finish(args, records: list[dict], value: str, figure: str, plot) -> None:
