@@ -32,7 +32,7 @@ statement to its final question), ``budgets_to_question`` and ``case_tokens``.
 
 The report-split record ``figures/eval_recall_stream.json`` was written by::
 
-    memollm eval recall --stream --split report --cases 16 --budget-fractions 0.25,0.5 \\
+    memollm eval recall --stream --split report --cases 14 --budget-fractions 0.25,0.5 \\
         --policies ebbinghaus,ebbinghaus_seed,ebbinghaus_learned,streaming,h2o,tova,snapkv \\
         --threads 1 --json figures/eval_recall_stream.json
 """
@@ -177,8 +177,8 @@ def _stream_records(case: StreamCase, records: list[dict], tokenizer) -> list[di
     out = []
     for r in records:
         f = case.facts[r["fact"]]
-        r = {k: v for k, v in r.items() if k not in ("conversation", "turn", "review_turns", "turns_to_question",
-                                                      "conversation_tokens")}
+        r = {k: v for k, v in r.items() if k not in ("evaluation", "conversation", "turn", "review_turns",
+                                                      "turns_to_question", "conversation_tokens")}
         distance = asked[r["fact"]] - first[f.turn]
         out.append({"evaluation": "recall_stream", "case": case.conversation, "passage": case.passage, **r,
                     "fact_position": first[f.turn], "review_positions": [first[t] for t in f.review_turns],
