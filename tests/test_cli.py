@@ -256,6 +256,30 @@ def test_recall_command_writes_records(tiny, tmp_path, monkeypatch, capsys):
         main(["eval", "recall", "--budget-fractions", "1.5"])
 
 
+def test_recall_along_a_text_file_writes_its_own_records_and_figure(tiny, tmp_path, monkeypatch, capsys):
+    from memollm.cli import chat as chat_cli
+
+    monkeypatch.setattr(chat_cli, "load_llm", lambda args: tiny)
+    monkeypatch.setenv("MEMOLLM_FIGURES", str(tmp_path))
+    sentences = ("The river runs past the mill. Boats wait by the bank; the keeper counts them. "
+                 "At noon the bell rings twice. Nobody knows why the bridge was painted green. ")
+    text = tmp_path / "notes.txt"
+    text.write_text(sentences * 60, encoding="utf-8")
+    out = tmp_path / "stream.json"
+    assert main(["eval", "recall", "--text-file", str(text), "--cases", "1", "--budget-fractions", "0.5",
+                 "--policies", "streaming", "--split", "tune", "--threads", "1", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert {(r["evaluation"], r["passage"], r["split"]) for r in records} == {("recall_stream", "notes.txt/0", "tune")}
+    assert "recall along a stream over 1 tune passages of notes.txt" in capsys.readouterr().out
+    assert (tmp_path / "eval_recall_stream.png").stat().st_size > 0 and not (tmp_path / "eval_recall.png").exists()
+    for bad, said in ((["--stream", "--turns", "12"], "--turns"), (["--length", "512"], "--stream"),
+                      (["--stream", "--length", "100"], "--length"),
+                      (["--text-file", str(tmp_path / "missing.txt")], "cannot read"),
+                      (["--text-file", str(text), "--cases", "40"], "tune split")):
+        assert main(["eval", "recall", "--split", "tune", "--no-plot", *bad]) == 2
+        assert said in capsys.readouterr().err
+
+
 # -- knobs: every MemoryConfig field, said once, reaches generate, chats and the command line -------------
 def _subparser(*path: str):
     parser = build_parser()

@@ -382,7 +382,8 @@ def test_stream_cases_state_facts_early_review_them_later_and_ask_after_the_pass
     report, tune = (stream_cases(tokenizer, 4, split=s, length=512) for s in ("report", "tune"))
     assert [c.conversation for c in report] == [SPLITS["report"] + i for i in range(4)]
     assert [c.passage for c in tune] == ["docs/0", "prose/0", "docs/1", "prose/1"]
-    texts = {s: ["".join(a for _, w, a in c.steps if w == "read") for c in cs] for s, cs in (("r", report), ("t", tune))}
+    texts = {s: ["".join(a for _, w, a in c.steps if w == "read") for c in cs]
+             for s, cs in (("r", report), ("t", tune))}
     for case in report + tune:
         at = case.positions(tokenizer)
         assert 2 <= len(case.facts) <= 4 and len({f.kind for f in case.facts}) == len(case.facts)

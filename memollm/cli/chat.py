@@ -153,8 +153,8 @@ def add_recall_parser(esub) -> None:
                    help="user turns before the final questions (default: 12; conversations only)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random policy and the bootstrap (default: 0)")
     p.add_argument("--json", metavar="PATH", default=None,
-                   help="write the records (one per policy, budget fraction, conversation or passage, and fact) as JSON "
-                        "('-' = stdout)")
+                   help="write the records (one per policy, budget fraction, conversation or passage, and fact) "
+                        "as JSON ('-' = stdout)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
     p.add_argument("--no-plot", action="store_true",

@@ -20,8 +20,8 @@ A case is played as ``recall`` plays a conversation (``recall.run_conversation``
 side by side as blocks of rows of one batch, ``full`` alone as the reference, the cache held
 to a fraction of the case's length at every forward pass, text read in chunks as large as the
 room left. The settings are ``recall``'s (a recent window of 16 tokens). With the default
-length (a passage of ~512 tokens, ~670 with the facts and questions) a fact is stated 1.5-1.9
-budgets before its question at half the case as the budget, and 3-3.8 at a quarter.
+length (a passage of ~512 tokens, ~620 with the facts and questions) a fact is stated 1.2-1.9
+budgets before its question at half the case as the budget, and 2.3-3.9 at a quarter.
 
 Records: one per (policy, budget fraction, case, fact), as ``recall``'s (``correct``,
 ``full_correct``, ``kept_share``, ``kept_share_by_layer``, ``reviews``, ``budget``,
@@ -35,6 +35,8 @@ The report-split record ``figures/eval_recall_stream.json`` was written by::
     memollm eval recall --stream --split report --cases 14 --budget-fractions 0.25,0.5 \\
         --policies ebbinghaus,ebbinghaus_seed,ebbinghaus_learned,streaming,h2o,tova,snapkv \\
         --threads 1 --json figures/eval_recall_stream.json
+
+in 19 minutes on the shared 2-core CPU (14 passages rather than 16, to stay within 20 minutes).
 """
 
 from __future__ import annotations
@@ -55,15 +57,16 @@ from .rows import spec
 
 DEFAULT_LENGTH = 512
 """Passage tokens per case, about (cut at sentence boundaries; facts, reviews and questions add ~150).
-A case of ~670 tokens costs ~4 s of one CPU thread per policy and budget fraction; 1,024 would double it."""
+A case of ~620 tokens costs ~5 s of one CPU thread per policy and budget fraction (~7 ms a token);
+1,024 tokens would double it."""
 BUDGET_FRACTIONS = (0.25, 0.5)
-"""Budgets as fractions of each case's length, as for conversations: a fact is stated 1.5-1.9
-budgets before its question at a half, 3-3.8 at a quarter."""
+"""Budgets as fractions of each case's length, as for conversations: on the report split a fact
+is stated 1.2-1.9 budgets before its question at a half, 2.3-3.9 at a quarter."""
 STATED = 0.2
 """Facts are stated in the first fifth of the passage..."""
 REVIEWED = 0.4
-"""...and reviewed before 40% of it, so that at half the case as the budget, recency alone
-keeps neither a fact nor its last review until the questions."""
+"""...and reviewed before 40% of it, so that at half the case as the budget, recency alone almost never
+keeps a fact or its last review until the questions."""
 MIN_OFFSET = 64
 """Characters of text before the first fact: a fact never sits among the attention sinks."""
 QUESTION = "\n\nQuestion: {question}\nAnswer: {prefix}"
