@@ -28,6 +28,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
+from .config import ConfigError
+
 SPLITS = ("report", "tune")
 
 
@@ -115,20 +117,26 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be 'report' or 'tune', got {split!r}")
 
 
-def text_segments(tokenizer, text: str, n_tokens: int, segments: int = 1, split: str = "report") -> torch.Tensor:
-    """``[segments, n_tokens]`` consecutive token ids from one split of ``text``.
+def text_half(tokenizer, text: str, split: str = "report") -> torch.Tensor:
+    """All token ids of one split of a user's ``text``: its first (``report``) or second (``tune``) half.
 
-    The token stream is cut in half: the first half is the ``report`` split (what results
-    are quoted on), the second half the ``tune`` split (what settings are tuned on), so
-    tuning never sees the reported tokens.
+    The token stream is cut in half like a source's (:func:`split_ids`), so tuning never sees
+    the reported tokens.
     """
     _check_split(split)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    # ``verbose=False``: a long text is longer than the model's context, which is expected here
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt", verbose=False).input_ids[0]
     half = ids.shape[0] // 2
-    part = ids[:half] if split == "report" else ids[half:]
+    return ids[:half] if split == "report" else ids[half:]
+
+
+def text_segments(tokenizer, text: str, n_tokens: int, segments: int = 1, split: str = "report") -> torch.Tensor:
+    """``[segments, n_tokens]`` consecutive token ids from one split of ``text`` (:func:`text_half`)."""
+    part = text_half(tokenizer, text, split)
     need = n_tokens * segments
     if part.shape[0] < need:
-        raise ValueError(f"the {split} split has {part.shape[0]} tokens; {segments} x {n_tokens} requested")
+        raise ConfigError(f"the text's {split} split (one half of it) has {part.shape[0]} tokens; "
+                          f"{segments} x {n_tokens} requested")
     return part[:need].reshape(segments, n_tokens).clone()
 
 

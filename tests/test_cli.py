@@ -212,6 +212,31 @@ def test_stream_command_reads_the_chosen_half_and_prints_the_summary(make_tiny, 
     assert "prose (tune split, chunk 16)" in text and "| ebbinghaus | cache | 64 | layer |" in text
 
 
+def test_stream_command_reads_a_text_file_and_names_it(make_tiny, tmp_path, monkeypatch, capsys):
+    from memollm.cli import evaluate as eval_cli
+
+    tiny = make_tiny("llama")
+    monkeypatch.setattr(eval_cli, "load_llm", lambda args: tiny)
+    text = tmp_path / "notes.txt"
+    text.write_text(LONG * 8, encoding="utf-8")
+    n = len(tiny.tokenizer(LONG * 8, add_special_tokens=False).input_ids)
+    out = tmp_path / "stream.json"
+    base = ["eval", "stream", "--every", "100", "--budget", "64", "--chunk", "16", "--sinks", "4", "--window", "8",
+            "--policies", "streaming", "--positions", "cache", "--no-plot"]
+    assert main([*base, "--tokens", "200", "--text-file", str(text), "--split", "tune", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert {(r["source"], r["split"]) for r in records} == {("notes.txt", "tune")}
+    assert "200-token stream of notes.txt (tune split" in capsys.readouterr().out
+    assert main([*base, "--tokens", str(n), "--text-file", str(text)]) == 2  # only half of it is the report split
+    assert f"the text 'notes.txt' has {n // 2} tokens in its report split" in capsys.readouterr().err
+    assert main([*base, "--text-file", str(tmp_path / "missing.txt")]) == 2
+    assert "--text-file: cannot read" in capsys.readouterr().err
+    assert main([*base, "--text-file", str(text), "--source", "prose"]) == 2
+    (tmp_path / "empty.txt").write_text("  \n")
+    assert main([*base, "--text-file", str(tmp_path / "empty.txt")]) == 2
+    assert "empty" in capsys.readouterr().err
+
+
 def test_recall_command_writes_records(tiny, tmp_path, monkeypatch, capsys):
     from memollm.cli import chat as chat_cli
 
@@ -229,6 +254,30 @@ def test_recall_command_writes_records(tiny, tmp_path, monkeypatch, capsys):
         assert main(["eval", "recall", *bad]) == 2
     with pytest.raises(SystemExit, match="2"):  # argparse refuses it while parsing
         main(["eval", "recall", "--budget-fractions", "1.5"])
+
+
+def test_recall_along_a_text_file_writes_its_own_records_and_figure(tiny, tmp_path, monkeypatch, capsys):
+    from memollm.cli import chat as chat_cli
+
+    monkeypatch.setattr(chat_cli, "load_llm", lambda args: tiny)
+    monkeypatch.setenv("MEMOLLM_FIGURES", str(tmp_path))
+    sentences = ("The river runs past the mill. Boats wait by the bank; the keeper counts them. "
+                 "At noon the bell rings twice. Nobody knows why the bridge was painted green. ")
+    text = tmp_path / "notes.txt"
+    text.write_text(sentences * 60, encoding="utf-8")
+    out = tmp_path / "stream.json"
+    assert main(["eval", "recall", "--text-file", str(text), "--cases", "1", "--budget-fractions", "0.5",
+                 "--policies", "streaming", "--split", "tune", "--threads", "1", "--json", str(out)]) == 0
+    records = json.loads(out.read_text())
+    assert {(r["evaluation"], r["passage"], r["split"]) for r in records} == {("recall_stream", "notes.txt/0", "tune")}
+    assert "recall along a stream over 1 tune passages of notes.txt" in capsys.readouterr().out
+    assert (tmp_path / "eval_recall_stream.png").stat().st_size > 0 and not (tmp_path / "eval_recall.png").exists()
+    for bad, said in ((["--stream", "--turns", "12"], "--turns"), (["--length", "512"], "--stream"),
+                      (["--stream", "--length", "100"], "--length"),
+                      (["--text-file", str(tmp_path / "missing.txt")], "cannot read"),
+                      (["--text-file", str(text), "--cases", "40"], "tune split")):
+        assert main(["eval", "recall", "--split", "tune", "--no-plot", *bad]) == 2
+        assert said in capsys.readouterr().err
 
 
 # -- knobs: every MemoryConfig field, said once, reaches generate, chats and the command line -------------

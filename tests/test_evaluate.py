@@ -377,6 +377,72 @@ def test_a_tiny_recall_run_writes_one_record_per_policy_fraction_conversation_an
         recall(tiny, cases=1, budget_fractions=[1.5], progress=False)
 
 
+# -- recall along a stream: facts early in running text, asked for after it ---------------------
+def test_stream_cases_state_facts_early_review_them_later_and_ask_after_the_passage(tokenizer):
+    from memollm.evaluate.recall_stream import REVIEWED, STATED, stream_cases
+
+    report, tune = (stream_cases(tokenizer, 4, split=s, length=512) for s in ("report", "tune"))
+    assert [c.conversation for c in report] == [SPLITS["report"] + i for i in range(4)]
+    assert [c.passage for c in tune] == ["docs/0", "prose/0", "docs/1", "prose/1"]
+    texts = {s: ["".join(a for _, w, a in c.steps if w == "read") for c in cs]
+             for s, cs in (("r", report), ("t", tune))}
+    for case in report + tune:
+        at = case.positions(tokenizer)
+        assert 2 <= len(case.facts) <= 4 and len({f.kind for f in case.facts}) == len(case.facts)
+        for f in case.facts:
+            kind = FACT_KINDS[f.kind]
+            assert kind.statement.format(f.value) in case.user_text(f.turn)  # the statement is a turn of its own
+            assert all(f.turn < t < case.turns for t in f.review_turns)
+            stated = next(i for i, (t, _, _) in enumerate(case.steps) if t == f.turn)
+            asked = next(i for i, (_, w, a) in enumerate(case.steps) if w == "answer" and a == (case.facts.index(f),
+                                                                                                "final"))
+            assert at[asked] - at[stated] > 0.5 * case.length(tokenizer)  # asked for long after
+        finals = [a[0] for t, w, a in case.steps if w == "answer" and a[1] == "final"]
+        assert sorted(finals) == list(range(len(case.facts))) and case.steps[-1][1] == "answer"
+    assert 0 < STATED < REVIEWED < 1
+    assert {f.reviews for c in report + tune for f in c.facts} == {0, 1, 2}
+    for a in texts["r"]:  # the report passages never share text with the tune ones
+        assert not any(a[200:260] in b for b in texts["t"])
+    assert [c.steps for c in stream_cases(tokenizer, 2, split="tune", length=512)] == [c.steps for c in tune[:2]]
+    mine = stream_cases(tokenizer, 2, split="tune", length=512, text=TEXT * 12, text_name="notes.txt")
+    assert [c.passage for c in mine] == ["notes.txt/0", "notes.txt/1"]
+    with pytest.raises(ConfigError, match="tune split"):  # too short for two pieces of its tune half
+        stream_cases(tokenizer, 2, split="tune", length=512, text=TEXT)
+
+
+def test_a_tiny_recall_along_a_stream_writes_one_record_per_policy_fraction_case_and_fact(tiny):
+    from memollm.evaluate.recall_stream import recall_stream
+
+    result = recall_stream(tiny, budget_fractions=[0.25, 0.5], policies=["streaming", "h2o"], cases=2, split="tune",
+                           length=512, progress=False)
+    records = result["records"]
+    facts = {(r["case"], r["fact"]) for r in records}
+    assert {r["case"] for r in records} == {0, 1} and len(records) == len(facts) * (1 + 2 * 2)
+    keys = {"evaluation", "policy", "budget_fraction", "budget", "case", "passage", "fact", "kind", "value", "reviews",
+            "kept_share", "kept_share_by_layer", "correct", "full_correct", "answer", "split", "fact_position",
+            "review_positions", "tokens_to_question", "budgets_to_question", "case_tokens"}
+    full = {(r["case"], r["fact"]): r["correct"] for r in records if r["policy"] == "full"}
+    for r in records:
+        assert keys <= set(r) and r["evaluation"] == "recall_stream" and r["split"] == "tune"
+        assert "conversation" not in r and r["full_correct"] == full[(r["case"], r["fact"])]
+        assert r["fact_position"] < min(r["review_positions"], default=r["case_tokens"])
+        if r["policy"] != "full":
+            assert r["budget"] == round(r["budget_fraction"] * r["case_tokens"])
+            assert r["budgets_to_question"] > 1 and r["tokens_to_question"] > r["budget"]
+    assert all(r["kept_share"] == 0.0 for r in records if r["policy"] == "streaming")  # recency alone lets go
+    assert "| h2o | 0.5 |" in recall_table(result, "kept_share")
+    assert result["settings"]["evaluation"] == "recall_stream" and result["settings"]["length"] == 512
+    json.dumps(result, allow_nan=False)  # strict JSON
+    with pytest.raises(ValueError, match="cases"):
+        recall_stream(tiny, cases=0, progress=False)
+    with pytest.raises(ValueError, match="length"):
+        recall_stream(tiny, cases=1, length=100, progress=False)
+    with pytest.raises(ValueError, match="budget_fractions"):
+        recall_stream(tiny, cases=1, budget_fractions=[1.5], progress=False)
+    with pytest.raises(ValueError, match="split"):
+        recall_stream(tiny, cases=1, split="test", progress=False)
+
+
 # -- report: verdicts, README markers, identical reruns ----------------------------------------
 @pytest.fixture(scope="module")
 def report():
@@ -458,6 +524,38 @@ def test_peers_and_policy_are_configurable(report, tmp_path):
     assert row[3] == "streaming" and row[-1] == "wins"
     # ebbinghaus is not a peer here: compared with streaming only
     assert _row(md, "perplexity · granularity layer · budget 64 tokens", "ebbinghaus")[3] == "streaming"
+
+
+def _recall(evaluation: str, unit: str) -> list[dict]:
+    """16 units of 3 facts (one never reviewed); the full cache misses fact 2 of unit 0. Reviewed
+    facts: ebbinghaus right on all, streaming on none; facts never reviewed: both wrong."""
+    out = []
+    for u in range(16):
+        for fact in range(3):
+            full_ok = not (u == 0 and fact == 2)
+            for policy in ("full", "ebbinghaus", "streaming"):
+                ok = full_ok if policy == "full" else policy == "ebbinghaus" and fact > 0 and full_ok
+                out.append({"evaluation": evaluation, "policy": policy, unit: 100_000 + u, "fact": fact,
+                            "reviews": fact, "budget": None if policy == "full" else 200 + u,
+                            "budget_fraction": None if policy == "full" else 0.5, "split": "report",
+                            "correct": ok, "full_correct": full_ok})
+    return out
+
+
+def test_conversations_and_recall_along_a_stream_are_families(report, tmp_path):
+    (tmp_path / "eval_recall.json").write_text(json.dumps(_recall("recall", "conversation")))
+    (tmp_path / "eval_recall_stream.json").write_text(json.dumps(_recall("recall_stream", "case")))
+    assert report.main(["--figures", str(tmp_path), "--no-plot"]) == 0
+    md = (tmp_path / "quality_report.md").read_text()
+    for task, noun, unit in (("conversation recall", "conversation", "conversation"),
+                             ("recall along a stream", "passage", "case")):
+        reviewed = f"{task}, reviewed facts · budget 0.5 of the {noun}"
+        assert _row(md, reviewed, "**ebbinghaus**")[1:4] == ["1.000", "16", "streaming"]
+        assert _row(md, reviewed, "**ebbinghaus**")[-1] == "wins"
+        assert _row(md, reviewed, f"full (all facts)")[1:3] == ["0.969", "16"]  # unit 0: 1 of its 2 reviewed facts
+        assert (f"16 {noun}s paired by {unit} (the 31 of 32 facts the full cache answered, in 16 of 16 {noun}s; "
+                "the `full` row is its accuracy on all of them)") in md
+        assert _row(md, f"{task}, facts never reviewed · budget 0.5 of the {noun}", "**ebbinghaus**")[-1] == "ties"
 
 
 def test_readme_markers(report, tmp_path, capsys):

@@ -10,11 +10,12 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any, Iterable, TextIO
 
 from ..config import MODES, POLICIES
 from .common import (UsageError, add_knob_args, add_model_args, check_knobs, check_model_args, check_output_path,
-                     fraction_list, knobs_of, load_llm, name_list, positive_int, write_output)
+                     fraction_list, knobs_of, load_llm, name_list, positive_int, read_text_file, write_output)
 
 
 # -- memollm chat ------------------------------------------------------------------------------------
@@ -114,67 +115,123 @@ def run(args: argparse.Namespace) -> int:
 
 # -- memollm eval recall --------------------------------------------------------------------------------
 def add_recall_parser(esub) -> None:
-    """``recall`` under ``memollm eval``'s subparsers."""
+    """``recall`` under ``memollm eval``'s subparsers: conversations, or with ``--stream`` a running text."""
     from ..evaluate.recall import BUDGET_FRACTIONS, POLICIES_COMPARED, RECENT_WINDOW, SPLITS
+    from ..evaluate.recall_stream import BUDGET_FRACTIONS as STREAM_FRACTIONS, DEFAULT_LENGTH
 
     choices = [p for p in POLICIES if p != "full"]
     default = ",".join(POLICIES_COMPARED)
-    p = esub.add_parser("recall", help="recall of 2-4 facts, reviewed 0, 1 or 2 times, at the end of a conversation",
+    fractions = lambda f: ",".join(map(str, f))  # noqa: E731
+    p = esub.add_parser("recall", help="recall of 2-4 facts, reviewed 0, 1 or 2 times, at the end of a conversation "
+                        "(or, with --stream, of a long running text)",
                         description="Seeded synthetic conversations: 2-4 facts stated at different turns, some asked "
                                     "about again once or twice, small talk, and every fact asked for at the end; "
                                     "answers and the share of each fact still cached, per policy, budget fraction "
-                                    "and number of reviews, with 95%% intervals over conversations.")
-    p.add_argument("--budget-fractions", type=fraction_list(low_open=True, high_open=True),
-                   default=list(BUDGET_FRACTIONS), help="KV-cache budgets as fractions of each conversation's "
-                   f"length (default: {','.join(map(str, BUDGET_FRACTIONS))})")
+                                    "and number of reviews, with 95%% intervals over conversations. With --stream "
+                                    "the facts are stated early in a passage of running text instead, and asked "
+                                    "for after it, many budgets later.")
+    p.add_argument("--stream", action="store_true",
+                   help="recall along a stream: facts stated in the first part of a passage of running text (docs "
+                        "and prose passages of the split, or pieces of --text-file), asked for after it")
+    p.add_argument("--length", type=positive_int, default=None,
+                   help=f"with --stream: passage tokens per case, about (default: {DEFAULT_LENGTH})")
+    p.add_argument("--text-file", default=None,
+                   help="UTF-8 text whose consecutive pieces (of its first half for the report split, of its second "
+                        "for tune) are the passages; implies --stream")
+    p.add_argument("--budget-fractions", type=fraction_list(low_open=True, high_open=True), default=None,
+                   help="KV-cache budgets as fractions of each case's length (default: "
+                        f"{fractions(BUDGET_FRACTIONS)}; {fractions(STREAM_FRACTIONS)} with --stream)")
     p.add_argument("--policies", type=name_list(choices), default=name_list(choices)(default),
                    help=f"evicting policies, comma-separated (default: {default}); 'full' is always added")
-    p.add_argument("--cases", type=positive_int, default=30, help="conversations (default: 30)")
+    p.add_argument("--cases", type=positive_int, default=None,
+                   help="conversations, or passages with --stream (default: 30; 16 with --stream)")
     p.add_argument("--split", choices=sorted(SPLITS), default="report",
                    help=f"conversations from id {SPLITS['report']} (report, default) or from id 0 (tune, for "
-                        "choosing wording and settings): the two never overlap")
-    p.add_argument("--turns", type=positive_int, default=12, help="user turns before the final questions (default: 12)")
+                        "choosing wording and settings): the two never overlap; with --stream, passages from the "
+                        "report or the tune half of each text")
+    p.add_argument("--turns", type=positive_int, default=None,
+                   help="user turns before the final questions (default: 12; conversations only)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random policy and the bootstrap (default: 0)")
     p.add_argument("--json", metavar="PATH", default=None,
-                   help="write the records (one per policy, budget fraction, conversation and fact) as JSON "
-                        "('-' = stdout)")
+                   help="write the records (one per policy, budget fraction, conversation or passage, and fact) "
+                        "as JSON ('-' = stdout)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
-    p.add_argument("--no-plot", action="store_true", help="do not write figures/eval_recall.png")
+    p.add_argument("--no-plot", action="store_true",
+                   help="do not write figures/eval_recall.png (eval_recall_stream.png with --stream)")
     add_model_args(p)
     add_knob_args(p, skip=("memory_budget", "policy"), defaults={"recent_window": RECENT_WINDOW})
     p.set_defaults(handler=run_recall)
+
+
+def _check_recall_args(args: argparse.Namespace) -> None:
+    """Settle the mode and its defaults, and refuse a flag the mode does not read."""
+    from ..evaluate.recall import BUDGET_FRACTIONS
+    from ..evaluate.recall_stream import BUDGET_FRACTIONS as STREAM_FRACTIONS, DEFAULT_LENGTH
+
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    args.stream = args.stream or args.text_file is not None
+    if args.stream:
+        if args.turns is not None:
+            raise UsageError("--turns counts a conversation's turns: recall along a stream (--stream, --text-file) "
+                             "has none; use --length")
+        args.length = args.length or DEFAULT_LENGTH
+        if args.length < 256:
+            raise UsageError(f"--length must be >= 256 (room for four facts and their reviews), got {args.length}")
+    else:
+        if args.length is not None:
+            raise UsageError("--length sets the passage of recall along a stream: add --stream")
+        args.turns = args.turns or 12
+        if args.turns < 8:
+            raise UsageError(f"--turns must be >= 8 (room for 4 facts and their reviews), got {args.turns}")
+    args.cases = args.cases or (16 if args.stream else 30)
+    if args.budget_fractions is None:
+        args.budget_fractions = list(STREAM_FRACTIONS if args.stream else BUDGET_FRACTIONS)
+    check_knobs(args, "evict")
+    check_output_path("--json", args.json)
 
 
 def run_recall(args: argparse.Namespace) -> int:
     import torch
 
     from ..evaluate.recall import VALUES, recall, recall_table, records_json
+    from ..evaluate.recall_stream import recall_stream
 
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    if args.turns < 8:
-        raise UsageError(f"--turns must be >= 8 (room for 4 facts and their reviews), got {args.turns}")
-    check_knobs(args, "evict")
-    check_output_path("--json", args.json)
+    _check_recall_args(args)
+    text = read_text_file(args.text_file) if args.text_file else None
     if args.threads:
         torch.set_num_threads(args.threads)
     llm = load_llm(args)
-    result = recall(llm, budget_fractions=args.budget_fractions, policies=args.policies, cases=args.cases,
-                    split=args.split, seed=args.seed, turns=args.turns, recent_window=args.recent_window,
-                    config=llm.config.replace(**knobs_of(args)))  # recall's own window unless --window says
-    s = result["settings"]
+    config = llm.config.replace(**knobs_of(args))  # recall's own window unless --window says
     out = sys.stderr if args.json == "-" else sys.stdout
-    print(f"recall over {s['cases']} {s['split']} conversations ({s['mean_conversation_tokens']:.0f} tokens on "
-          f"average; granularity {s['granularity']}, sinks {s['sink_tokens']}, window {s['recent_window']}), "
-          f"model {llm.model_name}; {s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU)", file=out)
+    if args.stream:
+        name = Path(args.text_file).name if args.text_file else "docs + prose"
+        result = recall_stream(llm, budget_fractions=args.budget_fractions, policies=args.policies, cases=args.cases,
+                               split=args.split, length=args.length, text=text, text_name=name, seed=args.seed,
+                               recent_window=args.recent_window, config=config)
+        s = result["settings"]
+        print(f"recall along a stream over {s['cases']} {s['split']} passages of {name} ({s['mean_case_tokens']:.0f} "
+              f"tokens on average with the facts and questions; granularity {s['granularity']}, sinks "
+              f"{s['sink_tokens']}, window {s['recent_window']}), model {llm.model_name}; {s['seconds']:.0f} s "
+              f"({s['cpu_seconds']:.0f} s CPU)", file=out)
+        unit, figure = "passages", "eval_recall_stream"
+    else:
+        result = recall(llm, budget_fractions=args.budget_fractions, policies=args.policies, cases=args.cases,
+                        split=args.split, seed=args.seed, turns=args.turns, recent_window=args.recent_window,
+                        config=config)
+        s = result["settings"]
+        print(f"recall over {s['cases']} {s['split']} conversations ({s['mean_conversation_tokens']:.0f} tokens on "
+              f"average; granularity {s['granularity']}, sinks {s['sink_tokens']}, window {s['recent_window']}), "
+              f"model {llm.model_name}; {s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU)", file=out)
+        unit, figure = "conversations", "eval_recall"
     for value, title in VALUES.items():
-        print(f"\n{title}, by number of reviews (95% bootstrap interval over conversations):", file=out)
+        print(f"\n{title}, by number of reviews (95% bootstrap interval over {unit}):", file=out)
         print(recall_table(result, value), file=out)
     if args.json:
         write_output(args.json, records_json(result["records"]))
     if not args.no_plot:
         from ..viz import plot_recall, save_figure
 
-        print(f"figure: {save_figure(plot_recall(result), 'eval_recall')}", file=out)
+        print(f"figure: {save_figure(plot_recall(result), figure)}", file=out)
     return 0

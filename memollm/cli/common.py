@@ -137,6 +137,18 @@ def load_llm(args: argparse.Namespace):
 
 
 
+def read_text_file(path: str) -> str:
+    """The user's ``--text-file``, or a one-line error saying why it cannot be read."""
+    from ..texts import load_text
+
+    try:
+        return load_text(path)
+    except OSError as exc:
+        raise UsageError(f"--text-file: cannot read {path!r}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # empty
+        raise UsageError(f"--text-file: {exc}") from None
+
+
 def check_output_path(flag: str, path: str | None) -> None:
     """Fail before a long run if ``path`` cannot be written (``-`` is stdout)."""
     if path and path != "-":

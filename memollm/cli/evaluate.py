@@ -17,7 +17,7 @@ from ..texts import TEXT_SOURCES, load_text
 from ..viz import plot_agreement, plot_passkey, plot_passkey_summary, plot_ppl, plot_stream, save_figure
 from .chat import add_recall_parser
 from .common import (UsageError, add_knob_args, add_model_args, check_knobs, check_model_args, fraction_list, int_list,
-                     knobs_of, load_llm, name_list, positive_int, write_output)
+                     knobs_of, load_llm, name_list, positive_int, read_text_file, write_output)
 
 
 def add_parser(sub) -> None:
@@ -119,8 +119,10 @@ def add_parser(sub) -> None:
     p.add_argument("--chunk", type=positive_int, default=1, help="tokens per step (default: 1)")
     p.add_argument("--granularity", choices=GRANULARITIES, default="auto",
                    help="who ranks slots (default: auto = layer for evict)")
-    p.add_argument("--source", choices=sorted(TEXT_SOURCES), default="docs",
+    p.add_argument("--source", choices=sorted(TEXT_SOURCES), default=None,
                    help="offline text: docs (CPython's reference), prose (Austen's Persuasion) (default: docs)")
+    p.add_argument("--text-file", default=None, help="UTF-8 text to stream instead of --source (its first half is "
+                   "the report split, its second half the tune split)")
     split(p)
     p.set_defaults(handler=run_stream)
 
@@ -197,7 +199,7 @@ def _print_summary(records: list[dict], value: str, *, lower_is_better: bool, in
 
 def run_ppl(args) -> int:
     llm, config = _start(args)
-    text = load_text(args.text_file) if args.text_file else None
+    text = read_text_file(args.text_file) if args.text_file else None
     records = perplexity(llm, budgets=args.budgets, policies=args.policies, max_tokens=args.max_tokens,
                          segments=args.segments, text=text, split=args.split,
                          sources=None if args.text_file else args.sources, granularities=args.granularity,
@@ -245,7 +247,7 @@ def run_retrieval(args) -> int:
     if any(f <= 0 for f in args.budget_fractions):
         raise UsageError(f"--budget-fractions must be in (0, 1], got {args.budget_fractions}")
     llm, config = _start(args)
-    text = load_text(args.text_file) if args.text_file else None
+    text = read_text_file(args.text_file) if args.text_file else None
     records = retrieval(llm, tasks=args.tasks, cases=args.cases, budget_fractions=args.budget_fractions,
                         policies=args.policies, split=args.split, length=args.length, granularity=args.granularity,
                         seed=args.seed, text=text, config=config)
@@ -284,12 +286,16 @@ def run_agreement(args) -> int:
 
 
 def run_stream(args) -> int:
+    if args.text_file and args.source:
+        raise UsageError("--text-file and --source name two texts: pass one")
+    text = read_text_file(args.text_file) if args.text_file else None
+    source = Path(args.text_file).name if args.text_file else args.source or "docs"
     llm, config = _start(args)
     records = long_stream(llm, tokens=args.tokens, budgets=args.budgets, schemes=args.positions,
-                          policies=args.policies, window=args.every, chunk=args.chunk, source=args.source,
+                          policies=args.policies, window=args.every, chunk=args.chunk, source=source, text=text,
                           split=args.split, seed=args.seed,
                           config=config.replace(granularity=args.granularity))
-    print(f"perplexity in windows of {args.every} tokens along a {args.tokens}-token stream of {args.source} "
+    print(f"perplexity in windows of {args.every} tokens along a {args.tokens}-token stream of {source} "
           f"({args.split} split, chunk {args.chunk}), model {llm.model_name}, context {llm.max_positions}")
     windows = [r for r in records if r["evaluation"] == "stream"]
     print(table([dict(r, line=f"{r['policy']}/{r['positions']}/{r['budget']}") for r in windows], "perplexity",

@@ -13,9 +13,9 @@ from typing import Sequence
 
 import torch
 
-from ..config import MemoryConfig
+from ..config import ConfigError, MemoryConfig
 from ..stats import paired_difference
-from ..texts import default_text, passages, split_ids, text_segments
+from ..texts import default_text, passages, split_ids, text_half, text_segments
 from .core import EVICTING, full_logprobs, ppl, stream
 from .rows import spec
 
@@ -70,11 +70,12 @@ def perplexity(llm, *, budgets: Sequence[int] = (64, 128, 256), policies: Sequen
 def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 1024),
                 schemes: Sequence[str] = ("true", "cache"), policies: Sequence = ("streaming", "ebbinghaus"),
                 window: int = 1000, chunk: int = 1, source: str = "docs", split: str = "report", seed: int = 0,
-                config: MemoryConfig | None = None, progress: bool = True) -> list[dict]:
+                config: MemoryConfig | None = None, progress: bool = True, text: str | None = None) -> list[dict]:
     """Perplexity along a stream longer than the model's context, in windows of ``window`` tokens.
 
     The first ``tokens`` tokens of one split of a source (``report``, or ``tune`` for choosing
-    settings you will not report) are read ``chunk`` tokens at a time with the cache held to
+    settings you will not report), or of one split of ``text`` (a user's text, cut in halves
+    like a source; ``source`` then only names it in the records), are read ``chunk`` tokens at a time with the cache held to
     each budget, once per position scheme (``true``: positions grow past the trained range;
     ``cache``: StreamingLLM's positions inside the cache). The
     ``full`` cache is the reference while the stream fits the context. One record per
@@ -83,9 +84,11 @@ def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 102
     share of each full-attention layer's slots (sinks aside) holding tokens read
     more than four budgets before the end, the mark of a policy that hoards.
     """
-    ids = split_ids(llm.tokenizer, source, split)
+    ids = split_ids(llm.tokenizer, source, split) if text is None else text_half(llm.tokenizer, text, split)
     if ids.shape[0] < tokens:
-        raise ValueError(f"source {source!r} has {ids.shape[0]} tokens in its {split} split; {tokens} requested")
+        what = f"source {source!r}" if text is None else f"the text {source!r}"
+        raise ConfigError(f"{what} has {ids.shape[0]} tokens in its {split} split (one half of it); "
+                          f"{tokens} requested")
     text = {"source": source, "split": split}
     ids = ids[:tokens][None]
     starts = list(range(0, tokens - 1, window))

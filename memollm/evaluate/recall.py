@@ -313,7 +313,7 @@ def _records(conv: Conversation, specs, budget: int | None, answers, kept, token
             answer = answers[(i, "final")][r]
             share, by_layer = kept[i][r]
             records.append({
-                "policy": label, "budget": budget, "conversation": conv.conversation,
+                "evaluation": "recall", "policy": label, "budget": budget, "conversation": conv.conversation,
                 "fact": i, "kind": f.kind, "value": f.value, "turn": f.turn, "review_turns": list(f.review_turns),
                 "reviews": f.reviews, "answer": answer, "correct": f.value.lower() in answer.lower(),
                 "kept_share": round(share, 4), "kept_share_by_layer": by_layer,
@@ -398,24 +398,26 @@ VALUES = {"correct": "answer correct", "kept_share": "share of the fact's tokens
 BY = ("policy", "budget_fraction", "reviews")
 
 
-def conversation_means(records: Sequence[dict], value: str = "correct") -> list[dict]:
+def conversation_means(records: Sequence[dict], value: str = "correct", *, item: str = "conversation") -> list[dict]:
     """One row per (policy, budget fraction, reviews, conversation): the mean of ``value`` over
     the conversation's facts in that cell (the statistical unit). ``correct_if_full``: ``correct``
-    over the facts the full cache answered (a policy cannot do better than the model)."""
+    over the facts the full cache answered (a policy cannot do better than the model). ``item``:
+    the record key of the unit (``case`` for recall along a stream)."""
     groups: dict[tuple, list[float]] = {}
     for r in records:
         if value == "correct_if_full" and not r["full_correct"]:
             continue
-        key = (*(r[k] for k in BY), r["conversation"])
+        key = (*(r[k] for k in BY), r[item])
         groups.setdefault(key, []).append(float(r["correct" if value == "correct_if_full" else value]))
     order = {p: i for i, p in enumerate(dict.fromkeys(r["policy"] for r in records))}
     keys = sorted(groups, key=lambda k: (order[k[0]], -1 if k[1] is None else k[1], k[2], k[3]))
-    return [{**dict(zip(BY, k)), "conversation": k[-1], value: sum(groups[k]) / len(groups[k])} for k in keys]
+    return [{**dict(zip(BY, k)), item: k[-1], value: sum(groups[k]) / len(groups[k])} for k in keys]
 
 
-def recall_summary(records: Sequence[dict], *, seed: int = 0) -> dict[str, list[dict]]:
+def recall_summary(records: Sequence[dict], *, seed: int = 0, item: str = "conversation") -> dict[str, list[dict]]:
     """Per value of ``VALUES``: ``memollm.stats.summarize`` rows by policy, budget fraction and
-    reviews, bootstrapped over conversations, with the paired difference to ``streaming``."""
+    reviews, bootstrapped over conversations (or another ``item``), with the paired difference
+    to ``streaming``."""
     from ..stats import summarize as stat_rows
 
     def clean(row: dict) -> dict:  # JSON-safe: no interval (NaN) where one conversation holds the cell
@@ -423,9 +425,9 @@ def recall_summary(records: Sequence[dict], *, seed: int = 0) -> dict[str, list[
 
     out = {}
     for value in VALUES:
-        rows = conversation_means(records, value)
+        rows = conversation_means(records, value, item=item)
         if rows:
-            out[value] = [clean(r) for r in stat_rows(rows, value, by=BY, item="conversation",
+            out[value] = [clean(r) for r in stat_rows(rows, value, by=BY, item=item,
                                                       baselines=("streaming",), lower_is_better=False, seed=seed)]
     return out
 

@@ -3,7 +3,8 @@
     memollm eval report [--policy ebbinghaus] [--readme README.md]
 
 Reads the evaluation records in figures/ (``eval_ppl.json``, ``eval_retrieval.json``,
-``eval_stream_tokens.json`` and ``eval_stream.json``, where they exist), and writes ``figures/quality_report.md`` and
+``eval_stream_tokens.json``, ``eval_stream.json``, ``eval_recall.json`` and
+``eval_recall_stream.json``, where they exist), and writes ``figures/quality_report.md`` and
 ``figures/quality_forest.png``. With ``--readme`` the text between the README's markers
 ``<!-- quality-report:begin -->`` and ``<!-- quality-report:end -->`` is replaced by the tables.
 Another ``--policy`` (``ebbinghaus_learned``) gets its own page, plot and markers, named after it.
@@ -57,19 +58,24 @@ class Spec:
     task: Callable[[dict], str]
     budget: str
     settings: tuple[str, ...]
+    answered: str | None = None  # scored only on these items the full cache answered ("document", "fact")
 
 
 SPECS = (
     Spec("perplexity", "ppl", "eval_ppl.json", "perplexity_after_budget", "perplexity after the budget", True,
          "passage", "passage", lambda r: "perplexity", "budget", ("granularity",)),
     Spec("retrieval", "retrieval", "eval_retrieval.json", "correct", "accuracy", False,
-         "document", "document", lambda r: str(r["task"]), "budget_fraction", ("granularity",)),
+         "document", "document", lambda r: str(r["task"]), "budget_fraction", ("granularity",), "document"),
     Spec("stream", "stream", "eval_stream_tokens.json", "perplexity", "stream perplexity", True,
          "window_start", "window", lambda r: f"stream {r['source']}, token by token" if r.get("source") else "stream",
          "budget", ("granularity", "positions")),
     Spec("long stream", "stream", "eval_stream.json", "perplexity", "stream perplexity", True,
          "window_start", "window", lambda r: f"long stream {r['source']}, chunks of {r['chunk']}",
          "budget", ("granularity", "positions")),
+    Spec("conversations", "recall", "eval_recall.json", "correct", "recall", False, "conversation",
+         "conversation", lambda r: _reviewed("conversation recall", r), "budget_fraction", (), "fact"),
+    Spec("stream recall", "recall_stream", "eval_recall_stream.json", "correct", "recall", False, "case",
+         "passage", lambda r: _reviewed("recall along a stream", r), "budget_fraction", (), "fact"),
 )
 
 
@@ -119,7 +125,7 @@ def _key(x: Any) -> tuple:
 
 def _fmt_budget(spec: Spec, b: Any) -> str:
     if spec.budget == "budget_fraction":
-        return f"{b:g} of the document" if isinstance(b, (int, float)) else str(b)
+        return f"{b:g} of the {spec.noun}" if isinstance(b, (int, float)) else str(b)
     return f"{b} tokens" if b is not None else "none"
 
 
@@ -140,8 +146,25 @@ def _units(recs: list[dict], spec: Spec) -> dict[str, dict[Any, float]]:
 
 def _answered(r: dict) -> bool:
     if "full_correct" not in r:
-        raise ValueError(f"retrieval record lacks 'full_correct' (did the full cache answer?): {r}")
+        raise ValueError(f"record lacks 'full_correct' (did the full cache answer?): {r}")
     return bool(r["full_correct"])
+
+
+def _reviewed(task: str, r: dict) -> str:
+    """A recall task split by whether the fact was asked for again before its last question:
+    reviewed facts test what a memory keeps, never-reviewed ones what survives untouched."""
+    return f"{task}, {'reviewed facts' if r['reviews'] else 'facts never reviewed'}"
+
+
+def _answered_note(spec: Spec, grp: list[dict], ceiling: bool) -> str:
+    """Which of the records' items the full cache answered (the rows are scored on those only)."""
+    items = {(r[spec.unit], r.get("fact")) for r in grp}
+    answered = {(r[spec.unit], r.get("fact")) for r in grp if _answered(r)}
+    note = f" (the {len(answered)} of {len(items)} {spec.answered}s the full cache answered"
+    if spec.answered != spec.noun:
+        units = {u for u, _ in items}
+        note += f", in {len({u for u, _ in answered})} of {len(units)} {spec.noun}s"
+    return note + ("; the `full` row is its accuracy on all of them)" if ceiling else ")")
 
 
 def _protocol(spec: Spec, recs: list[dict], budget: Any, budgets: list, n_units: int, extra: str) -> str:
@@ -177,11 +200,8 @@ def build_tables(records: dict[str, list[dict]], *, policy: str, peers: Sequence
             grp = groups[task, settings, budget]
             ceiling = [r for r in full if spec.task(r) == task and r.get(spec.budget) in (None, budget)]
             extra = ""
-            if spec.name == "retrieval":
-                answered = {r[spec.unit] for r in grp if _answered(r)}
-                total = len({r[spec.unit] for r in grp})
-                extra = (f" (the {len(answered)} of {total} documents the full cache answered"
-                         + ("; the `full` row is its accuracy on all of them)" if ceiling else ")"))
+            if spec.answered:
+                extra = _answered_note(spec, grp, bool(ceiling))
                 grp = [r for r in grp if _answered(r)]
             values = _units(grp, spec)
             n_units = len({u for v in values.values() for u in v})
@@ -192,7 +212,7 @@ def build_tables(records: dict[str, list[dict]], *, policy: str, peers: Sequence
                 top = _units(ceiling, spec)["full"]
                 table.rows.append(Row("full", float(np.mean(list(top.values()))), len(top)))
                 units = {u for v in values.values() for u in v}
-                if spec.name != "retrieval" and set(top) != units:
+                if not spec.answered and set(top) != units:
                     table.protocol += (f" `full` was measured on {len(set(top) & units)} of these {spec.noun}s"
                                        f"{f' and {len(set(top) - units)} others' if set(top) - units else ''}:"
                                        " its mean is not on the same units as the rows below it.")
@@ -228,7 +248,7 @@ def render_table(t: Table, *, policy: str, level: float) -> str:
     head = ["policy", t.spec.metric, "n", "vs best peer", f"Δ [{pct} t-interval]", "p (Holm)", "verdict"]
     rows = []
     for r in t.rows:
-        ceiling = "full (all documents)" if t.spec.name == "retrieval" else "full (ceiling)"
+        ceiling = f"full (all {t.spec.answered}s)" if t.spec.answered else "full (ceiling)"
         name = ceiling if r.policy == "full" else (f"**{r.policy}**" if r.policy == policy else r.policy)
         if r.diff is None:
             cells = [name, _num(r.mean), str(r.n), "–", "–", "–", "–"]
@@ -253,7 +273,9 @@ def render(tables: list[Table], *, policy: str, peers: Sequence[str], level: flo
            f"Student-t interval. p is Holm-adjusted across all the peers that policy was compared with, and "
            f"the verdict is *wins* or *loses* only where that p is below {1 - level:.2g} in that direction, "
            f"else *ties*. `full` keeps every token: the ceiling, not a competitor. Perplexity: lower is "
-           f"better; retrieval accuracy: higher is better, scored on the documents the full cache answered."]
+           f"better; retrieval accuracy: higher is better, scored on the documents the full cache answered; "
+           f"recall (conversations, along a stream): higher is better, the mean per conversation or passage "
+           f"over the facts the full cache answered."]
     if forest:
         out.append(f"![{policy} against its best peer per task and budget]({forest})")
     if not tables:
