@@ -31,6 +31,7 @@ from ..stats import Paired, holm, judge, markdown, paired
 
 BEGIN, END = "<!-- quality-report:begin -->", "<!-- quality-report:end -->"
 PEERS = ("streaming", "h2o", "tova", "snapkv")
+VERDICT = {"better": "wins", "worse": "loses", "tie": "ties"}
 DEFAULT_POLICY = "ebbinghaus"
 """The policy whose page is ``quality_report.md``; another policy's page and README markers carry its name."""
 
@@ -41,7 +42,6 @@ def outputs(policy: str) -> tuple[str, str, tuple[str, str]]:
         return "quality_report.md", "quality_forest.png", (BEGIN, END)
     return (f"quality_report_{policy}.md", f"quality_forest_{policy}.png",
             (f"<!-- quality-report {policy}:begin -->", f"<!-- quality-report {policy}:end -->"))
-VERDICT = {"better": "wins", "worse": "loses", "tie": "ties"}
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,15 @@ class Spec:
     budget: str
     settings: tuple[str, ...]
     answered: str | None = None  # scored only on these items the full cache answered ("document", "fact")
+    also: tuple[str, ...] = ()  # runs of further policies on the same units (their own `full` rows are dropped)
 
 
 SPECS = (
     Spec("perplexity", "ppl", "eval_ppl.json", "perplexity_after_budget", "perplexity after the budget", True,
-         "passage", "passage", lambda r: "perplexity", "budget", ("granularity",)),
+         "passage", "passage", lambda r: "perplexity", "budget", ("granularity",), also=("eval_ppl_learned.json",)),
     Spec("retrieval", "retrieval", "eval_retrieval.json", "correct", "accuracy", False,
-         "document", "document", lambda r: str(r["task"]), "budget_fraction", ("granularity",), "document"),
+         "document", "document", lambda r: str(r["task"]), "budget_fraction", ("granularity",), "document",
+         also=("eval_retrieval_learned.json",)),
     Spec("stream", "stream", "eval_stream_tokens.json", "perplexity", "stream perplexity", True,
          "window_start", "window", lambda r: f"stream {r['source']}, token by token" if r.get("source") else "stream",
          "budget", ("granularity", "positions")),
@@ -73,7 +75,8 @@ SPECS = (
          "window_start", "window", lambda r: f"long stream {r['source']}, chunks of {r['chunk']}",
          "budget", ("granularity", "positions")),
     Spec("conversations", "recall", "eval_recall.json", "correct", "recall", False, "conversation",
-         "conversation", lambda r: _reviewed("conversation recall", r), "budget_fraction", (), "fact"),
+         "conversation", lambda r: _reviewed("conversation recall", r), "budget_fraction", (), "fact",
+         also=("eval_recall_learned.json",)),
     Spec("stream recall", "recall_stream", "eval_recall_stream.json", "correct", "recall", False, "case",
          "passage", lambda r: _reviewed("recall along a stream", r), "budget_fraction", (), "fact"),
 )
@@ -329,6 +332,11 @@ def load_all(figures: Path) -> tuple[dict[str, list[dict]], list[str]]:
         records[spec.name] = load(path, spec)
         if path.exists():
             sources.append(spec.file)
+        for name in spec.also:
+            more = [r for r in load(figures / name, spec) if r["policy"] != "full"]
+            if more:
+                records[spec.name] += more
+                sources.append(name)
     return records, sources
 
 
