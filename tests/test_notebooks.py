@@ -136,10 +136,7 @@ def _badge(path: Path) -> str:
     return notebook.colab_badge_url(path.name)
 
 
-# 07's solutions still open with a relative link and no badge; they change with notebook 07.
-_PENDING = {"07_solutions.ipynb"}
-WITH_BADGES = [pytest.param(p, marks=pytest.mark.xfail(reason="no Colab badge yet", strict=True))
-               if p.name in _PENDING else p for p in NOTEBOOKS + SOLUTION_NOTEBOOKS]
+WITH_BADGES = NOTEBOOKS + SOLUTION_NOTEBOOKS  # every lesson and every solution opens in Colab from its badge
 
 
 @pytest.mark.parametrize("path", WITH_BADGES, ids=lambda p: p.name)

@@ -127,6 +127,49 @@ def test_plot_forest_rows_and_errors():
         plot_forest([{"label": "x", "mean": 0.0}])
 
 
+def test_plot_forest_colours_verdicts_and_names_the_peer():
+    """Colour and marker follow the verdict (wins, ties, loses) with a counting legend; the axis says
+    the difference is against the peer named on each row; parts every label shares are said once."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from memollm.viz import plot_forest
+    from memollm.viz.forest import STYLE
+
+    panel = "Δ perplexity: ebbinghaus − best peer (lower is better)"
+    rows = [{"label": f"ppl · layer · B={b} · vs {peer}", "mean": m, "low": m - 0.2, "high": m + 0.2, "n": 8,
+             "verdict": v, "marked": v != "ties", "panel": panel}
+            for b, peer, m, v in [(64, "snapkv", -0.5, "wins"), (128, "streaming", 0.1, "ties"),
+                                  (256, "tova", 0.5, "loses"), (512, "tova", 0.0, "ties")]]
+    rows.append({"label": "long stream docs, chunks of 64 · layer · pos true · B=1024 · vs streaming", "mean": 1.0,
+                 "low": 0.5, "high": 1.5, "n": 20, "verdict": "loses", "marked": True, "panel": "other"})
+    fig = plot_forest(rows, title="t")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "Δ perplexity: ebbinghaus − its best peer, named on each row (lower is better)"
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["ppl · B=64 · vs snapkv", "ppl · B=128 · vs streaming", "ppl · B=256 · vs tova",
+                      "ppl · B=512 · vs tova"]  # "layer", on every row, moves under the title
+    assert "all rows: layer" in fig._suptitle.get_text()
+    long = [t.get_text() for a in fig.axes for t in a.get_yticklabels() if t.get_text().startswith("long")]
+    assert long == ["long stream docs, chunks of 64 · pos true ·\nB=1024 · vs streaming"]  # wrapped
+    points = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == 1]  # the means, in row order
+    assert [(to_hex(p.get_color()), p.get_marker()) for p in points] == [
+        (STYLE[v][0], STYLE[v][1]) for v in ("wins", "ties", "loses", "ties")]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["wins (1)", "loses (2)", "ties (2)"]
+    plt.close(fig)
+    # a verdict decides the colour even where "marked" is missing; a row without a verdict never looks like one
+    fig = plot_forest([{"label": "a · vs x", "mean": -1.0, "low": -2.0, "high": -0.5, "n": 5, "verdict": "wins"},
+                       {"label": "b · vs x", "mean": -1.0, "low": -2.0, "high": -0.5, "n": 5, "marked": True}])
+    points = [ln for ln in fig.axes[0].get_lines() if len(ln.get_xdata()) == 1]
+    assert [to_hex(p.get_color()) for p in points] == [STYLE["wins"][0], STYLE["differs"][0]]
+    assert fig.axes[0].get_xlabel() == "difference"  # no "best peer" claimed where the caller made none
+    plt.close(fig)
+
+
 # -- the lessons' heat maps (seaborn's heatmap: a QuadMesh, cell (i, j) over [j, j+1] x [i, i+1]) --
 
 def _mesh(ax):
