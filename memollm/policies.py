@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from .config import POLICIES, SEED_RULE, ConfigError, MemoryConfig
-from .memory import EbbinghausMemory, retention, reviewed, reviewed_strength
+from .memory import EbbinghausMemory, retention
 
 
 def register_policy(name: str) -> Callable[[type["Policy"]], type["Policy"]]:
@@ -152,22 +152,16 @@ class EbbinghausSeedPolicy(EbbinghausPolicy):
 class LearnedStrengthPolicy(Policy):
     """The forgetting curve with a learned strength: every token's S is read from its attention
     input when it is read (``memollm.strength``, ``memollm train-strength``), and it is ranked by
-    its retention R = exp(-age / S), age in tokens. The state layers' log S are averaged (a
-    geometric mean of S) where one unit ranks for several layers.
-
-    With ``review`` other than ``"none"`` a retrieval is a review, as in the hand-made rule: a
-    token the newest query reviews (``memollm.memory.reviewed``, in any state layer) restarts
-    its curve (age 0) and its strength grows by ``stability``'s rule, S counted in units of
-    ``time_step`` as there. Without reviews no attention is read at all."""
+    its retention R = exp(-age / S), age in tokens; no attention is needed. The state layers'
+    log S are averaged (a geometric mean of S) where one unit ranks for several layers.
+    (Reviews, accumulated attention and H2O's recent half on top of it were tried on tune
+    conversations and did not help: ``scripts/search_learned.py``.)"""
 
     needs_strength = True
-    settings: dict = {}  # a preset's MemoryConfig changes, as in EbbinghausPolicy
 
     def __init__(self, config, num_layers, *, seed=0, device=None) -> None:
-        config = config.replace(**self.settings) if self.settings else config
         super().__init__(config, num_layers)
-        self.needs_attention = config.review != "none"
-        self.age = torch.zeros(1, 0, device=device)  # [rows, tokens], tokens read since each (or its last review)
+        self.age = torch.zeros(1, 0, device=device)  # [rows, tokens], tokens read since each
         self.log_strength = torch.zeros(1, 0, device=device)
         self._pending: torch.Tensor | None = None
 
@@ -182,16 +176,6 @@ class LearnedStrengthPolicy(Policy):
         self.age = torch.cat([self.age + n, new_age], dim=-1)
         self.log_strength = torch.cat([self.log_strength, new], dim=-1)
         self._pending = None
-
-    def observe(self, received, visible):
-        cfg = self.config
-        share = received.float() * visible
-        hit = reviewed(cfg, received, share).any(0)
-        step = cfg.time_step
-        strength = torch.exp(self.log_strength) * step  # in the hand-made rule's units
-        grown = reviewed_strength(cfg, strength, torch.exp(self.scores(None)), share.mean(0))
-        self.log_strength = torch.where(hit, torch.log(grown / step), self.log_strength)
-        self.age = torch.where(hit, torch.zeros_like(self.age), self.age)
 
     def keep(self, index):
         self.age, self.log_strength = self.age.gather(-1, index), self.log_strength.gather(-1, index)

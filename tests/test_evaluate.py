@@ -519,11 +519,30 @@ def test_verdicts_protocol_and_identical_reruns(report, tmp_path):
 def test_peers_and_policy_are_configurable(report, tmp_path):
     _write(tmp_path, retrieval=False)
     report.main(["--figures", str(tmp_path), "--policy", "tova", "--peers", "streaming"])
-    md = (tmp_path / "quality_report.md").read_text()
+    assert not (tmp_path / "quality_report.md").exists()  # the default's page is not overwritten
+    md = (tmp_path / "quality_report_tova.md").read_text()
+    assert (tmp_path / "quality_forest_tova.png").exists()
     row = _row(md, "perplexity · granularity layer · budget 64 tokens", "**tova**")
     assert row[3] == "streaming" and row[-1] == "wins"
     # ebbinghaus is not a peer here: compared with streaming only
     assert _row(md, "perplexity · granularity layer · budget 64 tokens", "ebbinghaus")[3] == "streaming"
+
+
+def test_a_policy_run_apart_joins_its_family(report, tmp_path):
+    """Records of a policy run on the same units in a file of its own (``Spec.also``) get rows in
+    the family's tables; that file's own ``full`` rows are not counted twice."""
+    _write(tmp_path, retrieval=False)
+    main = json.loads((tmp_path / "eval_ppl.json").read_text())
+    apart = [dict(r, policy="ebbinghaus_learned", perplexity_after_budget=r["perplexity_after_budget"] + 1.0)
+             for r in main if r["policy"] == "ebbinghaus"] + [r for r in main if r["policy"] == "full"]
+    (tmp_path / "eval_ppl_learned.json").write_text(json.dumps(apart))
+    report.main(["--figures", str(tmp_path), "--policy", "ebbinghaus_learned", "--peers", "streaming,ebbinghaus"])
+    md = (tmp_path / "quality_report_ebbinghaus_learned.md").read_text()
+    assert "`eval_ppl_learned.json`" in md
+    row = _row(md, "perplexity · granularity layer · budget 64 tokens", "**ebbinghaus_learned**")
+    assert row[3] == "ebbinghaus"
+    full = _row(md, "perplexity · granularity layer · budget 64 tokens", "full (ceiling)")
+    assert full[2] == str(len({r["passage"] for r in main if r["policy"] == "full" and r["budget"] == 64}))
 
 
 def _recall(evaluation: str, unit: str) -> list[dict]:

@@ -68,26 +68,6 @@ def test_the_policy_ranks_by_retention_with_the_strength_it_learned():
     torch.testing.assert_close(p.age, torch.tensor([[3.0, 1.0, 0.0]]))
 
 
-def test_a_review_restarts_the_curve_and_fsrs_grows_the_strength():
-    """With reviews on, a token among the keys holding half the newest query's attention gets
-    age 0 (in any state layer); with ``strength_gain=0`` its S stays, with FSRS it grows."""
-    from memollm import MemoryConfig
-
-    for gain, grows in ((0.0, False), (1.0, True)):
-        p = make_policy("ebbinghaus_learned", MemoryConfig(review="top_p", review_top_p=0.5, sink_tokens=1,
-                                                           strength_gain=gain), 1)
-        assert p.needs_attention
-        p.learn(torch.log(torch.full((1, 1, 4), 50.0)))
-        p.append(1, 4)
-        p.append(1, 1)  # ages now 4, 3, 2, 1, 0
-        before = p.log_strength.clone()
-        p.observe(torch.tensor([[[0.1, 0.1, 0.6, 0.1, 0.1]]]), 5)  # token 2 holds most of the non-sink mass
-        assert p.age[0].tolist() == [4.0, 3.0, 0.0, 1.0, 0.0]
-        assert bool(p.log_strength[0, 2] > before[0, 2]) is grows
-        assert torch.equal(p.log_strength[0, [0, 1, 3]], before[0, [0, 1, 3]])
-    assert not make_policy("ebbinghaus_learned", MemoryConfig(review="none"), 1).needs_attention
-
-
 def test_with_room_for_everything_it_gives_the_baselines_tokens(tiny, gate_file):
     llm = tiny
     r = llm.generate(PROMPT, 8, "evict", chat=False, memory_budget=4096, policy="ebbinghaus_learned",
