@@ -536,7 +536,14 @@ def test_a_policy_run_apart_joins_its_family(report, tmp_path):
     apart = [dict(r, policy="ebbinghaus_learned", perplexity_after_budget=r["perplexity_after_budget"] + 1.0)
              for r in main if r["policy"] == "ebbinghaus"] + [r for r in main if r["policy"] == "full"]
     (tmp_path / "eval_ppl_learned.json").write_text(json.dumps(apart))
-    report.main(["--figures", str(tmp_path), "--policy", "ebbinghaus_learned", "--peers", "streaming,ebbinghaus"])
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- quality-report ebbinghaus_learned:begin -->\nold\n"
+                      "<!-- quality-report ebbinghaus_learned:end -->\n")
+    report.main(["--figures", str(tmp_path), "--policy", "ebbinghaus_learned", "--peers", "streaming,ebbinghaus",
+                 "--readme", str(readme)])
+    summary = readme.read_text()  # a summary per family and a link to the whole page, not every table
+    assert "old" not in summary and "| perplexity | 2 |" in summary and "### " not in summary
+    assert "](quality_report_ebbinghaus_learned.md)" in summary
     md = (tmp_path / "quality_report_ebbinghaus_learned.md").read_text()
     assert "`eval_ppl_learned.json`" in md
     row = _row(md, "perplexity · granularity layer · budget 64 tokens", "**ebbinghaus_learned**")

@@ -37,7 +37,8 @@ DEFAULT_POLICY = "ebbinghaus"
 
 
 def outputs(policy: str) -> tuple[str, str, tuple[str, str]]:
-    """The page's and the forest plot's file names and the README markers for ``policy``'s report."""
+    """The page's and the forest plot's file names and the README markers for ``policy``'s report
+    (the default's markers get every table; another policy's get ``render_summary``)."""
     if policy == DEFAULT_POLICY:
         return "quality_report.md", "quality_forest.png", (BEGIN, END)
     return (f"quality_report_{policy}.md", f"quality_forest_{policy}.png",
@@ -73,7 +74,7 @@ SPECS = (
          "budget", ("granularity", "positions")),
     Spec("long stream", "stream", "eval_stream.json", "perplexity", "stream perplexity", True,
          "window_start", "window", lambda r: f"long stream {r['source']}, chunks of {r['chunk']}",
-         "budget", ("granularity", "positions")),
+         "budget", ("granularity", "positions"), also=("eval_stream_learned.json",)),
     Spec("conversations", "recall", "eval_recall.json", "correct", "recall", False, "conversation",
          "conversation", lambda r: _reviewed("conversation recall", r), "budget_fraction", (), "fact",
          also=("eval_recall_learned.json",)),
@@ -101,6 +102,12 @@ class Table:
     budget: Any
     protocol: str
     rows: list[Row] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        """Task, settings and budget: the table's heading."""
+        bits = [self.task] + [f"{k} {v}" for k, v in zip(self.spec.settings, self.settings) if v is not None]
+        return " · ".join(bits + [f"budget {_fmt_budget(self.spec, self.budget)}"])
 
 
 def load(path: Path, spec: Spec) -> list[dict]:
@@ -241,11 +248,6 @@ def build_tables(records: dict[str, list[dict]], *, policy: str, peers: Sequence
     return tables
 
 
-def _title(t: Table) -> str:
-    bits = [t.task] + [f"{k} {v}" for k, v in zip(t.spec.settings, t.settings) if v is not None]
-    return " · ".join(bits + [f"budget {_fmt_budget(t.spec, t.budget)}"])
-
-
 def render_table(t: Table, *, policy: str, level: float) -> str:
     pct = f"{100 * level:g}%"
     head = ["policy", t.spec.metric, "n", "vs best peer", f"Δ [{pct} t-interval]", "p (Holm)", "verdict"]
@@ -284,7 +286,26 @@ def render(tables: list[Table], *, policy: str, peers: Sequence[str], level: flo
     if not tables:
         out.append("No evaluation records were found.")
     for t in tables:
-        out += [f"### {_title(t)}", t.protocol, render_table(t, policy=policy, level=level)]
+        out += [f"### {t.title}", t.protocol, render_table(t, policy=policy, level=level)]
+    return "\n\n".join(out) + "\n"
+
+
+def render_summary(tables: list[Table], *, policy: str, level: float, page: str) -> str:
+    """``policy``'s verdicts per family (tables won, tied, lost against the best peer) and every
+    loss, with a link to the whole ``page``: what a README has room for."""
+    rows, losses = [], []
+    for family in dict.fromkeys(t.spec.name for t in tables):
+        mine = [(t, r) for t in tables if t.spec.name == family for r in t.rows if r.policy == policy and r.verdict]
+        if not mine:
+            continue
+        rows.append([family, len(mine)] + [sum(r.verdict == v for _, r in mine) for v in ("wins", "ties", "loses")])
+        losses += [f"* {t.title}: {_num(r.diff.mean, sign=True)} [{_num(r.diff.low, sign=True)}, "
+                   f"{_num(r.diff.high, sign=True)}] against `{r.peer}` (n = {r.diff.n}, p = {_num(r.p_holm)})"
+                   for t, r in mine if r.verdict == "loses"]
+    out = [f"`{policy}` against its best peer per table ({100 * level:g}% paired t-intervals, Holm); every "
+           f"table is in [{page}]({page}).", markdown(["family", "tables", "wins", "ties", "loses"], rows, "lrrrr")]
+    if losses:
+        out.append("Where it loses:\n\n" + "\n".join(losses))
     return "\n\n".join(out) + "\n"
 
 
@@ -364,7 +385,10 @@ def write_report(figures: Path, *, policy: str = DEFAULT_POLICY, peers: Sequence
             + render(tables, forest=_rel(png_path, md_path.parent) if drawn else None, **kw))
     md_path.write_text(page)
     print(f"wrote {md_path} ({len(tables)} tables)" + (f" and {png_path}" if drawn else ""))
-    if readme is not None and replace_between_markers(
-            readme, render(tables, forest=_rel(png_path, readme.parent) if drawn else None, **kw), markers):
-        print(f"updated {readme}")
+    if readme is not None:
+        body = render(tables, forest=_rel(png_path, readme.parent) if drawn else None, **kw) \
+            if policy == DEFAULT_POLICY else render_summary(tables, policy=policy, level=level,
+                                                            page=_rel(md_path, readme.parent))
+        if replace_between_markers(readme, body, markers):
+            print(f"updated {readme}")
     return tables
