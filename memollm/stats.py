@@ -5,8 +5,8 @@ difficulty (a passage of code-heavy reference text against a page of dialogue) t
 policies differ from each other. So every result is a mean over several passages (or
 seeded cases) with a bootstrap interval, and policies are compared *paired*: the
 difference is taken per passage first (policy minus baseline on the same tokens), which
-cancels the passage's difficulty, and only then averaged and bootstrapped. A policy is
-called better only where that paired interval excludes zero in the good direction.
+cancels the passage's difficulty, and only then averaged, with a Student-t interval. A
+policy is called better only where that paired interval excludes zero in the good direction.
 
 Tables compare with :func:`paired`: a Student-t interval (exact for normal differences, and
 honest at the 5 to 20 passages a run affords, where a percentile bootstrap is too narrow) or a
@@ -85,20 +85,17 @@ def bootstrap_ci(values, *, n_boot: int = 2000, level: float = 0.95, seed: int =
     return (estimate, *_bootstrap(x, statistic, "percentile", n_boot=n_boot, level=level, seed=seed))
 
 
-def paired_difference(a, b, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                      statistic: Callable = np.mean) -> tuple[float, float, float]:
-    """``(mean_diff, low, high)`` of ``a_i - b_i``, bootstrapped over the items ``i``.
+def paired_difference(a, b, *, level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean_diff, low, high)`` of ``a_i - b_i`` over the items ``i``, with :func:`paired`'s
+    Student-t interval: every paired difference the package prints or draws uses this one statistic.
 
     ``a`` and ``b`` are measured on the same items in the same order (e.g. a policy and
     ``streaming`` on the same passages). Pairing removes the items' difficulty, which would
     otherwise swamp the difference: two policies 1% apart on passages 30% apart are
     indistinguishable unpaired and clearly apart paired.
-
-    A percentile bootstrap, kept for the plots and commands that call it; it is too narrow at a
-    handful of items. Tables use :func:`paired` (Student-t or BCa, with a p-value).
     """
-    x, y = _pair(a, b)
-    return bootstrap_ci(x - y, n_boot=n_boot, level=level, seed=seed, statistic=statistic)
+    d = paired(a, b, level=level)
+    return d.mean, d.low, d.high
 
 
 class Paired(NamedTuple):
@@ -277,7 +274,7 @@ def summarize(records: Iterable[Mapping[str, Any]], value: str, by: Sequence[str
                                      "a paired difference needs the same items")
                 order = list(items)
                 diff, low, high = paired_difference([items[k] for k in order], [ref[k] for k in order],
-                                                    n_boot=n_boot, level=level, seed=seed)
+                                                    level=level)
                 if not math.isnan(low):
                     good_side = high < 0 if lower_is_better else low > 0
                     bad_side = low > 0 if lower_is_better else high < 0

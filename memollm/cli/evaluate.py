@@ -209,7 +209,7 @@ def run_ppl(args) -> int:
           f"split), chunk {args.chunk}, model {llm.model_name}")
     print(table(records, "perplexity"))
     print("\nperplexity of the tokens read after eviction started (position >= budget), mean over passages "
-          "[95% bootstrap interval], and the paired difference to streaming and tova (bold: interval below 0):")
+          "[95% bootstrap interval], and the paired difference to streaming and tova [95% t interval] (bold: below 0):")
     _print_summary(records, "perplexity_after_budget", lower_is_better=True)
     print("\ngreedy top-1 agreement with the full cache on those tokens:")
     print(table(records, "top1_agreement_after_budget", fmt="{:.3f}"))
@@ -307,7 +307,7 @@ def run_stream(args) -> int:
             print(f"  {r['policy']}/{r['positions']}/{r['budget']}: " + " / ".join(f"{v:.2f}" for v in old_share(r)))
     context = llm.max_positions or args.tokens
     print(f"\nmean window perplexity before (windows ending in {context // 2:,}-{context:,}) and after the trained "
-          "context, and the paired difference to streaming over all windows [95% bootstrap interval over windows]:")
+          "context, and the paired difference to streaming over all windows [95% t interval over windows]:")
     print(stream_markdown(stream_summary(records, context)))
     granularity = llm.config.replace(granularity=args.granularity).granularity_for("evict")
     _finish(args, records, "perplexity", "eval_stream",

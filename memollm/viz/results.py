@@ -117,7 +117,7 @@ def _budget_axis(ax, budgets) -> None:
 
 def plot_ppl(records: list[dict], ax=None, value: str = "perplexity_after_budget", peer: str = "streaming"):
     """Each policy's paired difference to ``peer`` over the passages, per budget, with its
-    bootstrap 95% interval (below zero: better than ``peer``). Passages differ far more than
+    Student-t 95% interval (below zero: better than ``peer``). Passages differ far more than
     policies, so the paired difference is what a reader should look at; without ``peer`` in the
     records, the mean over passages is drawn instead."""
     import matplotlib.pyplot as plt
@@ -301,12 +301,14 @@ def plot_passkey_summary(rows: list[dict], ax=None):
 
 
 
-def plot_recall(result, fractions: Sequence[float] | None = None, *, intervals: bool = True):
+def plot_recall(result, fractions: Sequence[float] | None = None, *, intervals: bool = True,
+                unit: str = "conversation"):
     """Bars per policy: answer correct (left) and the share of the fact still cached in some
     layer (right), one bar per number of reviews (0, 1, 2), with 95% intervals over
     conversations (``intervals=False``: the means alone, where comparisons are made by paired
     differences instead); one row per budget fraction (``full`` in every row).
-    ``result``: what ``memollm.evaluate.recall.recall`` returns, or its records."""
+    ``result``: what ``memollm.evaluate.recall.recall`` returns, or its records; ``unit`` names
+    what a budget fraction is a fraction of ("passage" for recall along a stream)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -337,9 +339,9 @@ def plot_recall(result, fractions: Sequence[float] | None = None, *, intervals: 
                        error_kw={"lw": 1})
             ax.set_xticks(x, policies, rotation=30, ha="right")
             ax.set_ylim(0, 1.05)
-            ax.set_title(f"{title} (budget {fraction:.0%} of the conversation; full: no limit)"
+            ax.set_title(f"{title} (budget {fraction:.0%} of the {unit}; full: no limit)"
                          if fraction is not None else title, fontsize=10)
-        axes[k, 0].set_ylabel("mean over conversations")
+        axes[k, 0].set_ylabel(f"mean over {unit}s")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
