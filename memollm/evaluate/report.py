@@ -128,6 +128,10 @@ def _num(x: float, digits: int = 3, sign: bool = False) -> str:
     return s.lstrip("+-") if float(s) == 0 else s  # no "-0.000"
 
 
+def _p(p: float) -> str:
+    return "–" if math.isnan(p) else ("<0.001" if p < 0.001 else _num(p))
+
+
 def _key(x: Any) -> tuple:
     """Sort numbers numerically, then everything else by text (None last)."""
     return (0, float(x), "") if isinstance(x, (int, float)) else (1 if x is not None else 2, 0.0, str(x))
@@ -261,7 +265,7 @@ def render_table(t: Table, *, policy: str, level: float) -> str:
             d = r.diff
             interval = _num(d.mean, sign=True) + ("" if math.isnan(d.low) else
                                                   f" [{_num(d.low, sign=True)}, {_num(d.high, sign=True)}]")
-            p = "–" if math.isnan(r.p_holm) else ("<0.001" if r.p_holm < 0.001 else _num(r.p_holm))
+            p = _p(r.p_holm)
             paired_n = "" if d.n == r.n else f" (n={d.n})"  # the units both were measured on
             cells = [name, _num(r.mean), str(r.n), str(r.peer), interval + paired_n, p, str(r.verdict)]
         rows.append(cells)
@@ -300,7 +304,7 @@ def render_summary(tables: list[Table], *, policy: str, level: float, page: str)
             continue
         rows.append([family, len(mine)] + [sum(r.verdict == v for _, r in mine) for v in ("wins", "ties", "loses")])
         losses += [f"* {t.title}: {_num(r.diff.mean, sign=True)} [{_num(r.diff.low, sign=True)}, "
-                   f"{_num(r.diff.high, sign=True)}] against `{r.peer}` (n = {r.diff.n}, p = {_num(r.p_holm)})"
+                   f"{_num(r.diff.high, sign=True)}] against `{r.peer}` (n = {r.diff.n}, Holm p {_p(r.p_holm)})"
                    for t, r in mine if r.verdict == "loses"]
     out = [f"`{policy}` against its best peer per table ({100 * level:g}% paired t-intervals, Holm); every "
            f"table is in [{page}]({page}).", markdown(["family", "tables", "wins", "ties", "loses"], rows, "lrrrr")]
