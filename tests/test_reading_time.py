@@ -74,8 +74,6 @@ def test_the_map_states_each_reading_time():
             f"00 says {path.name} takes {stated[path.name]} min; the estimate is {estimate:.1f}")
 
 
-@pytest.mark.xfail(strict=True, reason="the book still takes about two and a half hours, and "
-                   "every chapter needs cutting (the test fails loudly once the total is under two hours)")
 def test_the_book_reads_in_two_hours():
     total = sum(reading_minutes(p) for p in CHAPTERS)
     table = "\n".join(f"  {p.name}: {reading_minutes(p):.1f} min" for p in CHAPTERS)
