@@ -30,20 +30,19 @@ short (a median S of one or two tokens), so ``-age / S`` swamps whatever attenti
     .venv/bin/python scripts/search_learned.py recall --records figures/search_learned_recall.json
 
 (``figures/search_learned_recall.json`` is the three runs' records together, ``full`` and
-``h2o`` once: the runs gave ``h2o`` the same answers.) ``ppl`` runs the same variants on tune
-passages; it was not needed, since no variant came near ``h2o`` in conversations.
+``h2o`` once: the runs gave ``h2o`` the same answers.) Perplexity on tune passages was not run:
+no variant came near ``h2o`` in conversations, the family it was meant to win.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+from pathlib import Path
 
 import torch
 
 from memollm import EbbinghausLLM, MemoryConfig
-from memollm import evaluate as E
 from memollm.evaluate.recall import recall
 from memollm.memory import reviewed, reviewed_strength
 from memollm.policies import LearnedStrengthPolicy, register_policy
@@ -155,52 +154,31 @@ def compare(units: dict, reference: str, higher_is_better: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("stage", choices=("recall", "ppl"))
-    ap.add_argument("--budgets", default="64,128")
-    ap.add_argument("--passages", type=int, default=4, help="passages per source (ppl)")
-    ap.add_argument("--cases", type=int, default=16, help="conversations (recall)")
+    ap.add_argument("--cases", type=int, default=16, help="tune conversations")
     ap.add_argument("--only", default=None, help="comma-separated variant labels to keep")
     ap.add_argument("--peers", default=",".join(PEERS), help="peers run beside the variants")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="where to write the records")
     ap.add_argument("--records", help="print the tables of stored records instead of running")
     args = ap.parse_args()
-    start = time.perf_counter()
     if args.records:
-        with open(args.records) as f:
-            records = json.load(f)
+        records = json.loads(Path(args.records).read_text())
+    elif not args.json:
+        ap.error("--json is required unless --records is given")
     else:
-        if not args.json:
-            ap.error("--json is required unless --records is given")
         torch.set_num_threads(args.threads)
         llm = EbbinghausLLM()
-        vs = variants(llm.config)
-        if args.only:
-            vs = [v for v in vs if v[0] in set(args.only.split(","))]
-        if args.stage == "recall":
-            records = recall(llm, policies=args.peers.split(",") + vs, cases=args.cases, split="tune")["records"]
-        else:
-            records = E.perplexity(llm, budgets=[int(b) for b in args.budgets.split(",")], policies=args.peers.split(",") + vs,
-                                   max_tokens=512, segments=args.passages, sources=("docs", "prose"), split="tune")
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1, default=str)
-    units: dict = {}
-    if args.stage == "recall":
-        facts: dict = {}  # facts the full cache answered, reviewed or not, per conversation
-        for r in records:
-            if r["policy"] != "full" and r["full_correct"]:
-                setting = f"budget fraction {r['budget_fraction']}, {'reviewed' if r['reviews'] else 'never reviewed'}"
-                facts.setdefault(setting, {}).setdefault(r["policy"], {}).setdefault(r["conversation"], []).append(
-                    float(r["correct"]))
-        units = {s: {p: {c: sum(v) / len(v) for c, v in convs.items()} for p, convs in rows.items()}
-                 for s, rows in sorted(facts.items())}
-        compare(units, "h2o", True)
-    else:
-        for r in records:
-            units.setdefault(f"budget {r['budget']}", {}).setdefault(r["policy"], {})[r["passage"]] = \
-                r["perplexity_after_budget"]
-        compare(units, "tova", False)
-    print(f"\n{time.perf_counter() - start:.0f} s")
+        vs = [v for v in variants(llm.config) if not args.only or v[0] in args.only.split(",")]
+        records = recall(llm, policies=args.peers.split(",") + vs, cases=args.cases, split="tune")["records"]
+        Path(args.json).write_text(json.dumps(records, indent=1, default=str))
+    facts: dict = {}  # facts the full cache answered, reviewed or not, per conversation
+    for r in records:
+        if r["policy"] != "full" and r["full_correct"]:
+            setting = f"budget fraction {r['budget_fraction']}, {'reviewed' if r['reviews'] else 'never reviewed'}"
+            facts.setdefault(setting, {}).setdefault(r["policy"], {}).setdefault(r["conversation"], []).append(
+                float(r["correct"]))
+    compare({s: {p: {c: sum(v) / len(v) for c, v in convs.items()} for p, convs in rows.items()}
+             for s, rows in sorted(facts.items())}, "h2o", True)
 
 
 if __name__ == "__main__":

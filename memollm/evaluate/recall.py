@@ -340,6 +340,24 @@ def _kept(tok, conv: Conversation, fact: int, seqs: list[int], starts: dict[int,
 
 
 # -- the measurement ---------------------------------------------------------------------------------
+def play(llm, conv: Conversation, policies: Sequence, budget_fractions: Sequence[float], cfg, *, seed: int,
+         split: str, bar) -> list[dict[str, Any]]:
+    """One case read by the full cache, then by the policies side by side at each budget fraction of
+    its length: its records, each with its fraction, whether the full cache answered that fact, and
+    the split (``bar`` advances once per reading)."""
+    ref = run_conversation(llm, conv, ["full"], None, config=cfg, seed=seed)
+    bar.update(1)
+    right = {r["fact"]: r["correct"] for r in ref}
+    runs = [(None, ref)]
+    for fraction in budget_fractions if policies else ():
+        budget = round(fraction * conv.length(llm.tokenizer))
+        cfg.check_budget(budget)
+        runs.append((fraction, run_conversation(llm, conv, policies, budget, config=cfg, seed=seed)))
+        bar.update(1)
+    return [{**r, "budget_fraction": fraction, "full_correct": right[r["fact"]], "split": split}
+            for fraction, rs in runs for r in rs]
+
+
 def recall(llm, budget_fractions: Sequence[float] = BUDGET_FRACTIONS, policies: Sequence = POLICIES_COMPARED,
            cases: int = 30, *, split: str = "report", seed: int = 0, turns: int = 12, sink_tokens: int | None = None,
            recent_window: int | None = RECENT_WINDOW, config=None, progress: bool = True) -> dict[str, Any]:
@@ -366,19 +384,7 @@ def recall(llm, budget_fractions: Sequence[float] = BUDGET_FRACTIONS, policies: 
     bar = tqdm(total=cases * (1 + len(budget_fractions)), desc="recall", leave=False, disable=not progress)
     for case in range(cases):
         conv = build_conversation(llm.tokenizer, SPLITS[split] + case, turns=turns)
-        length = conv.length(llm.tokenizer)
-        ref = run_conversation(llm, conv, ["full"], None, config=cfg, seed=seed)
-        bar.update(1)
-        right = {r["fact"]: r["correct"] for r in ref}
-        runs = [(None, ref)]
-        for fraction in budget_fractions if policies else ():
-            budget = round(fraction * length)
-            cfg.check_budget(budget)
-            runs.append((fraction, run_conversation(llm, conv, policies, budget, config=cfg, seed=seed)))
-            bar.update(1)
-        for fraction, rs in runs:
-            records += [{**r, "budget_fraction": fraction, "full_correct": right[r["fact"]], "split": split}
-                        for r in rs]
+        records += play(llm, conv, policies, budget_fractions, cfg, seed=seed, split=split, bar=bar)
     bar.close()
     lengths = [r["conversation_tokens"] for r in records if r["policy"] == "full" and r["fact"] == 0]
     settings = {"budget_fractions": list(budget_fractions), "policies": ["full"] + [spec(p)[0] for p in policies],

@@ -51,7 +51,7 @@ import torch
 
 from ..config import ConfigError
 from .recall import (FACT_KINDS, POLICIES_COMPARED, RECENT_WINDOW, SPLITS, STATE, Conversation, Fact,
-                     _answer_tokens, recall_summary, run_conversation)
+                     _answer_tokens, play, recall_summary)
 from .retrieval import _cut, _fillers
 from .rows import spec
 
@@ -217,19 +217,8 @@ def recall_stream(llm, budget_fractions: Sequence[float] = BUDGET_FRACTIONS, pol
     bar = tqdm(total=cases * (1 + len(budget_fractions)), desc="recall along a stream", leave=False,
                disable=not progress)
     for case in built:
-        size = case.length(llm.tokenizer)
-        ref = run_conversation(llm, case, ["full"], None, config=cfg, seed=seed)
-        bar.update(1)
-        right = {r["fact"]: r["correct"] for r in ref}
-        runs = [(None, ref)]
-        for fraction in budget_fractions if policies else ():
-            budget = round(fraction * size)
-            cfg.check_budget(budget)
-            runs.append((fraction, run_conversation(llm, case, policies, budget, config=cfg, seed=seed)))
-            bar.update(1)
-        for fraction, rs in runs:
-            records += _stream_records(case, [{**r, "budget_fraction": fraction, "full_correct": right[r["fact"]],
-                                               "split": split} for r in rs], llm.tokenizer)
+        records += _stream_records(case, play(llm, case, policies, budget_fractions, cfg, seed=seed, split=split,
+                                              bar=bar), llm.tokenizer)
     bar.close()
     sizes = [r["case_tokens"] for r in records if r["policy"] == "full" and r["fact"] == 0]
     settings = {"evaluation": "recall_stream", "budget_fractions": list(budget_fractions),
