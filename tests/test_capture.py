@@ -70,3 +70,42 @@ def test_eval_capture_command(tiny, gate, tmp_path, monkeypatch, capsys):
     records = json.loads(out.read_text())
     assert {r["policy"] for r in records} == set(CAPTURE_POLICIES) and {r["budget"] for r in records} == {40}
     assert "| learned | 40 | 2 |" in capsys.readouterr().out
+
+
+# -- the model's own forgetting curves ---------------------------------------------------------
+def test_token_kinds_from_the_text(tokenizer):
+    from memollm.evaluate.curves import token_kind
+
+    ids = tokenizer("The pass key is 48213, said Anna.", add_special_tokens=False).input_ids
+    kinds = {tokenizer.decode([t]).strip(): token_kind(tokenizer, t) for t in ids}
+    assert kinds["The"] == kinds["is"] == kinds[","] == kinds["."] == 0  # function words and punctuation
+    assert kinds["Anna"] == 1 and any(kinds[w] == 1 for w in kinds if w.isdigit())  # names and numbers
+    assert kinds["said"] == 2
+
+
+def test_forgetting_curves_per_kind_age_and_layer(tiny, tmp_path, monkeypatch, capsys):
+    """Every (kind, age bucket) has a record over all layers and one per layer; the overall share
+    is the draw-weighted mean of the layers'; the command prints both tables and writes the records."""
+    from memollm.cli import evaluate as eval_cli
+    from memollm.evaluate.curves import AGES, KINDS, forgetting_curves
+
+    records = forgetting_curves(tiny, passages=2, tokens=180, samples=64, progress=False)
+    layers = full_attention_layers(tiny.model)
+    assert len(records) == len(KINDS) * len(AGES) * (1 + len(layers))
+    for kind in KINDS:
+        for lo, hi in AGES:
+            mine = [r for r in records if r["kind"] == kind and r["age_low"] == lo]
+            overall = next(r for r in mine if r["layer"] is None)
+            per = [r for r in mine if r["layer"] is not None and r["draws"]]
+            assert overall["draws"] == sum(r["draws"] for r in per)
+            if overall["draws"]:
+                weighted = sum(r["retrieved"] * r["draws"] for r in per) / overall["draws"]
+                assert overall["retrieved"] == pytest.approx(weighted) and 0 <= weighted <= 1
+    monkeypatch.setattr(eval_cli, "load_llm", lambda args: tiny)
+    out = tmp_path / "curves.json"
+    assert main(["eval", "curves", "--tokens", "180", "--samples", "32", "--threads", "1", "--json", str(out)]) == 0
+    assert len(json.loads(out.read_text())) == len(records)
+    printed = capsys.readouterr().out
+    assert "| names and numbers |" in printed and "(age 16-32)" in printed
+    assert main(["eval", "curves", "--tokens", "100"]) == 2  # too short for the oldest age bucket
+    assert "--tokens must be > 164" in capsys.readouterr().err

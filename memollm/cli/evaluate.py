@@ -145,6 +145,23 @@ def add_parser(sub) -> None:
     split(p)
     p.set_defaults(handler=run_capture, seed=0, no_plot=True)
 
+    p = esub.add_parser("curves", help="the model's own forgetting curves, by kind of token and layer",
+                        description="How often a token is still among the keys holding half of a later query's "
+                                    "attention, by its age, for punctuation and function words, names and numbers, "
+                                    "and the rest, over all memory layers and per layer (one frozen eager pass).")
+    p.add_argument("--passages", type=positive_int, default=2, help="passages, docs and prose alternating (default: 2)")
+    p.add_argument("--tokens", type=positive_int, default=256, help="tokens per passage (default: 256)")
+    p.add_argument("--samples", type=positive_int, default=512,
+                   help="draws per passage, layer and age bucket (default: 512)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    p.add_argument("--json", metavar="PATH", default=None, help="write the records as JSON ('-' = stdout)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
+    add_model_args(p)
+    p.add_argument("--split", choices=("report", "tune"), default="tune",
+                   help="which half of the bundled texts to read (default: tune)")
+    p.set_defaults(handler=run_curves, budgets=[])
+
     p = esub.add_parser("report", help="tables of every task and budget against the best peer, and a forest plot",
                         description="Regenerate the results page (quality_report.md, quality_forest.png) from the "
                                     "eval_*.json records in a folder.")
@@ -339,6 +356,26 @@ def run_capture(args) -> int:
           "capture old: kept share of the mass on tokens older than 4 M")
     print(capture_table(records))
     _finish(args, records, "capture", "eval_capture", None)
+    return 0
+
+
+def run_curves(args) -> int:
+    from ..evaluate.curves import AGES, curves_table, forgetting_curves
+    from ..training import SINKS
+
+    if args.tokens <= SINKS + AGES[-1][0]:
+        raise UsageError(f"--tokens must be > {SINKS + AGES[-1][0]} (sinks and the oldest age bucket, "
+                         f"{AGES[-1][0]}-{AGES[-1][1]}), got {args.tokens}")
+    llm, _ = _start(args)
+    records = forgetting_curves(llm, passages=args.passages, tokens=args.tokens, split=args.split,
+                                samples=args.samples, seed=args.seed)
+    print(f"share of draws still retrieved (among the keys holding half of the later query's attention), "
+          f"{args.passages} passage(s) x {args.tokens} tokens ({args.split} split), model {llm.model_name}")
+    print(curves_table(records))
+    print()
+    print(curves_table(records, age=AGES[2]))
+    if args.json:
+        write_output(args.json, json.dumps(records, indent=1))
     return 0
 
 
