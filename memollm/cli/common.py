@@ -123,6 +123,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """``--json`` (the records) and ``--threads``, as every evaluation takes them."""
+    p.add_argument("--json", metavar="PATH", default=None, help="write the records as JSON ('-' = stdout)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="hub id, local folder or .gguf file (default: the bundled SmolLM2-135M-Instruct)")

@@ -16,8 +16,8 @@ from ..stats import markdown, markdown_table, summarize
 from ..texts import TEXT_SOURCES, load_text
 from ..viz import plot_agreement, plot_passkey, plot_passkey_summary, plot_ppl, plot_stream, save_figure
 from .chat import add_recall_parser
-from .common import (UsageError, add_knob_args, add_model_args, check_knobs, check_model_args, fraction_list, int_list,
-                     knobs_of, load_llm, name_list, positive_int, read_text_file, write_output)
+from .common import (UsageError, add_knob_args, add_model_args, add_run_args, check_knobs, check_model_args,
+                     fraction_list, int_list, knobs_of, load_llm, name_list, positive_int, read_text_file, write_output)
 
 
 def add_parser(sub) -> None:
@@ -32,10 +32,8 @@ def add_parser(sub) -> None:
         p.add_argument("--policies", type=name_list(choices), default=name_list(choices)(policies),
                        help=f"evicting policies, comma-separated (default: {policies}); 'full' is always added")
         p.add_argument("--seed", type=int, default=0, help="seed for keys and the random policy (default: 0)")
-        p.add_argument("--json", metavar="PATH", default=None, help="write the records as JSON ('-' = stdout)")
+        add_run_args(p)
         p.add_argument("--no-plot", action="store_true", help="do not write the figure")
-        p.add_argument("--threads", type=positive_int, default=None,
-                       help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
         add_model_args(p)
         add_knob_args(p, skip=("memory_budget", "policy", "granularity", *skip))  # a subcommand sweeps these
 
@@ -138,25 +136,20 @@ def add_parser(sub) -> None:
     p.add_argument("--passages", type=positive_int, default=6, help="passages, docs and prose alternating (default: 6)")
     p.add_argument("--tokens", type=positive_int, default=1024, help="tokens per passage (default: 1024)")
     p.add_argument("--gate", default=None, help="strength gate file for learned (default: the bundled one)")
-    p.add_argument("--json", metavar="PATH", default=None, help="write the records as JSON ('-' = stdout)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
+    add_run_args(p)
     add_model_args(p)
     split(p)
     p.set_defaults(handler=run_capture, seed=0, no_plot=True)
 
     p = esub.add_parser("curves", help="the model's own forgetting curves, by kind of token and layer",
                         description="How often a token is still among the keys holding half of a later query's "
-                                    "attention, by its age, for punctuation and function words, names and numbers, "
-                                    "and the rest, over all memory layers and per layer (one frozen eager pass).")
+                                    "attention, by age and kind of token, over all memory layers and per layer.")
     p.add_argument("--passages", type=positive_int, default=2, help="passages, docs and prose alternating (default: 2)")
     p.add_argument("--tokens", type=positive_int, default=256, help="tokens per passage (default: 256)")
     p.add_argument("--samples", type=positive_int, default=512,
                    help="draws per passage, layer and age bucket (default: 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
-    p.add_argument("--json", metavar="PATH", default=None, help="write the records as JSON ('-' = stdout)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (on a busy 2-core machine, 1 avoids oversubscription and is far faster)")
+    add_run_args(p)
     add_model_args(p)
     p.add_argument("--split", choices=("report", "tune"), default="tune",
                    help="which half of the bundled texts to read (default: tune)")
@@ -371,9 +364,7 @@ def run_curves(args) -> int:
                                 samples=args.samples, seed=args.seed)
     print(f"share of draws still retrieved (among the keys holding half of the later query's attention), "
           f"{args.passages} passage(s) x {args.tokens} tokens ({args.split} split), model {llm.model_name}")
-    print(curves_table(records))
-    print()
-    print(curves_table(records, age=AGES[2]))
+    print(curves_table(records), curves_table(records, age=AGES[2]), sep="\n\n")
     if args.json:
         write_output(args.json, json.dumps(records, indent=1))
     return 0
