@@ -226,7 +226,8 @@ def run_recall(args: argparse.Namespace) -> int:
               f"model {llm.model_name}; {s['seconds']:.0f} s ({s['cpu_seconds']:.0f} s CPU)", file=out)
         unit, figure = "conversations", "eval_recall"
     for value, title in VALUES.items():
-        print(f"\n{title}, by number of reviews (95% bootstrap interval of each mean over {unit}, paired differences with a Student-t interval):", file=out)
+        print(f"\n{title}, by number of reviews (95% bootstrap interval of each mean over {unit}; paired "
+              "differences with a Student-t interval):", file=out)
         print(recall_table(result, value), file=out)
     if args.json:
         write_output(args.json, records_json(result["records"]))

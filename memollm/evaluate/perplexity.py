@@ -75,9 +75,9 @@ def long_stream(llm, *, tokens: int = 20_000, budgets: Sequence[int] = (256, 102
 
     The first ``tokens`` tokens of one split of a source (``report``, or ``tune`` for choosing
     settings you will not report), or of one split of ``text`` (a user's text, cut in halves
-    like a source; ``source`` then only names it in the records), are read ``chunk`` tokens at a time with the cache held to
-    each budget, once per position scheme (``true``: positions grow past the trained range;
-    ``cache``: StreamingLLM's positions inside the cache). The
+    like a source; ``source`` then only names it in the records), are read ``chunk`` tokens at a
+    time with the cache held to each budget, once per position scheme (``true``: positions grow
+    past the trained range; ``cache``: StreamingLLM's positions inside the cache). The
     ``full`` cache is the reference while the stream fits the context. One record per
     (policy, positions, budget, window): ``window_start``, ``perplexity``; plus ``seconds``;
     and one ``stream_kept`` record per (policy, positions, budget): ``old_share_by_layer``, the

@@ -99,7 +99,8 @@ class PrefillCapture:
 
 
 def rows_from_prefill(model: torch.nn.Module, specs: Sequence[Spec], config: MemoryConfig, prefilled,
-                      capture: PrefillCapture, *, seed: int = 0, rows_each: int = 1) -> tuple[MemorySession, DynamicCache]:
+                      capture: PrefillCapture, *, seed: int = 0,
+                      rows_each: int = 1) -> tuple[MemorySession, DynamicCache]:
     """``rows_session`` over copies of one prefill that it compresses at once, as if each
     policy had read the prompt itself (``capture``: what the prefill's last queries gave each
     token, and the learned strengths where a policy needs them)."""

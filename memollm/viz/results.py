@@ -220,7 +220,8 @@ def plot_stream(records: list[dict], *, context: int | None = None, granularity:
     full = sorted((r["window_start"], r["perplexity"]) for r in recs if r["policy"] == "full")
     mine = [r for r in recs if r["policy"] != "full" and r.get("granularity", granularity) == granularity
             and (policies is None or r["policy"] in policies) and (budgets is None or r["budget"] in budgets)]
-    policies = [p for p in (policies or dict.fromkeys(r["policy"] for r in mine)) if any(r["policy"] == p for r in mine)]
+    policies = [p for p in (policies or dict.fromkeys(r["policy"] for r in mine))
+                if any(r["policy"] == p for r in mine)]
     budgets = sorted({r["budget"] for r in mine})
     styles = dict(zip(budgets, ("-", "--", ":", "-.")))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
