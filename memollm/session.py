@@ -219,8 +219,7 @@ class MemorySession(SessionViews):
         once (holding a long prompt's inputs for every layer until the pass ends would cost ~0.5 GB)."""
         slot = self.layer_slot.get(module.layer_idx)
         if slot is not None:
-            hidden = kwargs.get("hidden_states", args[0] if args else None)
-            self._strengths[slot] = self.gate(module.layer_idx, hidden).movedim(-1, 1)
+            self._strengths[slot] = self.gate.read_input(module, args, kwargs)
         return None
 
     def _check_cache(self, cache) -> None:

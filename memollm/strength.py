@@ -59,6 +59,12 @@ class StrengthGate(torch.nn.Module):
         i = self.index[layer]
         return torch.nn.functional.linear(hidden.to(self.weight.dtype), self.weight[i], self.bias[i])
 
+    def read_input(self, module, args, kwargs) -> torch.Tensor:
+        """``log S`` ``[batch, kv_heads, tokens]`` of the tokens an attention ``module``'s forward
+        pre-hook (``args``, ``kwargs``) is about to read: what a cache books as they arrive."""
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        return self(module.layer_idx, hidden).movedim(-1, 1)
+
     def log_strength_all(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[layers, tokens, kv_heads]`` from the attention inputs of every gated layer ``[layers, tokens, hidden]``."""
         return torch.einsum("lth,lkh->ltk", hidden.to(self.weight.dtype), self.weight) + self.bias[:, None]

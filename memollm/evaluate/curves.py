@@ -43,15 +43,11 @@ def forgetting_curves(llm, *, passages: int = 2, tokens: int = 256, split: str =
     texts = passage_list(llm.tokenizer, passages, tokens, split)
     data = collect(llm, [p.ids for p in texts], ages=ages, samples=samples, seed=seed, progress=progress)
     kinds = torch.tensor([token_kind(llm.tokenizer, t) for p in texts for t in p.ids])
-    firsts = torch.zeros_like(kinds, dtype=torch.bool)  # each passage's sinks
-    start = 0
-    for p in texts:
-        firsts[start:start + SINKS] = True
-        start += len(p.ids)
+    sinks = torch.cat([torch.arange(len(p.ids)) for p in texts]) < SINKS  # each passage's first tokens
     drawn = kinds[data.token]  # [layers, draws]
     records = []
     for k, name in enumerate(KINDS):
-        count = int(((kinds == k) & ~firsts).sum())
+        count = int(((kinds == k) & ~sinks).sum())
         for lo, hi in ages:
             picked = (drawn == k) & (data.age >= lo) & (data.age <= hi)
             for layer, rows in [(None, slice(None))] + [(layer, i) for i, layer in enumerate(data.layers)]:

@@ -80,9 +80,8 @@ class PrefillCapture:
         return self.gate is not None
 
     def attention_input(self, module, args, kwargs):
-        hidden = kwargs.get("hidden_states", args[0] if args else None)
         if module.layer_idx in self.gate.index:
-            self.strengths[module.layer_idx] = self.gate(module.layer_idx, hidden).movedim(-1, 1)
+            self.strengths[module.layer_idx] = self.gate.read_input(module, args, kwargs)
         return None
 
     def pre_forward(self, module, args, kwargs):
